@@ -1,0 +1,267 @@
+"""A real single-node Apache Kafka broker (KRaft) run from its Maven Central jars.
+
+The broker's jars are resolved once by ``mvn dependency:copy-dependencies`` from
+``devstack/kafka/pom.xml``; Maven's local repository (``~/.m2``) caches them between
+runs and between clones. Storage is formatted with ``kafka.tools.StorageTool`` and the
+broker is started as ``kafka.Kafka`` with a generated ``server.properties``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack import processes
+
+POM_DIR = Path(__file__).parent / "kafka"
+HOST = "127.0.0.1"
+
+
+class KafkaSetupError(RuntimeError):
+    """The broker could not be installed, formatted or started; the message says which step."""
+
+
+@dataclass(frozen=True)
+class NativeKafka:
+    """A broker whose files all live under ``home``."""
+
+    home: Path
+
+    @property
+    def libs(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.home / "ports.json"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    def bootstrap_servers(self) -> str:
+        return f"{HOST}:{self._ports()['broker']}"
+
+    def pid(self) -> int | None:
+        pid = processes.read_pid(self.pid_file)
+        return pid if pid is not None and processes.pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Copy the broker jars into ``libs`` (a no-op when they are already there)."""
+        marker = self.libs / ".complete"
+        pom = POM_DIR / "pom.xml"
+        if marker.exists() and marker.read_text() == pom.read_text():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaSetupError(
+                "Maven (mvn) is not on PATH; it is needed to fetch the broker jars"
+            )
+        java = shutil.which("java")
+        if java is None:
+            raise KafkaSetupError("Java (java) is not on PATH; the broker needs Java 17 or newer")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        result = subprocess.run(
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise KafkaSetupError(
+                "mvn dependency:copy-dependencies failed:\n" + result.stdout + result.stderr
+            )
+        marker.write_text(pom.read_text())
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        """Format storage on first use, start the broker and wait until it serves metadata."""
+        if self.running():
+            self.wait_ready(timeout=timeout)
+            return
+        self.install()
+        ports = self._ports(allocate=True)
+        self._write_properties(ports["broker"], ports["controller"])
+        if not (self.data_dir / "meta.properties").exists():
+            self._format()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            *self._java(heap="1g"),
+            f"-Dkafka.logs.dir={self.log_dir}",
+            f"-Dlog4j2.configurationFile={POM_DIR / 'log4j2.properties'}",
+            "kafka.Kafka",
+            str(self.properties_file),
+        ]
+        # Started through a shell in the background so the broker outlives this process
+        # and is not left as our zombie; setsid gives it a process group of its own.
+        script = 'setsid "$@" >"$LOG" 2>&1 </dev/null & echo $!'
+        result = subprocess.run(
+            ["sh", "-c", script, "sh", *command],
+            env={**_java_env(), "LOG": str(self.log_dir / "stdout.log")},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.pid_file.write_text(result.stdout.strip())
+        self.wait_ready(timeout=timeout)
+
+    def wait_ready(self, *, timeout: float = 90.0) -> None:
+        """Block until the broker answers a metadata request; fail early if it died."""
+        bootstrap = self.bootstrap_servers()
+
+        def ready() -> bool:
+            if not self.running():
+                raise KafkaSetupError(f"the broker exited during start-up; see {self.log_dir}")
+            host, port = bootstrap.rsplit(":", 1)
+            return processes.port_open(host, int(port)) and asyncio.run(
+                metadata_available(bootstrap)
+            )
+
+        processes.wait_until(ready, timeout=timeout, interval=0.5, what=f"Kafka at {bootstrap}")
+
+    def stop(self) -> None:
+        pid = processes.read_pid(self.pid_file)
+        if pid is not None:
+            processes.terminate(pid, timeout=60)
+        self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: a crash, for fault-injection tests."""
+        pid = self.pid()
+        if pid is not None:
+            processes.terminate_now(pid)
+
+    def pause(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            processes.pause(pid)
+
+    def resume(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            processes.resume(pid)
+
+    def destroy(self) -> None:
+        """Stop the broker and delete its data (the jars stay)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.ports_file.unlink(missing_ok=True)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _ports(self, *, allocate: bool = False) -> dict[str, int]:
+        """The broker and controller ports, chosen once and kept with the data."""
+        if self.ports_file.exists():
+            ports: dict[str, int] = json.loads(self.ports_file.read_text())
+            return ports
+        if not allocate:
+            raise KafkaSetupError("the native broker has never been started")
+        self.home.mkdir(parents=True, exist_ok=True)
+        ports = {"broker": processes.free_port(HOST), "controller": processes.free_port(HOST)}
+        self.ports_file.write_text(json.dumps(ports))
+        return ports
+
+    def _java(self, *, heap: str) -> list[str]:
+        return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-cp", f"{self.libs}/*"]
+
+    def _format(self) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [
+                *self._java(heap="256m"),
+                f"-Dlog4j2.configurationFile={POM_DIR / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={self.log_dir}",
+                "kafka.tools.StorageTool",
+                "format",
+                "--cluster-id",
+                cluster_id,
+                "--config",
+                str(self.properties_file),
+            ],
+            env=_java_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise KafkaSetupError("kafka.tools.StorageTool format failed:\n" + result.stderr)
+
+    def _write_properties(self, port: int, controller_port: int) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "6",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        text = "".join(f"{key}={value}\n" for key, value in properties.items())
+        self.properties_file.write_text(text)
+
+
+def _java_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The broker must not pick up a user's KAFKA_* or JAVA_TOOL_OPTIONS tuning by accident.
+    env.pop("JAVA_TOOL_OPTIONS", None)
+    return env
+
+
+async def metadata_available(bootstrap_servers: str) -> bool:
+    """True when a broker at ``bootstrap_servers`` answers with cluster metadata."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return bool(cluster.get("brokers")) and cluster.get("controller_id", -1) != -1
+    except (KafkaError, OSError):
+        return False
+    finally:
+        await admin.close()
