@@ -1,0 +1,95 @@
+"""Events the service publishes, as CloudEvents 1.0 structured JSON envelopes.
+
+* ``customer.updated`` (topic ``customer.updated``): a command was applied.
+* ``customer.update.rejected`` (topic ``customer.update.rejected``): a command was refused.
+
+Both are keyed by the customer id. ``causationid`` is the id of the command that caused
+the event and ``correlationid`` is copied from it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from schemas.customer import Customer
+from schemas.errors import ErrorObject
+
+UPDATED_TYPE = "customer.updated"
+REJECTED_TYPE = "customer.update.rejected"
+SEQUENCE_DIGITS = 20
+_OPTIONAL_ATTRIBUTES = ("correlationid", "traceparent", "causationid")
+
+
+def format_sequence(version: int) -> str:
+    """The ``sequence`` attribute for a customer version: zero-padded so string order is
+    version order, as the CloudEvents sequence extension requires."""
+    return str(version).zfill(SEQUENCE_DIGITS)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Annotated[str, Field(description="Unique per event; the same on a republished copy.")]
+    source: str
+    subject: Annotated[str, Field(description="The customer id.")]
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    correlationid: str | None = None
+    traceparent: Annotated[
+        str | None, Field(description="W3C trace context of the command, when it had one.")
+    ] = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_attributes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # CloudEvents leaves out an optional attribute that has no value, not sends null.
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_ATTRIBUTES:
+            if data.get(name, "") is None:
+                del data[name]
+        return data
+
+
+class CustomerUpdatedData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    object: Customer
+    previous_attributes: Annotated[
+        dict[str, Any],
+        Field(description="For each field the update changed, its value before the update."),
+    ]
+
+
+class CustomerUpdatedEvent(_Envelope):
+    type: Literal["customer.updated"] = "customer.updated"
+    sequence: Annotated[
+        str,
+        Field(
+            pattern=rf"^[0-9]{{{SEQUENCE_DIGITS}}}$",
+            description=(
+                "The customer's version after this update, zero-padded to 20 digits. "
+                "Versions of one customer increase by one with every applied command."
+            ),
+        ),
+    ]
+    causationid: Annotated[str, Field(description="The id of the command that was applied.")]
+    data: CustomerUpdatedData
+
+
+class RejectionData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command_id: Annotated[
+        str | None, Field(description="The command's id; null when the command had none.")
+    ]
+    customer_id: str
+    error: ErrorObject
+
+
+class CustomerUpdateRejectedEvent(_Envelope):
+    type: Literal["customer.update.rejected"] = "customer.update.rejected"
+    causationid: Annotated[str | None, Field(description="The refused command's id, if any.")]
+    data: RejectionData
