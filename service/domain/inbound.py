@@ -1,0 +1,170 @@
+"""From a Kafka record's bytes to a command, a rejection, or a dead letter.
+
+Records that cannot be read as a command at all (no key, not UTF-8, not JSON, not an
+object, too large, too deeply nested) are *poison*: they go to the dead-letter topic
+with their original bytes. A readable object that breaks the contract is *invalid*: the
+producer gets a ``customer.update.rejected`` event saying which field and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.command import CustomerUpdateCommand
+from schemas.errors import ErrorObject, from_validation_error, invalid
+from service.domain.authorization import Authorizer, Principal
+
+DEFAULT_MAX_RECORD_BYTES = 64 * 1024
+DEFAULT_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """A consumed Kafka record, free of the client library's types."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """Unreadable: goes to the dead-letter topic. ``code`` is machine-readable."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Readable but refused before touching any state."""
+
+    error: ErrorObject
+    customer_id: str
+    command_id: str | None
+    correlationid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Valid:
+    command: CustomerUpdateCommand
+    principal: Principal
+    #: Hash of what the command asks for; the same id with another fingerprint is refused.
+    fingerprint: bytes
+
+
+Classified = Poison | Invalid | Valid
+
+
+def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> Classified:
+    """Decide what ``record`` is. Pure: no I/O, no clock."""
+    if not record.key:
+        return Poison(
+            "record_key_missing", "The record has no key; the key must be the customer id"
+        )
+    try:
+        customer_id = record.key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Poison("record_key_invalid", f"The record key is not valid UTF-8: {exc}")
+    if record.value is None:
+        return Poison("record_value_missing", "The record has no value (a tombstone)")
+    if len(record.value) > limits.max_record_bytes:
+        return Poison(
+            "record_too_large",
+            f"The record value is {len(record.value)} bytes; the limit is "
+            f"{limits.max_record_bytes}",
+        )
+    try:
+        record.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Poison("record_invalid_utf8", f"The record value is not valid UTF-8: {exc}")
+    try:
+        document = orjson.loads(record.value)
+    except orjson.JSONDecodeError as exc:
+        return Poison("record_invalid_json", f"The record value is not valid JSON: {exc}")
+    if not isinstance(document, dict):
+        return Poison(
+            "record_not_object",
+            f"The record value is a JSON {_json_kind(document)}, not an object",
+        )
+    if _depth_exceeds(document, limits.max_depth):
+        return Poison(
+            "record_too_deep", f"The record value nests deeper than {limits.max_depth} levels"
+        )
+    return _parse(document, customer_id, authorizer)
+
+
+def _parse(document: dict[str, object], customer_id: str, authorizer: Authorizer) -> Classified:
+    command_id = _echo(document.get("id"))
+    correlationid = _echo(document.get("correlationid"))
+    try:
+        command = CustomerUpdateCommand.model_validate(document)
+    except ValidationError as exc:
+        return Invalid(from_validation_error(exc), customer_id, command_id, correlationid)
+    if command.subject != customer_id:
+        error = invalid(
+            "parameter_invalid",
+            "subject",
+            f"Invalid subject: '{command.subject}' differs from the record key '{customer_id}'",
+        )
+        return Invalid(error, customer_id, command_id, correlationid)
+    principal = authorizer.authorize(command)
+    if isinstance(principal, ErrorObject):
+        return Invalid(principal, customer_id, command_id, correlationid)
+    return Valid(command, principal, fingerprint(document))
+
+
+def fingerprint(document: dict[str, object]) -> bytes:
+    """What makes two commands with one id the same request: subject, data and
+    expectedversion. Envelope details (time, source, tokens) may differ on a resend."""
+    essence = {key: document.get(key) for key in ("subject", "expectedversion", "data")}
+    return hashlib.sha256(orjson.dumps(essence, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def _echo(value: object) -> str | None:
+    """An attribute worth echoing back in a rejection: a short printable string."""
+    if isinstance(value, str) and 0 < len(value) <= 255 and value.isprintable():
+        return value
+    return None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def _depth_exceeds(document: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(
+                (child, depth + 1) for child in node.values() if isinstance(child, dict | list)
+            )
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
