@@ -1,0 +1,152 @@
+"""Kafka clients built from the settings, with security applied to every one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
+
+from service.domain.inbound import InboundRecord
+from service.settings import Settings
+
+TOPIC_READY_TIMEOUT = 30.0
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Bootstrap, client id, TLS and SASL options shared by consumers, producers and admin."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+    """The worker's consumer: manual commits, earliest offset for a new group, and a poll
+    interval generous enough for the slowest batch plus its retries."""
+    options = {
+        **connection_options(settings),
+        "group_id": settings.kafka_consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_poll_interval_ms": 300_000,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 3_000,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        **overrides,
+    }
+    return AIOKafkaConsumer(**options)
+
+
+def event_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica."""
+    options = {
+        **connection_options(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+        **overrides,
+    }
+    return AIOKafkaProducer(**options)
+
+
+def inbound(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
+    return InboundRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+        timestamp_type=record.timestamp_type,
+        key=record.key,
+        value=record.value,
+        headers=tuple(record.headers),
+    )
+
+
+async def create_topics(settings: Settings, *, partitions: int | None = None) -> list[str]:
+    """Create the service's four topics if missing; return the names created now."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        topics = settings.topics
+        wanted = [topics.commands, topics.events, topics.rejections, topics.dead_letters]
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        name,
+                        partitions or settings.topic_partitions,
+                        settings.topic_replication_factor,
+                    )
+                    for name in missing
+                ]
+            )
+            for _topic, code, *_ in response.topic_errors:
+                # "Already exists" means another process created it between list and create.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise for_code(code)(f"could not create topic {_topic}")
+            await _wait_for_leaders(admin, missing)
+        return missing
+
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Return once every partition of ``topics`` has a leader, so that clients started
+    right after creation do not race the metadata propagation."""
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT
+    while True:
+        described = await admin.describe_topics(topics)
+        ready = all(
+            topic["error_code"] == 0
+            and topic["partitions"]
+            and all(partition["leader"] >= 0 for partition in topic["partitions"])
+            for topic in described
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"topics {topics} have no leaders after {TOPIC_READY_TIMEOUT}s")
+        await asyncio.sleep(0.1)
+
+
+async def partitions_of(settings: Settings, topics: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, from the cluster's metadata."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in topic["partitions"]
+    )

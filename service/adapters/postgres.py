@@ -1,0 +1,343 @@
+"""PostgreSQL access through asyncpg: the pool, and the set-based statements of a batch."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from schemas.customer import Subscription, SubscriptionList
+from service.domain.batch import ProcessedCommand
+from service.domain.customer import Address, CustomerState
+from service.domain.events import OutboundMessage
+
+OUTBOX_CHANNEL = "outbox"
+#: Expanded subscriptions per customer, as the public API's list default.
+SUBSCRIPTIONS_PAGE = 10
+
+TopicPartition = tuple[str, int]
+
+#: Errors after which the same work may succeed if tried again: the connection or the
+#: server went away, or the transaction lost a conflict. Anything else is permanent.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.LockNotAvailableError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def create_pool(url: str, *, size: int, command_timeout: float) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, command_timeout=command_timeout
+    )
+    return pool
+
+
+_CUSTOMER_COLUMNS = """
+    id, extract(epoch FROM created)::bigint AS created, delinquent,
+    address_city, address_country, address_line1, address_line2, address_postal_code,
+    address_state, description, email, invoice_prefix, next_invoice_sequence,
+    last_invoice_sequence, name, phone, preferred_locales, tax_exempt, version
+"""
+
+
+def customer_from_row(row: asyncpg.Record) -> CustomerState:
+    address = Address(
+        city=row["address_city"],
+        country=row["address_country"],
+        line1=row["address_line1"],
+        line2=row["address_line2"],
+        postal_code=row["address_postal_code"],
+        state=row["address_state"],
+    )
+    return CustomerState(
+        id=row["id"],
+        created=row["created"],
+        delinquent=row["delinquent"],
+        address=None if address.is_empty() else address,
+        description=row["description"],
+        email=row["email"],
+        invoice_prefix=row["invoice_prefix"],
+        next_invoice_sequence=row["next_invoice_sequence"],
+        name=row["name"],
+        phone=row["phone"],
+        preferred_locales=tuple(row["preferred_locales"]),
+        tax_exempt=row["tax_exempt"],
+        last_invoice_sequence=row["last_invoice_sequence"],
+        version=row["version"],
+    )
+
+
+class BatchStore:
+    """The statements of one batch, run on one connection inside one transaction."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def claim_positions(
+        self, consumer_group: str, first_offsets: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Lock the stored position of each partition (creating it at the batch's first
+        offset if new) and return it. Holding the lock fences off any other worker that
+        still processes the same partition after a rebalance."""
+        keys = sorted(first_offsets)
+        topics = [topic for topic, _ in keys]
+        partitions = [partition for _, partition in keys]
+        await self._connection.execute(
+            """
+            INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+            SELECT $1, topic, partition, next_offset
+            FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+            ON CONFLICT DO NOTHING
+            """,
+            consumer_group,
+            topics,
+            partitions,
+            [first_offsets[key] for key in keys],
+        )
+        rows = await self._connection.fetch(
+            """
+            SELECT o.topic, o.partition, o.next_offset
+            FROM consumer_offsets o
+            JOIN unnest($2::text[], $3::int[]) AS u(topic, partition)
+              ON o.topic = u.topic AND o.partition = u.partition
+            WHERE o.consumer_group = $1
+            ORDER BY o.topic, o.partition
+            FOR UPDATE OF o
+            """,
+            consumer_group,
+            topics,
+            partitions,
+        )
+        return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+
+    async def save_positions(
+        self, consumer_group: str, next_offsets: dict[TopicPartition, int]
+    ) -> None:
+        keys = sorted(next_offsets)
+        await self._connection.execute(
+            """
+            UPDATE consumer_offsets o SET next_offset = u.next_offset, updated = now()
+            FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+            WHERE o.consumer_group = $1 AND o.topic = u.topic AND o.partition = u.partition
+            """,
+            consumer_group,
+            [topic for topic, _ in keys],
+            [partition for _, partition in keys],
+            [next_offsets[key] for key in keys],
+        )
+
+    async def known_commands(self, command_ids: Sequence[str]) -> dict[str, bytes]:
+        if not command_ids:
+            return {}
+        rows = await self._connection.fetch(
+            "SELECT command_id, fingerprint FROM processed_commands "
+            "WHERE command_id = ANY($1::text[])",
+            list(command_ids),
+        )
+        return {row["command_id"]: bytes(row["fingerprint"]) for row in rows}
+
+    async def lock_customers(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
+        """Load and lock the customers, in id order so that concurrent batches cannot
+        deadlock on each other."""
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
+        rows = await self._connection.fetch(
+            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ANY($1::text[]) "
+            "ORDER BY id FOR UPDATE",
+            ids,
+        )
+        return {row["id"]: customer_from_row(row) for row in rows}
+
+    async def prefix_owners(self, prefixes: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(prefixes))
+        if not wanted:
+            return {}
+        rows = await self._connection.fetch(
+            "SELECT invoice_prefix, id FROM customers WHERE invoice_prefix = ANY($1::text[])",
+            wanted,
+        )
+        return {row["invoice_prefix"]: row["id"] for row in rows}
+
+    async def subscriptions(self, customer_ids: Iterable[str]) -> dict[str, SubscriptionList]:
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
+        rows = await self._connection.fetch(
+            """
+            SELECT customer_id, id, status, created, current_period_end, more FROM (
+                SELECT customer_id, id, status,
+                       extract(epoch FROM created)::bigint AS created,
+                       extract(epoch FROM current_period_end)::bigint AS current_period_end,
+                       row_number() OVER w AS n,
+                       count(*) OVER (PARTITION BY customer_id) > $2 AS more
+                FROM subscriptions WHERE customer_id = ANY($1::text[])
+                WINDOW w AS (PARTITION BY customer_id ORDER BY created DESC, id)
+            ) s
+            WHERE n <= $2
+            ORDER BY customer_id, n
+            """,
+            ids,
+            SUBSCRIPTIONS_PAGE,
+        )
+        found: dict[str, list[asyncpg.Record]] = {customer_id: [] for customer_id in ids}
+        for row in rows:
+            found[row["customer_id"]].append(row)
+        return {
+            customer_id: SubscriptionList(
+                data=[
+                    Subscription(
+                        id=row["id"],
+                        status=row["status"],
+                        created=row["created"],
+                        current_period_end=row["current_period_end"],
+                    )
+                    for row in customer_rows
+                ],
+                has_more=bool(customer_rows) and customer_rows[0]["more"],
+                url=f"/v1/customers/{customer_id}/subscriptions",
+            )
+            for customer_id, customer_rows in found.items()
+        }
+
+    async def save_customers(self, customers: Sequence[CustomerState]) -> None:
+        if not customers:
+            return
+        columns: dict[str, list[Any]] = {
+            "id": [],
+            "address_city": [],
+            "address_country": [],
+            "address_line1": [],
+            "address_line2": [],
+            "address_postal_code": [],
+            "address_state": [],
+            "description": [],
+            "email": [],
+            "invoice_prefix": [],
+            "next_invoice_sequence": [],
+            "name": [],
+            "phone": [],
+            "preferred_locales": [],
+            "tax_exempt": [],
+            "version": [],
+        }
+        for customer in customers:
+            address = customer.address or Address()
+            columns["id"].append(customer.id)
+            columns["address_city"].append(address.city)
+            columns["address_country"].append(address.country)
+            columns["address_line1"].append(address.line1)
+            columns["address_line2"].append(address.line2)
+            columns["address_postal_code"].append(address.postal_code)
+            columns["address_state"].append(address.state)
+            columns["description"].append(customer.description)
+            columns["email"].append(customer.email)
+            columns["invoice_prefix"].append(customer.invoice_prefix)
+            columns["next_invoice_sequence"].append(customer.next_invoice_sequence)
+            columns["name"].append(customer.name)
+            columns["phone"].append(customer.phone)
+            # A list of lists cannot be unnested row by row; BCP 47 tags never hold a comma.
+            columns["preferred_locales"].append(",".join(customer.preferred_locales))
+            columns["tax_exempt"].append(customer.tax_exempt)
+            columns["version"].append(customer.version)
+        await self._connection.execute(
+            """
+            UPDATE customers c SET
+                address_city = u.address_city, address_country = u.address_country,
+                address_line1 = u.address_line1, address_line2 = u.address_line2,
+                address_postal_code = u.address_postal_code, address_state = u.address_state,
+                description = u.description, email = u.email, invoice_prefix = u.invoice_prefix,
+                next_invoice_sequence = u.next_invoice_sequence, name = u.name, phone = u.phone,
+                preferred_locales = string_to_array(u.preferred_locales, ','),
+                tax_exempt = u.tax_exempt, version = u.version, updated = now()
+            FROM unnest(
+                $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[],
+                $14::text[], $15::text[], $16::bigint[]
+            ) AS u(id, address_city, address_country, address_line1, address_line2,
+                   address_postal_code, address_state, description, email, invoice_prefix,
+                   next_invoice_sequence, name, phone, preferred_locales, tax_exempt, version)
+            WHERE c.id = u.id
+            """,
+            *columns.values(),
+        )
+
+    async def save_processed(self, processed: Sequence[ProcessedCommand]) -> None:
+        if not processed:
+            return
+        await self._connection.execute(
+            """
+            INSERT INTO processed_commands (command_id, customer_id, fingerprint, outcome, version)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[])
+            """,
+            [row.command_id for row in processed],
+            [row.customer_id for row in processed],
+            [row.fingerprint for row in processed],
+            [row.outcome for row in processed],
+            [row.version for row in processed],
+        )
+
+    async def save_outbox(self, messages: Sequence[OutboundMessage]) -> None:
+        if not messages:
+            return
+        await self._connection.execute(
+            """
+            INSERT INTO outbox (topic, key, value, headers)
+            SELECT topic, key, value, headers::jsonb
+            FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[])
+                 AS u(topic, key, value, headers)
+            """,
+            [message.topic for message in messages],
+            [message.key for message in messages],
+            [message.value for message in messages],
+            [encode_headers(message.headers) for message in messages],
+        )
+        await self._connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
+    return orjson.dumps(
+        [[name, base64.b64encode(value).decode()] for name, value in headers]
+    ).decode()
+
+
+def decode_headers(stored: str | list[list[str]]) -> list[tuple[str, bytes]]:
+    pairs = orjson.loads(stored) if isinstance(stored, str) else stored
+    return [(name, base64.b64decode(value)) for name, value in pairs]
+
+
+async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> int:
+    """Forget command ids older than the retention, a slice at a time so that no single
+    statement holds many locks. Returns how many were removed."""
+    removed = 0
+    while True:
+        status = await pool.execute(
+            """
+            DELETE FROM processed_commands WHERE command_id IN (
+                SELECT command_id FROM processed_commands
+                WHERE processed_at < now() - make_interval(days => $1)
+                LIMIT 10000
+            )
+            """,
+            retention_days,
+        )
+        count = int(status.split()[-1])
+        removed += count
+        if count < 10000:
+            return removed
+
+
+@asynccontextmanager
+async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
+    """One transaction: committed if the block finishes, rolled back if it raises."""
+    async with pool.acquire() as connection, connection.transaction():
+        yield BatchStore(connection)

@@ -1,0 +1,137 @@
+"""Wiring: builds every resource from the settings, runs the worker, and closes it all.
+
+Nothing is created at import time; ``run_worker`` owns the whole lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer
+
+from service.adapters import kafka
+from service.adapters.postgres import TRANSIENT_ERRORS, create_pool, prune_processed_commands
+from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
+from service.processing import BatchProcessor, ProcessorConfig
+from service.relay import OutboxRelay, RelayConfig
+from service.settings import Settings
+from service.worker import CommandWorker, WorkerConfig
+
+log = structlog.get_logger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+
+def build_authorizer(settings: Settings) -> Authorizer:
+    key = settings.jwt_key()
+    if key is None:
+        return UnsignedAuthorizer()
+    return JwtAuthorizer(
+        key,
+        algorithms=settings.auth_jwt_algorithms,
+        audience=settings.auth_jwt_audience,
+        issuer=settings.auth_jwt_issuer,
+    )
+
+
+def build_relay(settings: Settings) -> OutboxRelay:
+    topics = settings.topics
+    return OutboxRelay(
+        RelayConfig(
+            database_url=settings.database_url.get_secret_value(),
+            topics=(topics.events, topics.rejections, topics.dead_letters),
+            batch_size=settings.relay_batch_size,
+            idle_interval=settings.relay_idle_interval,
+            retry_initial_delay=settings.retry_initial_delay,
+            retry_max_delay=settings.retry_max_delay,
+        ),
+        producer_factory=lambda: kafka.event_producer(
+            settings, transactional_id=settings.relay_transactional_id
+        ),
+        consumer_factory=lambda: AIOKafkaConsumer(
+            **kafka.connection_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        ),
+        partitions_of=lambda topics: kafka.partitions_of(settings, topics),
+    )
+
+
+def stop_on_signals(stopping: asyncio.Event) -> None:
+    """SIGTERM and Ctrl-C ask for a clean stop: finish the batch, drain, close."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+
+async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
+    """Run the consume loop and the outbox relay until ``stopping`` is set."""
+    pool = await create_pool(
+        settings.database_url.get_secret_value(),
+        size=settings.database_pool_size,
+        command_timeout=settings.database_command_timeout,
+    )
+    try:
+        relay = build_relay(settings)
+        processor = BatchProcessor(
+            pool,
+            ProcessorConfig(
+                consumer_group=settings.kafka_consumer_group,
+                source=settings.event_source,
+                topics=settings.topics,
+                limits=settings.limits,
+            ),
+            build_authorizer(settings),
+        )
+        consumer = kafka.command_consumer(settings)
+        worker = CommandWorker(
+            consumer,
+            processor,
+            WorkerConfig(
+                topic=settings.topic_commands,
+                batch_max_records=settings.batch_max_records,
+                retry_initial_delay=settings.retry_initial_delay,
+                retry_max_delay=settings.retry_max_delay,
+            ),
+            on_committed=relay.wake,
+        )
+        relay_stopping = asyncio.Event()
+
+        async def consume() -> None:
+            await consumer.start()
+            try:
+                worker.subscribe()
+                log.info("worker_started", topic=settings.topic_commands)
+                await worker.run(stopping)
+            finally:
+                # Leave the group first, so the partitions move on while the relay drains.
+                await consumer.stop()
+                relay_stopping.set()
+                log.info("worker_stopped")
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(consume())
+            if settings.relay_enabled:
+                tasks.create_task(relay.run(relay_stopping))
+            tasks.create_task(_prune_periodically(pool, settings, relay_stopping))
+    finally:
+        await pool.close()
+
+
+async def _prune_periodically(
+    pool: asyncpg.Pool, settings: Settings, stopping: asyncio.Event
+) -> None:
+    while not stopping.is_set():
+        try:
+            removed = await prune_processed_commands(pool, settings.idempotency_retention_days)
+            if removed:
+                log.info("idempotency_pruned", removed=removed)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("idempotency_prune_failed", error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), PRUNE_INTERVAL_SECONDS)

@@ -1,0 +1,201 @@
+"""Processing a batch of consumed records: one transaction, set-based, exactly once.
+
+For a batch the processor
+
+1. classifies every record (pure): poison, invalid, or a valid command;
+2. in one transaction: claims the partitions' stored positions and drops records below
+   them (already processed), loads and locks the customers, folds the commands in
+   partition order, and writes the customers, the idempotency rows, the outbox messages
+   and the new positions;
+3. when the transaction fails for a reason that retrying will not cure, processes the
+   records one by one so that one bad record cannot hold back the rest.
+
+Transient failures (see ``TRANSIENT_ERRORS``) propagate: the caller rewinds and retries
+the batch, and nothing of it was committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from service.adapters.postgres import TRANSIENT_ERRORS, BatchStore, batch_transaction
+from service.domain.authorization import Authorizer
+from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
+from service.domain.events import (
+    EventContext,
+    OutboundMessage,
+    Topics,
+    dead_letter_message,
+    rejected_message,
+    updated_message,
+)
+from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    consumer_group: str
+    source: str
+    topics: Topics = field(default_factory=Topics)
+    limits: Limits = field(default_factory=Limits)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: ProcessorConfig,
+        authorizer: Authorizer,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._authorizer = authorizer
+        self._clock = clock
+        self._new_id = new_id
+
+    async def process(self, records: Sequence[InboundRecord]) -> list[Decision]:
+        """Process ``records`` (in partition order) and return a decision for each one
+        not processed before. Raises one of ``TRANSIENT_ERRORS`` when the whole batch
+        should be retried."""
+        if not records:
+            return []
+        items = [
+            (record, classify(record, self._config.limits, self._authorizer)) for record in records
+        ]
+        try:
+            return await self._in_transaction(items)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                return await self._process_alone(items[0], exc)
+            log.warning("batch_isolating", records=len(items), error=repr(exc))
+            decisions: list[Decision] = []
+            for item in items:
+                decisions.extend(await self._process_one(item))
+            return decisions
+
+    async def _process_one(self, item: tuple[InboundRecord, Classified]) -> list[Decision]:
+        try:
+            return await self._in_transaction([item])
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            return await self._process_alone(item, exc)
+
+    async def _process_alone(
+        self, item: tuple[InboundRecord, Classified], error: Exception
+    ) -> list[Decision]:
+        record, _ = item
+        if isinstance(error, asyncpg.UniqueViolationError):
+            # Another worker took the same invoice prefix (or command id) between our
+            # read and our write; it has committed now, so a second try sees it.
+            try:
+                return await self._in_transaction([item])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as second:
+                error = second
+        # Not curable by retrying: park the record in the dead-letter topic, with the
+        # reason, rather than stop the partition.
+        log.error(
+            "record_failed",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=repr(error),
+        )
+        poison = Poison("processing_failed", f"{type(error).__name__}: {error}")
+        return await self._in_transaction([(record, poison)])
+
+    async def _in_transaction(
+        self, items: Sequence[tuple[InboundRecord, Classified]]
+    ) -> list[Decision]:
+        config = self._config
+        first_offsets: dict[tuple[str, int], int] = {}
+        for record, _ in items:
+            first_offsets.setdefault((record.topic, record.partition), record.offset)
+
+        async with batch_transaction(self._pool) as store:
+            positions = await store.claim_positions(config.consumer_group, first_offsets)
+            fresh = [
+                (record, item)
+                for record, item in items
+                if record.offset >= positions[(record.topic, record.partition)]
+            ]
+            valid = [item for _, item in fresh if isinstance(item, Valid)]
+            state = BatchState(
+                customers=await store.lock_customers(item.command.subject for item in valid),
+                prefix_owners=await store.prefix_owners(requested_prefixes(valid)),
+                known_commands=await store.known_commands([item.command.id for item in valid]),
+            )
+            decided = decide_batch(fresh, state)
+            await store.save_customers(list(decided.changed.values()))
+            await store.save_processed(decided.processed)
+            await store.save_outbox(await self._messages(decided.decisions, store))
+            next_offsets = dict(positions)
+            for record, _ in fresh:
+                next_offsets[(record.topic, record.partition)] = record.offset + 1
+            await store.save_positions(config.consumer_group, next_offsets)
+        return decided.decisions
+
+    async def _messages(
+        self, decisions: Sequence[Decision], store: BatchStore
+    ) -> list[OutboundMessage]:
+        config = self._config
+        context = EventContext(source=config.source, time=self._clock(), topics=config.topics)
+        expanded = await store.subscriptions(
+            decision.applied.after.id
+            for decision in decisions
+            if decision.applied is not None
+            and decision.command is not None
+            and decision.command.data.expands("subscriptions")
+        )
+        messages = []
+        for decision in decisions:
+            # A duplicate has none of applied, error or poison: it publishes nothing new.
+            if decision.applied is not None and decision.command is not None:
+                after = decision.applied.after
+                messages.append(
+                    updated_message(
+                        decision.applied,
+                        decision.command,
+                        event_id=self._new_id(),
+                        context=context,
+                        subscriptions=expanded.get(after.id)
+                        if decision.command.data.expands("subscriptions")
+                        else None,
+                    )
+                )
+            elif decision.error is not None and decision.customer_id is not None:
+                messages.append(
+                    rejected_message(
+                        decision.error,
+                        customer_id=decision.customer_id,
+                        command_id=decision.command_id,
+                        correlationid=decision.correlationid,
+                        event_id=self._new_id(),
+                        context=context,
+                    )
+                )
+            elif decision.poison is not None:
+                messages.append(
+                    dead_letter_message(
+                        decision.record,
+                        decision.poison,
+                        consumer_group=config.consumer_group,
+                        topic=config.topics.dead_letters,
+                    )
+                )
+        return messages

@@ -1,0 +1,235 @@
+"""The outbox relay: publishes outbox rows to Kafka in id order, then deletes them.
+
+Order. One relay publishes at a time: the leader holds a PostgreSQL advisory lock on
+its own connection; the others wait for it. The leader reads the oldest rows, publishes
+them in one Kafka transaction and deletes them after the commit. Rows of one customer
+are inserted in version order (each update holds the customer's row lock until its
+commit), so publishing in id order publishes each customer's events in version order.
+
+Atomicity. A batch becomes visible to ``read_committed`` consumers all at once or not
+at all; when publishing fails the transaction is aborted and the rows, still in the
+outbox, are published again in the same order. The shared ``transactional_id`` also
+fences off a former leader that lost its lock but still runs.
+
+Crash recovery. If the relay dies after the Kafka commit but before deleting the rows,
+the next leader reads the tail of the topics back (``outbox-id`` header) and deletes the
+rows already published before publishing the rest, so no event is published twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from service.adapters.postgres import OUTBOX_CHANNEL, TRANSIENT_ERRORS, decode_headers
+from service.retrying import retrying
+
+log = structlog.get_logger(__name__)
+
+PartitionsOf = Callable[[Sequence[str]], Awaitable[list[TopicPartition]]]
+
+OUTBOX_ID_HEADER = "outbox-id"
+# Advisory lock key of the relay leader; any constant shared by all instances.
+_LEADER_LOCK = 0x6375_7374_7265_6C
+# How far before the oldest pending row the recovery scan starts, for clock skew between
+# the database and the relay.
+_RECOVERY_MARGIN_MS = 60_000
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    database_url: str
+    topics: Sequence[str]
+    batch_size: int = 2000
+    idle_interval: float = 1.0
+    retry_initial_delay: float = 0.1
+    retry_max_delay: float = 30.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        config: RelayConfig,
+        producer_factory: Callable[[], AIOKafkaProducer],
+        consumer_factory: Callable[[], AIOKafkaConsumer],
+        partitions_of: PartitionsOf,
+    ) -> None:
+        self._config = config
+        self._producer_factory = producer_factory
+        self._consumer_factory = consumer_factory
+        self._partitions_of = partitions_of
+        self._wakeup = asyncio.Event()
+        self.is_leader = False
+        self.published = 0
+
+    def wake(self) -> None:
+        """Tell the relay there is new work (called after a batch commits)."""
+        self._wakeup.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Publish until ``stopping`` is set, then drain what is left and return."""
+        attempts = retrying(
+            on=(*TRANSIENT_ERRORS, KafkaError),
+            initial_delay=self._config.retry_initial_delay,
+            max_delay=self._config.retry_max_delay,
+            stopping=stopping,
+            before_sleep=lambda state: log.warning(
+                "relay_retrying",
+                attempt=state.attempt_number,
+                error=repr(state.outcome.exception()) if state.outcome else None,
+            ),
+        )
+        async for attempt in attempts:
+            with attempt:
+                await self._lead(stopping)
+
+    async def _lead(self, stopping: asyncio.Event) -> None:
+        async with self._leadership(stopping) as connection:
+            if connection is None:
+                return
+            producer = self._producer_factory()
+            await producer.start()
+            try:
+                await self._recover(connection)
+                while True:
+                    published = await self._publish_batch(connection, producer)
+                    if published:
+                        continue
+                    if stopping.is_set():
+                        return  # drained: the outbox is empty
+                    await self._idle(stopping)
+            finally:
+                self.is_leader = False
+                await producer.stop()
+
+    @contextlib.asynccontextmanager
+    async def _leadership(
+        self, stopping: asyncio.Event
+    ) -> AsyncIterator[asyncpg.Connection | None]:
+        """A connection holding the leader lock, or None if stopping before getting it."""
+        connection: asyncpg.Connection = await asyncpg.connect(self._config.database_url)
+        try:
+            while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                if stopping.is_set():
+                    yield None
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self._config.idle_interval)
+            await connection.add_listener(OUTBOX_CHANNEL, lambda *_: self._wakeup.set())
+            self.is_leader = True
+            log.info("relay_leading")
+            yield connection
+        finally:
+            # Closing the session releases the advisory lock.
+            await connection.close(timeout=5)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        self._wakeup.clear()
+        waiters = [
+            asyncio.ensure_future(self._wakeup.wait()),
+            asyncio.ensure_future(stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self._config.idle_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _publish_batch(
+        self, connection: asyncpg.Connection, producer: AIOKafkaProducer
+    ) -> int:
+        rows = await connection.fetch(
+            "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
+            self._config.batch_size,
+        )
+        if not rows:
+            return 0
+        await producer.begin_transaction()
+        try:
+            deliveries = []
+            for row in rows:
+                headers = [
+                    *decode_headers(row["headers"]),
+                    (OUTBOX_ID_HEADER, str(row["id"]).encode()),
+                ]
+                deliveries.append(
+                    await producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
+                )
+            await asyncio.gather(*deliveries)
+        except BaseException:
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            raise
+        await producer.commit_transaction()
+        await connection.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
+        )
+        self.published += len(rows)
+        return len(rows)
+
+    async def _recover(self, connection: asyncpg.Connection) -> None:
+        """Delete pending rows that a previous leader published but did not delete."""
+        oldest = await connection.fetchval(
+            "SELECT (extract(epoch FROM min(created)) * 1000)::bigint FROM outbox"
+        )
+        if oldest is None:
+            return
+        published = await published_outbox_ids(
+            self._consumer_factory,
+            await self._partitions_of(self._config.topics),
+            since_ms=oldest - _RECOVERY_MARGIN_MS,
+        )
+        if not published:
+            return
+        result = await connection.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", sorted(published)
+        )
+        log.warning("relay_recovered", already_published=result.split()[-1])
+
+
+async def published_outbox_ids(
+    consumer_factory: Callable[[], AIOKafkaConsumer],
+    partitions: Sequence[TopicPartition],
+    *,
+    since_ms: int,
+) -> set[int]:
+    """The ``outbox-id`` of every committed record in ``partitions`` published at or
+    after ``since_ms``."""
+    if not partitions:
+        return set()
+    consumer = consumer_factory()
+    await consumer.start()
+    try:
+        consumer.assign(list(partitions))
+        starts = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in partitions})
+        ends = await consumer.end_offsets(partitions)
+        pending = set()
+        for tp in partitions:
+            found = starts.get(tp)
+            start = found.offset if found is not None else ends[tp]
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                pending.add(tp)
+        ids: set[int] = set()
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    for name, value in record.headers:
+                        if name == OUTBOX_ID_HEADER:
+                            ids.add(int(value))
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return ids
+    finally:
+        await consumer.stop()

@@ -1,0 +1,140 @@
+"""Every setting of the service, read once from the environment (and an optional ``.env``).
+
+Each field's environment variable is its name in upper case. Nothing else in the service
+reads ``os.environ``. ``load_settings`` turns a validation failure into one message per
+bad variable, naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.domain.events import Topics
+from service.domain.inbound import Limits
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message names each variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # -- Kafka connection --------------------------------------------------------------
+    kafka_bootstrap_servers: Annotated[str, Field(min_length=1)] = "localhost:9092"
+    kafka_client_id: str = "customer-service"
+    kafka_consumer_group: str = "customer-service"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    # -- Topics ------------------------------------------------------------------------
+    topic_commands: str = "customer.update"
+    topic_events: str = "customer.updated"
+    topic_rejections: str = "customer.update.rejected"
+    topic_dead_letters: str = "customer.update.dlq"
+    topic_partitions: Annotated[int, Field(ge=1)] = 6
+    topic_replication_factor: Annotated[int, Field(ge=1)] = 1
+
+    # -- PostgreSQL --------------------------------------------------------------------
+    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/customer_service")
+    database_pool_size: Annotated[int, Field(ge=2)] = 10
+    database_command_timeout: Annotated[float, Field(gt=0)] = 30.0
+
+    # -- Worker ------------------------------------------------------------------------
+    batch_max_records: Annotated[int, Field(ge=1, le=10_000)] = 500
+    max_record_bytes: Annotated[int, Field(ge=1024)] = Limits().max_record_bytes
+    max_json_depth: Annotated[int, Field(ge=4, le=256)] = Limits().max_depth
+    idempotency_retention_days: Annotated[int, Field(ge=1)] = 7
+    retry_initial_delay: Annotated[float, Field(gt=0)] = 0.1
+    retry_max_delay: Annotated[float, Field(gt=0)] = 30.0
+    event_source: Annotated[str, Field(min_length=1)] = "customer-service"
+
+    # -- Outbox relay ------------------------------------------------------------------
+    relay_enabled: bool = True
+    relay_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 2000
+    relay_idle_interval: Annotated[float, Field(gt=0)] = 1.0
+    relay_transactional_id: Annotated[str, Field(min_length=1)] = "customer-service-relay"
+
+    # -- Authorization -----------------------------------------------------------------
+    auth_jwt_key: SecretStr | None = None
+    auth_jwt_key_file: Path | None = None
+    auth_jwt_algorithms: Annotated[list[str], NoDecode] = ["RS256"]
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+
+    # -- Logs --------------------------------------------------------------------------
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_algorithms(cls, values: dict[str, object]) -> dict[str, object]:
+        algorithms = values.get("auth_jwt_algorithms")
+        if isinstance(algorithms, str):
+            values["auth_jwt_algorithms"] = [
+                item.strip() for item in algorithms.split(",") if item.strip()
+            ]
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(
+                    "KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL is "
+                    f"{self.kafka_security_protocol}"
+                )
+            if self.kafka_sasl_username is None or self.kafka_sasl_password is None:
+                raise ValueError(
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL"
+                )
+        if self.auth_jwt_key is not None and self.auth_jwt_key_file is not None:
+            raise ValueError("set AUTH_JWT_KEY or AUTH_JWT_KEY_FILE, not both")
+        if self.retry_max_delay < self.retry_initial_delay:
+            raise ValueError("RETRY_MAX_DELAY must not be below RETRY_INITIAL_DELAY")
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(
+            commands=self.topic_commands,
+            events=self.topic_events,
+            rejections=self.topic_rejections,
+            dead_letters=self.topic_dead_letters,
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_record_bytes=self.max_record_bytes, max_depth=self.max_json_depth)
+
+    def jwt_key(self) -> str | None:
+        if self.auth_jwt_key is not None:
+            return self.auth_jwt_key.get_secret_value()
+        if self.auth_jwt_key_file is not None:
+            return self.auth_jwt_key_file.read_text()
+        return None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raise ``SettingsError`` naming every invalid variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            name = "_".join(str(part) for part in error["loc"][:1]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if name else message)
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

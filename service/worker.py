@@ -1,0 +1,155 @@
+"""The consume loop: poll a batch, process it in one transaction, then commit offsets.
+
+Offsets are committed to Kafka only after the database transaction that holds the
+batch's effects (and the partition positions, which are the real fence against applying
+a record twice). A transient failure rolls the batch back, rewinds the partitions to the
+batch's first offsets and polls again after a capped, jittered backoff; polling again
+keeps the consumer inside ``max_poll_interval_ms`` however long the outage lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from tenacity import RetryCallState
+
+from service.adapters.kafka import inbound
+from service.adapters.postgres import TRANSIENT_ERRORS
+from service.domain.batch import Decision
+from service.processing import BatchProcessor
+from service.retrying import retrying
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    topic: str
+    batch_max_records: int = 500
+    poll_timeout_ms: int = 200
+    retry_initial_delay: float = 0.1
+    retry_max_delay: float = 30.0
+
+
+class CommandWorker:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        processor: BatchProcessor,
+        config: WorkerConfig,
+        *,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._consumer = consumer
+        self._processor = processor
+        self._config = config
+        self._on_committed = on_committed
+        # Held while a batch is in flight; a rebalance waits for it before partitions move.
+        self._in_flight = asyncio.Lock()
+        self._rewind_to: dict[TopicPartition, int] = {}
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        assigned: set[TopicPartition] = self._consumer.assignment()
+        return assigned
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            [self._config.topic], listener=_FinishBeforeRevoke(self._in_flight)
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until ``stopping`` is set; the batch in flight then finishes first."""
+        while not stopping.is_set():
+            attempts = retrying(
+                on=TRANSIENT_ERRORS,
+                initial_delay=self._config.retry_initial_delay,
+                max_delay=self._config.retry_max_delay,
+                stopping=stopping,
+                before_sleep=self._rewind,
+            )
+            async for attempt in attempts:
+                with attempt:
+                    if not stopping.is_set():
+                        await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        batch = await self._consumer.getmany(
+            timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
+        )
+        if not batch:
+            return
+        started = time.monotonic()
+        async with self._in_flight:
+            self._rewind_to = {tp: records[0].offset for tp, records in batch.items()}
+            records = [inbound(record) for records in batch.values() for record in records]
+            decisions = await self._processor.process(records)
+            self._rewind_to = {}
+            self._on_committed()
+            await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        _log_outcomes(decisions, duration_ms=(time.monotonic() - started) * 1000)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        # The database already holds the positions; a failed Kafka commit (say, during a
+        # rebalance) only means some records are read again and skipped by position.
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.info("offset_commit_skipped", error=repr(exc))
+
+    def _rewind(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("batch_retrying", attempt=state.attempt_number, error=repr(error))
+        assigned = self._consumer.assignment()
+        for tp, offset in self._rewind_to.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+        self._rewind_to = {}
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, in_flight: asyncio.Lock) -> None:
+        self._in_flight = in_flight
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Waiting for the lock lets the batch in flight commit (database, then offsets)
+        # before another member may take its partitions.
+        async with self._in_flight:
+            log.info("partitions_revoked", partitions=_names(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=_names(assigned))
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
+
+
+def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
+    now_ms = time.time() * 1000
+    for decision in decisions:
+        record = decision.record
+        fields = {
+            "command_id": decision.command_id,
+            "customer_id": decision.customer_id,
+            "partition": record.partition,
+            "offset": record.offset,
+            "outcome": decision.outcome,
+            "duration_ms": round(duration_ms, 1),
+            "lag_ms": round(now_ms - record.timestamp, 1),
+        }
+        if decision.applied is not None:
+            fields["version"] = decision.applied.after.version
+        if decision.error is not None:
+            fields["error_code"] = decision.error.code
+            fields["error_param"] = decision.error.param
+        if decision.poison is not None:
+            fields["error_code"] = decision.poison.code
+        level = "warning" if decision.outcome == "dead_lettered" else "info"
+        getattr(log, level)("command_" + decision.outcome, **fields)

@@ -1,0 +1,203 @@
+"""Helpers for tests that talk to the real Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from service.adapters.kafka import connection_options, partitions_of
+from service.app import run_worker
+from service.settings import Settings
+
+UPDATE_PERMISSION = "pay:customers:update"
+
+
+def database_url_for(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def command(
+    customer_id: str, data: dict[str, Any] | None = None, **attributes: Any
+) -> dict[str, Any]:
+    """A valid customer.update command; ``attributes`` override or add envelope fields."""
+    document: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": f"cmd-{uuid.uuid4()}",
+        "source": "tests",
+        "type": "customer.update",
+        "subject": customer_id,
+        "principal": "svc-tests",
+        "permissions": UPDATE_PERMISSION,
+        "data": data if data is not None else {},
+    }
+    document.update(attributes)
+    return document
+
+
+@dataclass(frozen=True)
+class Produced:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+async def produce(
+    settings: Settings,
+    records: Sequence[tuple[bytes | None, bytes | None]],
+    *,
+    topic: str | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
+) -> list[Produced]:
+    """Send ``(key, value)`` pairs in order and wait until all are acknowledged."""
+    producer = AIOKafkaProducer(**connection_options(settings), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topic or settings.topic_commands, value, key=key, headers=list(headers)
+            )
+            for key, value in records
+        ]
+        sent = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [
+        Produced(key, value, metadata.partition, metadata.offset)
+        for (key, value), metadata in zip(records, sent, strict=True)
+    ]
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document)
+
+
+async def produce_commands(
+    settings: Settings, commands: Sequence[dict[str, Any]]
+) -> list[Produced]:
+    return await produce(
+        settings, [(document["subject"].encode(), encode(document)) for document in commands]
+    )
+
+
+@dataclass
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+@dataclass
+class TopicReader:
+    """Reads topics from the beginning (committed records only) and keeps everything."""
+
+    settings: Settings
+    topics: Sequence[str]
+    received: list[Received] = field(default_factory=list)
+    _consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        consumer = AIOKafkaConsumer(
+            **connection_options(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        partitions = await partitions_of(self.settings, self.topics)
+        assert {tp.topic for tp in partitions} == set(self.topics), "unknown topic"
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+        except BaseException:
+            await consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def poll(self, wait: float = 0.5) -> list[Received]:
+        assert self._consumer is not None
+        batch = await self._consumer.getmany(timeout_ms=int(wait * 1000))
+        new = [
+            Received(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                list(record.headers),
+            )
+            for records in batch.values()
+            for record in records
+        ]
+        self.received.extend(new)
+        return new
+
+    def on(self, topic: str) -> list[Received]:
+        return [record for record in self.received if record.topic == topic]
+
+    async def wait_until(
+        self, condition: Callable[[TopicReader], bool], *, within: float = 30.0, what: str = ""
+    ) -> None:
+        """Poll until ``condition(self)`` holds; fail with what was seen if it never does."""
+        deadline = time.monotonic() + within
+        while not condition(self):
+            if time.monotonic() > deadline:
+                seen = {topic: len(self.on(topic)) for topic in self.topics}
+                raise AssertionError(f"timed out waiting for {what or condition}; saw {seen}")
+            await self.poll()
+
+    async def wait_for_count(
+        self, topic: str, count: int, *, within: float = 30.0
+    ) -> list[Received]:
+        await self.wait_until(
+            lambda reader: len(reader.on(topic)) >= count,
+            within=within,
+            what=f"{count} records on {topic}",
+        )
+        return self.on(topic)
+
+
+def event_topics(settings: Settings) -> list[str]:
+    return [settings.topic_events, settings.topic_rejections, settings.topic_dead_letters]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """The worker (consumer and relay) running in this event loop; stopped cleanly on exit."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stopping))
+    try:
+        yield task
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+async def insert_customer(connection: Any, customer_id: str, **columns: Any) -> None:
+    values = {"id": customer_id, **columns}
+    names = ", ".join(values)
+    placeholders = ", ".join(f"${index}" for index in range(1, len(values) + 1))
+    await connection.execute(
+        f"INSERT INTO customers ({names}) VALUES ({placeholders})", *values.values()
+    )
