@@ -1,6 +1,6 @@
 """Wiring: builds every resource from the settings, runs the worker, and closes it all.
 
-Nothing is created at import time; ``run_worker`` owns the whole lifespan.
+Nothing is created at import time; ``WorkerProcess.run`` owns the whole lifespan.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from service.adapters import kafka
 from service.adapters.postgres import TRANSIENT_ERRORS, create_pool, prune_processed_commands
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
+from service.http import Health, HttpServer, build_app
+from service.metrics import Metrics
 from service.processing import BatchProcessor, ProcessorConfig
 from service.relay import OutboxRelay, RelayConfig
 from service.settings import Settings
@@ -24,6 +26,8 @@ from service.worker import CommandWorker, WorkerConfig
 log = structlog.get_logger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 3600.0
+#: The consumer's max.poll.interval.ms; the liveness probe fails well before it.
+MAX_POLL_INTERVAL_MS = 300_000
 
 
 def build_authorizer(settings: Settings) -> Authorizer:
@@ -38,7 +42,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
     )
 
 
-def build_relay(settings: Settings) -> OutboxRelay:
+def build_relay(settings: Settings, metrics: Metrics | None = None) -> OutboxRelay:
     topics = settings.topics
     return OutboxRelay(
         RelayConfig(
@@ -59,6 +63,7 @@ def build_relay(settings: Settings) -> OutboxRelay:
             isolation_level="read_committed",
         ),
         partitions_of=lambda topics: kafka.partitions_of(settings, topics),
+        metrics=metrics or Metrics(),
     )
 
 
@@ -69,15 +74,51 @@ def stop_on_signals(stopping: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
 
-async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
-    """Run the consume loop and the outbox relay until ``stopping`` is set."""
-    pool = await create_pool(
-        settings.database_url.get_secret_value(),
-        size=settings.database_pool_size,
-        command_timeout=settings.database_command_timeout,
-    )
-    try:
-        relay = build_relay(settings)
+class WorkerProcess:
+    """Everything one worker process runs: the consume loop, the outbox relay, the
+    idempotency pruner and the health and metrics endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        #: The bound HTTP port once serving (useful when HTTP_PORT is 0).
+        self.http_port: int | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run until ``stopping`` is set; then finish the batch in flight, leave the
+        group, publish what is left in the outbox and close everything."""
+        settings = self.settings
+        pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            size=settings.database_pool_size,
+            command_timeout=settings.database_command_timeout,
+        )
+        health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
+        server = HttpServer(build_app(health, self.metrics), settings.http_host, settings.http_port)
+        try:
+            if settings.http_enabled:
+                await server.start()
+                self.http_port = server.port
+            relay = build_relay(settings, self.metrics)
+            relay_stopping = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._consume(pool, health, relay, stopping, relay_stopping))
+                if settings.relay_enabled:
+                    tasks.create_task(relay.run(relay_stopping))
+                tasks.create_task(_prune_periodically(pool, settings, relay_stopping))
+        finally:
+            await server.stop()
+            await pool.close()
+
+    async def _consume(
+        self,
+        pool: asyncpg.Pool,
+        health: Health,
+        relay: OutboxRelay,
+        stopping: asyncio.Event,
+        relay_stopping: asyncio.Event,
+    ) -> None:
+        settings = self.settings
         processor = BatchProcessor(
             pool,
             ProcessorConfig(
@@ -88,7 +129,7 @@ async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
             ),
             build_authorizer(settings),
         )
-        consumer = kafka.command_consumer(settings)
+        consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
         worker = CommandWorker(
             consumer,
             processor,
@@ -98,29 +139,27 @@ async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
                 retry_initial_delay=settings.retry_initial_delay,
                 retry_max_delay=settings.retry_max_delay,
             ),
+            metrics=self.metrics,
             on_committed=relay.wake,
+            on_poll=health.polled,
         )
-        relay_stopping = asyncio.Event()
+        health.assigned_partitions = lambda: len(worker.assignment)
+        await consumer.start()
+        try:
+            worker.subscribe()
+            health.running = True
+            log.info("worker_started", topic=settings.topic_commands, http_port=self.http_port)
+            await worker.run(stopping)
+        finally:
+            health.running = False
+            # Leave the group first, so the partitions move on while the relay drains.
+            await consumer.stop()
+            relay_stopping.set()
+            log.info("worker_stopped")
 
-        async def consume() -> None:
-            await consumer.start()
-            try:
-                worker.subscribe()
-                log.info("worker_started", topic=settings.topic_commands)
-                await worker.run(stopping)
-            finally:
-                # Leave the group first, so the partitions move on while the relay drains.
-                await consumer.stop()
-                relay_stopping.set()
-                log.info("worker_stopped")
 
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(consume())
-            if settings.relay_enabled:
-                tasks.create_task(relay.run(relay_stopping))
-            tasks.create_task(_prune_periodically(pool, settings, relay_stopping))
-    finally:
-        await pool.close()
+async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
+    await WorkerProcess(settings).run(stopping)
 
 
 async def _prune_periodically(

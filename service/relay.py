@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from tenacity import RetryCallState
 
 from service.adapters.postgres import OUTBOX_CHANNEL, TRANSIENT_ERRORS, decode_headers
+from service.metrics import Metrics
 from service.retrying import retrying
 
 log = structlog.get_logger(__name__)
@@ -36,6 +40,8 @@ log = structlog.get_logger(__name__)
 PartitionsOf = Callable[[Sequence[str]], Awaitable[list[TopicPartition]]]
 
 OUTBOX_ID_HEADER = "outbox-id"
+#: Seconds between two counts of the outbox for the backlog gauge.
+BACKLOG_INTERVAL = 1.0
 # Advisory lock key of the relay leader; any constant shared by all instances.
 _LEADER_LOCK = 0x6375_7374_7265_6C
 # How far before the oldest pending row the recovery scan starts, for clock skew between
@@ -60,13 +66,17 @@ class OutboxRelay:
         producer_factory: Callable[[], AIOKafkaProducer],
         consumer_factory: Callable[[], AIOKafkaConsumer],
         partitions_of: PartitionsOf,
+        metrics: Metrics,
     ) -> None:
         self._config = config
+        self._metrics = metrics
+        self._backlog_measured = 0.0
         self._producer_factory = producer_factory
         self._consumer_factory = consumer_factory
         self._partitions_of = partitions_of
         self._wakeup = asyncio.Event()
-        self.is_leader = False
+        #: "starting", then "standby" while another instance leads, or "leading".
+        self.state: Literal["starting", "standby", "leading"] = "starting"
         self.published = 0
 
     def wake(self) -> None:
@@ -80,15 +90,16 @@ class OutboxRelay:
             initial_delay=self._config.retry_initial_delay,
             max_delay=self._config.retry_max_delay,
             stopping=stopping,
-            before_sleep=lambda state: log.warning(
-                "relay_retrying",
-                attempt=state.attempt_number,
-                error=repr(state.outcome.exception()) if state.outcome else None,
-            ),
+            before_sleep=self._retrying,
         )
         async for attempt in attempts:
             with attempt:
                 await self._lead(stopping)
+
+    def _retrying(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("relay_retrying", attempt=state.attempt_number, error=repr(error))
+        self._metrics.retries.labels("relay").inc()
 
     async def _lead(self, stopping: asyncio.Event) -> None:
         async with self._leadership(stopping) as connection:
@@ -100,13 +111,14 @@ class OutboxRelay:
                 await self._recover(connection)
                 while True:
                     published = await self._publish_batch(connection, producer)
+                    await self._measure_backlog(connection)
                     if published:
                         continue
                     if stopping.is_set():
                         return  # drained: the outbox is empty
                     await self._idle(stopping)
             finally:
-                self.is_leader = False
+                self.state = "starting"
                 await producer.stop()
 
     @contextlib.asynccontextmanager
@@ -117,13 +129,14 @@ class OutboxRelay:
         connection: asyncpg.Connection = await asyncpg.connect(self._config.database_url)
         try:
             while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                self.state = "standby"
                 if stopping.is_set():
                     yield None
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self._config.idle_interval)
             await connection.add_listener(OUTBOX_CHANNEL, lambda *_: self._wakeup.set())
-            self.is_leader = True
+            self.state = "leading"
             log.info("relay_leading")
             yield connection
         finally:
@@ -170,11 +183,23 @@ class OutboxRelay:
                 await producer.abort_transaction()
             raise
         await producer.commit_transaction()
-        await connection.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows]
-        )
+        await self._forget(connection, [row["id"] for row in rows])
         self.published += len(rows)
+        for row in rows:
+            self._metrics.published.labels(row["topic"]).inc()
         return len(rows)
+
+    async def _measure_backlog(self, connection: asyncpg.Connection) -> None:
+        now = time.monotonic()
+        if now - self._backlog_measured >= BACKLOG_INTERVAL:
+            self._backlog_measured = now
+            self._metrics.outbox_backlog.set(
+                await connection.fetchval("SELECT count(*) FROM outbox")
+            )
+
+    async def _forget(self, connection: asyncpg.Connection, ids: list[int]) -> None:
+        """Delete rows that are published."""
+        await connection.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
 
     async def _recover(self, connection: asyncpg.Connection) -> None:
         """Delete pending rows that a previous leader published but did not delete."""

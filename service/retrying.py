@@ -26,7 +26,7 @@ def retrying(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(on),
-        wait=wait_exponential_jitter(initial=initial_delay, max=max_delay),
+        wait=wait_exponential_jitter(multiplier=initial_delay, max=max_delay),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     auth_jwt_audience: str | None = None
     auth_jwt_issuer: str | None = None
 
+    # -- Health and metrics over HTTP --------------------------------------------------
+    http_enabled: bool = True
+    http_host: str = "0.0.0.0"
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
     # -- Logs --------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

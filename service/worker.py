@@ -22,6 +22,7 @@ from tenacity import RetryCallState
 from service.adapters.kafka import inbound
 from service.adapters.postgres import TRANSIENT_ERRORS
 from service.domain.batch import Decision
+from service.metrics import Metrics
 from service.processing import BatchProcessor
 from service.retrying import retrying
 
@@ -44,12 +45,16 @@ class CommandWorker:
         processor: BatchProcessor,
         config: WorkerConfig,
         *,
+        metrics: Metrics,
         on_committed: Callable[[], None] = lambda: None,
+        on_poll: Callable[[], None] = lambda: None,
     ) -> None:
         self._consumer = consumer
         self._processor = processor
         self._config = config
+        self._metrics = metrics
         self._on_committed = on_committed
+        self._on_poll = on_poll
         # Held while a batch is in flight; a rebalance waits for it before partitions move.
         self._in_flight = asyncio.Lock()
         self._rewind_to: dict[TopicPartition, int] = {}
@@ -83,7 +88,9 @@ class CommandWorker:
         batch = await self._consumer.getmany(
             timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
         )
+        self._on_poll()
         if not batch:
+            self._update_lag({})
             return
         started = time.monotonic()
         async with self._in_flight:
@@ -92,8 +99,24 @@ class CommandWorker:
             decisions = await self._processor.process(records)
             self._rewind_to = {}
             self._on_committed()
-            await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-        _log_outcomes(decisions, duration_ms=(time.monotonic() - started) * 1000)
+            next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+            await self._commit(next_offsets)
+        seconds = time.monotonic() - started
+        self._metrics.record_batch(decisions, seconds=seconds, now_ms=time.time() * 1000)
+        self._update_lag(next_offsets)
+        _log_outcomes(decisions, duration_ms=seconds * 1000)
+
+    def _update_lag(self, next_offsets: dict[TopicPartition, int]) -> None:
+        lag = self._metrics.consumer_lag
+        if not next_offsets:
+            # An idle poll: nothing is waiting on any assigned partition.
+            for tp in self._consumer.assignment():
+                lag.labels(str(tp.partition)).set(0)
+            return
+        for tp, position in next_offsets.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                lag.labels(str(tp.partition)).set(max(0, highwater - position))
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         # The database already holds the positions; a failed Kafka commit (say, during a
@@ -106,6 +129,7 @@ class CommandWorker:
     def _rewind(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         log.warning("batch_retrying", attempt=state.attempt_number, error=repr(error))
+        self._metrics.retries.labels("worker").inc()
         assigned = self._consumer.assignment()
         for tp, offset in self._rewind_to.items():
             if tp in assigned:

@@ -99,6 +99,7 @@ async def settings(stack: Stack, database_url: str) -> Settings:
         retry_initial_delay=0.05,
         retry_max_delay=0.5,
         relay_idle_interval=0.2,
+        http_port=0,
         log_format="console",
         _env_file=None,
     )

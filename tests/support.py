@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -109,6 +109,8 @@ class TopicReader:
 
     settings: Settings
     topics: Sequence[str]
+    #: A worker task to watch: if it dies, waiting fails at once with its error.
+    worker: asyncio.Task[None] | None = None
     received: list[Received] = field(default_factory=list)
     _consumer: AIOKafkaConsumer | None = None
 
@@ -162,6 +164,9 @@ class TopicReader:
         """Poll until ``condition(self)`` holds; fail with what was seen if it never does."""
         deadline = time.monotonic() + within
         while not condition(self):
+            if self.worker is not None and self.worker.done():
+                self.worker.result()
+                raise AssertionError("the worker stopped while the test waited for it")
             if time.monotonic() > deadline:
                 seen = {topic: len(self.on(topic)) for topic in self.topics}
                 raise AssertionError(f"timed out waiting for {what or condition}; saw {seen}")
@@ -201,3 +206,18 @@ async def insert_customer(connection: Any, customer_id: str, **columns: Any) -> 
     await connection.execute(
         f"INSERT INTO customers ({names}) VALUES ({placeholders})", *values.values()
     )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], *, within: float = 30.0, what: str = "a condition"
+) -> None:
+    """Poll ``check`` until it holds, for state that sends no notification (a table,
+    another process, a flag of a running task); fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)

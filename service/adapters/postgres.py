@@ -25,6 +25,9 @@ TopicPartition = tuple[str, int]
 #: server went away, or the transaction lost a conflict. Anything else is permanent.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
+    # Raised client-side when a connection is unusable (closed under us, or left busy by
+    # an interrupted operation); a fresh connection is the cure.
+    asyncpg.InterfaceError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
@@ -338,6 +341,18 @@ async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> i
 
 @asynccontextmanager
 async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
-    """One transaction: committed if the block finishes, rolled back if it raises."""
-    async with pool.acquire() as connection, connection.transaction():
-        yield BatchStore(connection)
+    """One transaction: committed if the block finishes, rolled back if it raises.
+
+    The block's own error is what propagates: when the server ended the session, the
+    rollback is skipped rather than replacing that error with "connection is closed".
+    """
+    async with pool.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            yield BatchStore(connection)
+        except BaseException:
+            if not connection.is_closed():
+                await transaction.rollback()
+            raise
+        await transaction.commit()

@@ -31,6 +31,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
         "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id,
         "LOG_FORMAT": "json",
+        "HTTP_PORT": "0",
     }
 
 

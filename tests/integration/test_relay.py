@@ -1,0 +1,119 @@
+"""The outbox relay against the real Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from service.app import build_relay
+from service.relay import OutboxRelay
+from service.settings import Settings
+from tests.support import (
+    TopicReader,
+    command,
+    event_topics,
+    eventually,
+    insert_customer,
+    produce_commands,
+    running_worker,
+)
+
+
+@contextlib.asynccontextmanager
+async def running_relay(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    try:
+        yield task
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+async def outbox_size(db: asyncpg.Connection) -> int:
+    size: int = await db.fetchval("SELECT count(*) FROM outbox")
+    return size
+
+
+async def _outbox_reaches(db: asyncpg.Connection, size: int) -> bool:
+    return await outbox_size(db) >= size
+
+
+async def fill_outbox(
+    settings: Settings, db: asyncpg.Connection, commands: list[dict[str, object]]
+) -> None:
+    """Process ``commands`` with the relay switched off, so their events stay in the outbox."""
+    before = await outbox_size(db)
+    async with running_worker(settings.model_copy(update={"relay_enabled": False})):
+        await produce_commands(settings, commands)
+        await eventually(
+            lambda: _outbox_reaches(db, before + len(commands)), what="the events in the outbox"
+        )
+
+
+async def test_rows_left_in_the_outbox_are_published_on_restart_in_order(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await insert_customer(db, "cus_o", invoice_prefix="OUT1")
+    commands = [command("cus_o", {"description": f"d{n}"}) for n in range(8)]
+    await fill_outbox(settings, db, commands)
+
+    async with (
+        running_relay(build_relay(settings)),
+        TopicReader(settings, event_topics(settings)) as reader,
+    ):
+        events = await reader.wait_for_count(settings.topic_events, 8)
+
+    assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]
+    assert [int(e.json()["sequence"]) for e in events] == list(range(2, 10))
+    assert await outbox_size(db) == 0
+
+
+async def test_a_relay_that_dies_after_publishing_does_not_publish_twice(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await insert_customer(db, "cus_rc", invoice_prefix="RCR1")
+    published_then_died = [command("cus_rc", {"description": f"a{n}"}) for n in range(5)]
+    later = [command("cus_rc", {"description": f"b{n}"}) for n in range(3)]
+    await fill_outbox(settings, db, published_then_died)
+
+    class SimulatedCrashError(Exception):
+        """The relay dies after the Kafka commit, before deleting the rows."""
+
+    async def die(self: OutboxRelay, connection: asyncpg.Connection, ids: list[int]) -> None:
+        raise SimulatedCrashError
+
+    monkeypatch.setattr(OutboxRelay, "_forget", die)
+    with pytest.raises(SimulatedCrashError):
+        await build_relay(settings).run(asyncio.Event())
+    monkeypatch.undo()
+    assert await outbox_size(db) == 5
+
+    async with running_worker(settings) as worker:
+        await produce_commands(settings, later)
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            # One customer's events share a partition and arrive in order, so a second
+            # copy of an early event would be among the first eight records.
+            events = await reader.wait_for_count(settings.topic_events, 8)
+
+    assert [e.json()["causationid"] for e in events] == [
+        c["id"] for c in [*published_then_died, *later]
+    ]
+    assert await outbox_size(db) == 0
+
+
+async def test_only_one_relay_leads_at_a_time(settings: Settings) -> None:
+    first, second = build_relay(settings), build_relay(settings)
+
+    async with running_relay(first):
+        await eventually(lambda: first.state == "leading", what="the first relay to lead")
+        async with running_relay(second):
+            await eventually(lambda: second.state == "standby", what="the second to stand by")
+            assert first.state == "leading"
+        assert first.state == "leading"
+    async with running_relay(second):
+        await eventually(lambda: second.state == "leading", what="the second to take over")
