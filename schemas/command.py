@@ -16,7 +16,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from schemas import fields
@@ -37,7 +46,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class AddressUpdate(_Strict):
+def _absent_means_unchanged(schema: JsonDict) -> None:
+    # In a merge patch an absent field is left alone while null clears it, so the
+    # "default": null pydantic derives from "= None" would tell clients the opposite (and
+    # for the fields that cannot be cleared, advertise a value that is refused).
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        for field in properties.values():
+            if isinstance(field, dict):
+                field.pop("default", None)
+
+
+class _Patch(_Strict):
+    model_config = ConfigDict(json_schema_extra=_absent_means_unchanged)
+
+
+class AddressUpdate(_Patch):
     """Address fields to change; absent ones stay as they are."""
 
     city: fields.AddressLine = None
@@ -59,8 +83,10 @@ class AddressUpdate(_Strict):
     ] = None
 
 
-class CustomerUpdate(_Strict):
-    """The body of "Update customer"."""
+class CustomerUpdate(_Patch):
+    """The body of "Update customer". A field that is absent is left unchanged; ``null`` or
+    ``""`` clears a clearable one; any other value sets it. ``address`` merges field by
+    field."""
 
     address: AddressUpdate | None = None
     description: fields.Description = None
@@ -84,10 +110,15 @@ class CustomerUpdate(_Strict):
     tax_exempt: Literal["exempt", "none", "reverse"] = None  # type: ignore[assignment]
     expand: Annotated[
         list[Literal["subscriptions"]] | None,
-        Field(description="Specifies which fields in the event's object should be expanded."),
+        Field(
+            description="Specifies which fields in the event's object should be expanded.",
+            json_schema_extra={"uniqueItems": True},
+        ),
     ] = None
 
-    @field_validator("address", mode="before")
+    @field_validator(
+        "address", mode="before", json_schema_input_type=AddressUpdate | None | Literal[""]
+    )
     @classmethod
     def _address_empty_string_clears(cls, value: object) -> object:
         return None if value == "" else value
@@ -106,7 +137,14 @@ class CustomerUpdate(_Strict):
 
     def changes(self) -> dict[str, Any]:
         """The fields this update names (set or cleared), excluding ``expand``."""
-        return {name: getattr(self, name) for name in self.model_fields_set if name != "expand"}
+        # In declaration order, so that what is derived from it (previous_attributes) is
+        # the same bytes on every run.
+        given = self.model_fields_set
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name in given and name != "expand"
+        }
 
     def expands(self, field: str) -> bool:
         return bool(self.expand) and field in (self.expand or ())
@@ -127,10 +165,15 @@ class CustomerUpdateCommand(_Strict):
     source: Annotated[
         StrictStr,
         Field(min_length=1, max_length=1024, description="URI-reference of the sender."),
+        fields.NoWhitespace,
     ]
     type: Literal["customer.update"]
     subject: Annotated[fields.Identifier, Field(description="The id of the customer to update.")]
-    time: Annotated[datetime | None, Field(strict=False)] = None
+    time: Annotated[
+        Annotated[datetime, Field(strict=False)] | None,
+        BeforeValidator(fields.ensure_rfc3339),
+        Field(description="When the command was created (RFC 3339, with an offset)."),
+    ] = None
     datacontenttype: Literal["application/json"] = "application/json"
     expectedversion: Annotated[
         StrictInt | None,
@@ -139,6 +182,13 @@ class CustomerUpdateCommand(_Strict):
     correlationid: Annotated[
         fields.Identifier | None,
         Field(description="Copied to the resulting event to tie a conversation together."),
+    ] = None
+    traceparent: Annotated[
+        fields.TraceParent | None,
+        Field(description="W3C trace context (CloudEvents distributed tracing extension)."),
+    ] = None
+    tracestate: Annotated[
+        StrictStr | None, Field(max_length=512, description="W3C tracestate, passed along.")
     ] = None
     principal: Annotated[
         fields.Identifier | None,
@@ -167,12 +217,3 @@ class CustomerUpdateCommand(_Strict):
     @classmethod
     def _source_is_single_token(cls, value: str) -> str:
         return fields.ensure_identifier(value)
-
-    @field_validator("time")
-    @classmethod
-    def _time_has_offset(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise PydanticCustomError(
-                "parameter_invalid", "must be an RFC 3339 timestamp with a UTC offset"
-            )
-        return value

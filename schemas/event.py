@@ -34,11 +34,13 @@ class _Envelope(BaseModel):
 
     specversion: Literal["1.0"] = "1.0"
     id: Annotated[str, Field(description="Unique per event; the same on a republished copy.")]
-    source: str
+    source: Annotated[str, Field(description="The service that published the event.")]
     subject: Annotated[str, Field(description="The customer id.")]
-    time: datetime
+    time: Annotated[datetime, Field(description="When the service produced the event.")]
     datacontenttype: Literal["application/json"] = "application/json"
-    correlationid: str | None = None
+    correlationid: Annotated[
+        str | None, Field(description="The command's correlationid, when it had one.")
+    ] = None
     traceparent: Annotated[
         str | None, Field(description="W3C trace context of the command, when it had one.")
     ] = None
@@ -54,6 +56,8 @@ class _Envelope(BaseModel):
 
 
 class CustomerUpdatedData(BaseModel):
+    """The customer after the update, and what the update changed."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     object: Customer
@@ -64,6 +68,9 @@ class CustomerUpdatedData(BaseModel):
 
 
 class CustomerUpdatedEvent(_Envelope):
+    """A ``customer.update`` command was applied; published to topic ``customer.updated``,
+    keyed by the customer id."""
+
     type: Literal["customer.updated"] = "customer.updated"
     sequence: Annotated[
         str,
@@ -80,6 +87,8 @@ class CustomerUpdatedEvent(_Envelope):
 
 
 class RejectionData(BaseModel):
+    """Which command was refused, for which customer, and why."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     command_id: Annotated[
@@ -90,6 +99,13 @@ class RejectionData(BaseModel):
 
 
 class CustomerUpdateRejectedEvent(_Envelope):
+    """A ``customer.update`` command was refused and changed nothing; published to topic
+    ``customer.update.rejected``, keyed by the record key of the command."""
+
     type: Literal["customer.update.rejected"] = "customer.update.rejected"
-    causationid: Annotated[str | None, Field(description="The refused command's id, if any.")]
+    # Defaulted because the serializer leaves it out when the command had no usable id:
+    # without a default this model could not read back a rejection it had published.
+    causationid: Annotated[
+        str | None, Field(description="The refused command's id; absent when it had none.")
+    ] = None
     data: RejectionData

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated
+from typing import Annotated, Any
 
 import langcodes
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, StrictStr
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    GetJsonSchemaHandler,
+    StrictInt,
+    StrictStr,
+)
+from pydantic.config import JsonValue
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 # Maximum lengths, in characters. They are part of the contract (README, JSON Schema).
 MAX_NAME = 256
@@ -107,8 +116,65 @@ def ensure_unique(values: list[str]) -> list[str]:
     return values
 
 
+def ensure_unique_tags(values: list[str]) -> list[str]:
+    # Language tags are case-insensitive (RFC 5646 2.1.1): en-US and en-us are one tag.
+    if len({value.casefold() for value in values}) != len(values):
+        raise _invalid("must not repeat an entry (language tags ignore case)")
+    return values
+
+
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(value: str) -> str:
+    if not TRACEPARENT.fullmatch(value) or value.startswith("ff"):
+        raise _invalid("must be a W3C traceparent such as 00-<32 hex>-<16 hex>-01")
+    return value
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def ensure_rfc3339(value: object) -> object:
+    """Only RFC 3339 text (or null): pydantic alone would also take Unix seconds and other
+    ISO 8601 forms."""
+    if value is not None and (not isinstance(value, str) or not _RFC3339.fullmatch(value)):
+        raise _invalid("must be an RFC 3339 timestamp with a UTC offset, e.g. 2026-01-31T09:30:00Z")
+    return value
+
+
+def documented(**keywords: JsonValue) -> Any:
+    """JSON Schema keywords that publish a rule a validator already enforces.
+
+    They only describe: the validator stays the one check, so a broken rule is still
+    reported with its specific error code rather than pydantic's generic pattern error.
+    """
+    return Field(json_schema_extra=keywords)
+
+
+# The validators above allow no whitespace; ``isprintable`` is stricter than a pattern
+# can portably say, so the published schema is a necessary condition only.
+NoWhitespace = documented(pattern=r"^\S+$")
+
+_EMPTY_STRING: JsonSchemaValue = {"const": "", "type": "string"}
+
+
+class _ClearedByEmptyString(BeforeValidator):
+    """A before-validator that also publishes ``""`` as an accepted value: its schema would
+    otherwise come from the inner type alone, which refuses ``""`` wherever that type has
+    a pattern or is not a string."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        inner = handler(schema)
+        if "anyOf" in inner:
+            return {**inner, "anyOf": [*inner["anyOf"], _EMPTY_STRING]}
+        return {"anyOf": [inner, _EMPTY_STRING]}
+
+
 SingleLine = AfterValidator(_single_line)
-Clearable = BeforeValidator(_empty_to_none)
+Clearable = _ClearedByEmptyString(_empty_to_none)
 
 # Text fields that may be cleared: absent = unchanged, null or "" = cleared.
 Name = Annotated[Annotated[StrictStr, Field(max_length=MAX_NAME), SingleLine] | None, Clearable]
@@ -123,19 +189,39 @@ AddressLine = Annotated[
 PostalCode = Annotated[
     Annotated[StrictStr, Field(max_length=MAX_POSTAL_CODE), SingleLine] | None, Clearable
 ]
-Country = Annotated[Annotated[StrictStr, AfterValidator(_country)] | None, Clearable]
+Country = Annotated[
+    Annotated[StrictStr, AfterValidator(_country), documented(pattern="^[A-Z]{2}$")] | None,
+    Clearable,
+]
 Email = Annotated[
     Annotated[StrictStr, Field(max_length=MAX_EMAIL), SingleLine, AfterValidator(_email)] | None,
     Clearable,
 ]
-Locale = Annotated[StrictStr, Field(max_length=MAX_LOCALE), AfterValidator(_locale)]
+Locale = Annotated[
+    StrictStr,
+    Field(max_length=MAX_LOCALE),
+    AfterValidator(_locale),
+    documented(pattern=f"^{_BCP47_SHAPE.pattern}$"),
+]
 PreferredLocales = Annotated[
-    Annotated[list[Locale], AfterValidator(ensure_unique)] | None, Clearable
+    Annotated[list[Locale], AfterValidator(ensure_unique_tags), documented(uniqueItems=True)]
+    | None,
+    Clearable,
 ]
 
 # Fields that cannot be cleared.
-InvoicePrefix = Annotated[StrictStr, AfterValidator(_invoice_prefix)]
+InvoicePrefix = Annotated[
+    StrictStr,
+    AfterValidator(_invoice_prefix),
+    documented(minLength=3, maxLength=12, pattern=f"^{_INVOICE_PREFIX.pattern}$"),
+]
 InvoiceSequence = Annotated[StrictInt, Field(ge=1, le=MAX_INVOICE_SEQUENCE)]
+TraceParent = Annotated[
+    StrictStr, AfterValidator(_traceparent), documented(pattern=f"^{TRACEPARENT.pattern}$")
+]
 Identifier = Annotated[
-    StrictStr, Field(min_length=1, max_length=MAX_ID), AfterValidator(ensure_identifier)
+    StrictStr,
+    Field(min_length=1, max_length=MAX_ID),
+    AfterValidator(ensure_identifier),
+    NoWhitespace,
 ]

@@ -1,0 +1,409 @@
+"""The published contract files, rendered from the models.
+
+``python -m schemas`` writes them, ``python -m schemas --check`` compares them, and a unit
+test fails when the committed files differ from ``render()``.
+
+How the AsyncAPI document refers to the payload schemas: it embeds copies of them under
+``components.schemas`` instead of referring to ``json/*.schema.json`` by relative path.
+A relative file reference keeps the document valid only next to those files and only for
+tools that resolve external references, and the files declare draft 2020-12 while an
+AsyncAPI Schema Object is a draft 07 dialect. So every ``$defs`` entry of a JSON Schema
+moves up to ``components.schemas`` beside the schema itself, ``#/$defs/X`` becomes
+``#/components/schemas/X``, ``$schema``, ``$id`` and ``$comment`` are dropped (an ``$id``
+would change the base that those references resolve against), and a ``$ref`` with sibling
+keywords is wrapped in ``allOf`` because draft 07 ignores a ``$ref``'s siblings. The JSON
+Schema files stay the standalone, canonical form of each payload.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas import SCHEMA_VERSION
+from schemas import headers as outbound
+from schemas.command import COMMAND_TYPE, CustomerUpdateCommand
+from schemas.event import (
+    REJECTED_TYPE,
+    UPDATED_TYPE,
+    CustomerUpdatedEvent,
+    CustomerUpdateRejectedEvent,
+)
+from schemas.topics import Topics
+
+Json = dict[str, Any]
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+ASYNCAPI_VERSION = "3.0.0"
+KAFKA_BINDING_VERSION = "0.5.0"
+GENERATED = "Generated from the models in schemas/ by `python -m schemas`; do not edit."
+
+_DEFS_PREFIX = "#/$defs/"
+_COMPONENTS_PREFIX = "#/components/schemas/"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One JSON payload of the contract, named by its CloudEvents type."""
+
+    message_type: str
+    model: type[BaseModel]
+    #: Emitted by the service (rather than received), so its schema describes the wire form.
+    published: bool
+
+    @property
+    def path(self) -> str:
+        return f"json/{self.message_type}.schema.json"
+
+
+PAYLOADS = (
+    Payload(COMMAND_TYPE, CustomerUpdateCommand, published=False),
+    Payload(UPDATED_TYPE, CustomerUpdatedEvent, published=True),
+    Payload(REJECTED_TYPE, CustomerUpdateRejectedEvent, published=True),
+)
+
+
+def render() -> dict[str, str]:
+    """Every contract file, as ``{path relative to schemas/: text}``."""
+    import yaml  # a development tool: the service never renders, so never needs it
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        # Docstring descriptions span lines; a block keeps them readable in review.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, represent_str)
+
+    schemas = {payload.message_type: json_schema(payload) for payload in PAYLOADS}
+    files = {
+        payload.path: json.dumps(schemas[payload.message_type], indent=2, ensure_ascii=False) + "\n"
+        for payload in PAYLOADS
+    }
+    # The JSON round trip gives every node its own object, so YAML writes no anchors.
+    document = json.loads(json.dumps(asyncapi(schemas)))
+    files["asyncapi.yaml"] = f"# {GENERATED}\n" + yaml.dump(
+        document, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100
+    )
+    return files
+
+
+def json_schema(payload: Payload) -> Json:
+    """The standalone draft 2020-12 schema of ``payload``."""
+    generated = payload.model.model_json_schema()
+    if payload.published:
+        generated = _wire_form(generated)
+    definitions = generated.pop("$defs", None)
+    schema: Json = {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": f"{payload.message_type}.schema.json",
+        "$comment": GENERATED,
+        "title": generated.pop("title"),
+        "description": generated.pop("description"),
+        **generated,
+    }
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
+
+
+def _wire_form(schema: Json) -> Json:
+    """``schema`` narrowed from what an event model accepts to what the service emits.
+
+    The defaults of an event model are conveniences for building events: a non-null
+    default is always serialized, so the property is required, and the serializers leave
+    out an attribute whose value is null and defaults to null, so such a property is
+    optional and never null.
+    """
+    schema = copy.deepcopy(schema)
+    for node in (schema, *schema.get("$defs", {}).values()):
+        properties: Json = node.get("properties", {})
+        required = set(node.get("required", ()))
+        for name, prop in properties.items():
+            if "default" not in prop:
+                continue
+            if prop.pop("default") is not None:
+                required.add(name)
+                continue
+            branches = [b for b in prop.pop("anyOf", ()) if b != {"type": "null"}]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            elif branches:
+                prop["anyOf"] = branches
+            properties[name] = dict(sorted(prop.items()))
+        if required:
+            node["required"] = [name for name in properties if name in required]
+    return schema
+
+
+def asyncapi(schemas: dict[str, Json]) -> Json:
+    """The AsyncAPI 3 document of the service; ``schemas`` maps type to JSON Schema."""
+    topics = Topics()
+    components = _embedded(schemas.values())
+    components["PublishedHeaders"] = _published_headers()
+    components["DeadLetterHeaders"] = _dead_letter_headers()
+
+    def schema_ref(name: str) -> Json:
+        if name not in components:
+            raise KeyError(f"no schema {name!r} in components.schemas")
+        return {"$ref": _COMPONENTS_PREFIX + name}
+
+    def title_of(message_type: str) -> str:
+        return str(schemas[message_type]["title"])
+
+    customer_key = {
+        "type": "string",
+        "description": "The customer id, UTF-8 encoded. It orders all messages about one "
+        "customer within one partition.",
+    }
+    channels: Json = {
+        "customerUpdate": {
+            "address": topics.commands,
+            "title": "Customer update commands",
+            "description": (
+                "Requests to update one customer. The record key must be the customer id "
+                "and equal the command's `subject`. A record that cannot be read as a JSON "
+                "object (no key, not UTF-8, not JSON, too large, too deep) is moved to the "
+                "dead-letter topic; a readable command that breaks the contract or may not "
+                "be applied gets a `customer.update.rejected` event."
+            ),
+            "messages": {"customerUpdate": {"$ref": "#/components/messages/customerUpdate"}},
+        },
+        "customerUpdated": {
+            "address": topics.events,
+            "title": "Customer updated events",
+            "description": "One event for every applied command, in customer version order.",
+            "messages": {"customerUpdated": {"$ref": "#/components/messages/customerUpdated"}},
+        },
+        "customerUpdateRejected": {
+            "address": topics.rejections,
+            "title": "Customer update rejections",
+            "description": "One event for every refused command; the customer is unchanged.",
+            "messages": {
+                "customerUpdateRejected": {"$ref": "#/components/messages/customerUpdateRejected"}
+            },
+        },
+        "customerUpdateDeadLetter": {
+            "address": topics.dead_letters,
+            "title": "Dead-lettered command records",
+            "description": (
+                "Records of the command topic that could not be processed at all, byte for "
+                "byte, with headers saying where they came from and why."
+            ),
+            "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+        },
+    }
+
+    def operation(action: str, channel: str, message: str, summary: str) -> Json:
+        return {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{channel}"},
+            "summary": summary,
+            "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
+        }
+
+    operations = {
+        "receiveCustomerUpdate": operation(
+            "receive", "customerUpdate", "customerUpdate", "Apply a customer update command."
+        ),
+        "sendCustomerUpdated": operation(
+            "send", "customerUpdated", "customerUpdated", "Announce an applied update."
+        ),
+        "sendCustomerUpdateRejected": operation(
+            "send",
+            "customerUpdateRejected",
+            "customerUpdateRejected",
+            "Tell the producer why a command was refused.",
+        ),
+        "sendDeadLetter": operation(
+            "send",
+            "customerUpdateDeadLetter",
+            "deadLetter",
+            "Park a command record that cannot be processed.",
+        ),
+    }
+
+    def kafka_key(key: Json) -> Json:
+        return {"kafka": {"key": key, "bindingVersion": KAFKA_BINDING_VERSION}}
+
+    correlation = {"location": "$message.payload#/correlationid"}
+    messages: Json = {
+        "customerUpdate": {
+            "name": COMMAND_TYPE,
+            "title": "Update customer",
+            "summary": "A request to update one customer (CloudEvents 1.0, structured JSON).",
+            "contentType": "application/json",
+            "correlationId": correlation,
+            "payload": schema_ref(title_of(COMMAND_TYPE)),
+            "bindings": kafka_key(customer_key),
+        },
+        "customerUpdated": {
+            "name": UPDATED_TYPE,
+            "title": "Customer updated",
+            "summary": "A command was applied (CloudEvents 1.0, structured JSON).",
+            "contentType": "application/json",
+            "correlationId": correlation,
+            "headers": schema_ref("PublishedHeaders"),
+            "payload": schema_ref(title_of(UPDATED_TYPE)),
+            "bindings": kafka_key(customer_key),
+        },
+        "customerUpdateRejected": {
+            "name": REJECTED_TYPE,
+            "title": "Customer update rejected",
+            "summary": "A command was refused (CloudEvents 1.0, structured JSON).",
+            "contentType": "application/json",
+            "correlationId": correlation,
+            "headers": schema_ref("PublishedHeaders"),
+            "payload": schema_ref(title_of(REJECTED_TYPE)),
+            "bindings": kafka_key(
+                {
+                    "type": "string",
+                    "description": "The key of the refused command's record: the customer id.",
+                }
+            ),
+        },
+        "deadLetter": {
+            "name": "deadLetter",
+            "title": "Dead letter",
+            "summary": "A command record that could not be processed, unchanged.",
+            "contentType": "application/octet-stream",
+            "headers": schema_ref("DeadLetterHeaders"),
+            "payload": {
+                "type": "string",
+                "format": "binary",
+                "description": (
+                    "The original record value, byte for byte; empty when the original "
+                    "had no value (a tombstone)."
+                ),
+            },
+            "bindings": kafka_key(
+                {
+                    "type": "string",
+                    "description": (
+                        "The original record key, byte for byte (normally the customer id); "
+                        "absent when the original had none."
+                    ),
+                }
+            ),
+        },
+    }
+
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "customer-service",
+            "version": SCHEMA_VERSION,
+            "description": (
+                "Applies `customer.update` commands to the customer store and publishes "
+                "the outcome. Every JSON message is a CloudEvents 1.0 envelope in "
+                "structured mode and every record is keyed by the customer id, so all "
+                "messages about one customer keep their order. A command's `id` is its "
+                "idempotency key: a redelivered command is applied once. Each applied "
+                "command publishes one `customer.updated` event whose `sequence` is the "
+                "customer's new version; each refused command publishes one "
+                "`customer.update.rejected` event. The addresses are the default topic "
+                "names; the TOPIC_COMMANDS, TOPIC_EVENTS, TOPIC_REJECTIONS and "
+                "TOPIC_DEAD_LETTERS settings change them."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"schemas": components, "messages": messages},
+    }
+
+
+def _embedded(schemas: Iterable[Json]) -> Json:
+    """``components.schemas`` holding each schema and its definitions, as draft 07."""
+    components: Json = {}
+    for schema in schemas:
+        document = copy.deepcopy(schema)
+        definitions: Json = document.pop("$defs", {})
+        for keyword in ("$schema", "$id", "$comment"):
+            document.pop(keyword, None)
+        for name, node in ((document["title"], document), *definitions.items()):
+            converted = _as_component(node)
+            if components.setdefault(name, converted) != converted:
+                raise ValueError(f"two different schemas are both named {name!r}")
+    return components
+
+
+def _as_component(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_as_component(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _as_component(value) for key, value in node.items()}
+    reference = converted.pop("$ref", None)
+    if reference is None:
+        return converted
+    if isinstance(reference, str) and reference.startswith(_DEFS_PREFIX):
+        reference = _COMPONENTS_PREFIX + reference.removeprefix(_DEFS_PREFIX)
+    if not converted:
+        return {"$ref": reference}
+    return {"allOf": [{"$ref": reference}], **converted}
+
+
+def _text_header(description: str) -> Json:
+    return {"type": "string", "description": description}
+
+
+def _outbox_header() -> Json:
+    return {
+        "type": "string",
+        "pattern": "^[0-9]+$",
+        "description": (
+            "Internal: the outbox row this record was relayed from, which the relay uses "
+            "to recover after a crash. Consumers should ignore it."
+        ),
+    }
+
+
+def _published_headers() -> Json:
+    return {
+        "type": "object",
+        "description": "Kafka record headers; values are UTF-8 text.",
+        "properties": {outbound.OUTBOX_ID: _outbox_header()},
+    }
+
+
+def _dead_letter_headers() -> Json:
+    provenance = {
+        outbound.DLT_ORIGINAL_TOPIC: _text_header("The topic the record was consumed from."),
+        outbound.DLT_ORIGINAL_PARTITION: _text_header("Its partition, in decimal."),
+        outbound.DLT_ORIGINAL_OFFSET: _text_header("Its offset, in decimal."),
+        outbound.DLT_ORIGINAL_TIMESTAMP: _text_header(
+            "Its timestamp, in decimal milliseconds since the Unix epoch."
+        ),
+        outbound.DLT_ORIGINAL_TIMESTAMP_TYPE: {
+            "type": "string",
+            "enum": ["CreateTime", "LogAppendTime"],
+            "description": "What its timestamp means.",
+        },
+        outbound.DLT_ORIGINAL_CONSUMER_GROUP: _text_header(
+            "The consumer group of the service that dead-lettered it."
+        ),
+        outbound.DLT_ERROR_CODE: _text_header(
+            "A machine-readable reason (despite the Spring Kafka name, not a class name), "
+            "such as record_key_missing, record_invalid_json, record_too_large or "
+            "processing_failed."
+        ),
+        outbound.DLT_ERROR_MESSAGE: _text_header("A human-readable reason."),
+    }
+    return {
+        "type": "object",
+        "description": (
+            "Kafka record headers; values are UTF-8 text. The original record's own headers "
+            f"come first, unchanged, followed by the {outbound.DLT_PREFIX}* headers."
+        ),
+        "properties": {**provenance, outbound.OUTBOX_ID: _outbox_header()},
+        "required": list(provenance),
+        "additionalProperties": True,
+    }

@@ -1,0 +1,180 @@
+"""Who may update customers: trusted attributes (unsigned) or a verified JWT (signed)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from schemas.command import AUTHORIZATION_ACTION
+from schemas.errors import ErrorObject
+from service.domain.authorization import JwtAuthorizer, Principal, UnsignedAuthorizer
+from tests.unit.builders import command
+
+# 64 bytes each: long enough for HS512 too, so PyJWT raises no InsecureKeyLengthWarning.
+SECRET = "unit-test-secret-" + "s" * 47
+OTHER_SECRET = "another-secret--" + "o" * 48
+SIGNED = JwtAuthorizer(SECRET, algorithms=["HS256"])
+
+
+def token(claims: dict[str, Any], key: str = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "sub": "svc-billing",
+        "exp": int(time.time()) + 300,
+        "permissions": [AUTHORIZATION_ACTION],
+    }
+    base.update(overrides)
+    return {name: value for name, value in base.items() if value is not None}
+
+
+def denied(result: Principal | ErrorObject, param: str) -> ErrorObject:
+    assert isinstance(result, ErrorObject), result
+    assert (result.type, result.code, result.param) == (
+        "invalid_request_error",
+        "permission_denied",
+        param,
+    )
+    return result
+
+
+# Unsigned
+
+
+def test_unsigned_without_principal_is_denied() -> None:
+    error = denied(UnsignedAuthorizer().authorize(command(principal=None)), "principal")
+    assert "no principal" in error.message
+
+
+@pytest.mark.parametrize("permissions", [None, "", "pay:customers:read", "PAY:CUSTOMERS:UPDATE"])
+def test_unsigned_without_the_permission_is_denied(permissions: str | None) -> None:
+    result = UnsignedAuthorizer().authorize(command(principal="svc-a", permissions=permissions))
+    error = denied(result, "permissions")
+    assert "'svc-a'" in error.message
+    assert AUTHORIZATION_ACTION in error.message
+
+
+@pytest.mark.parametrize(
+    "permissions",
+    [
+        AUTHORIZATION_ACTION,
+        f"pay:customers:read {AUTHORIZATION_ACTION} pay:invoices:write",
+        f"pay:customers:read  {AUTHORIZATION_ACTION}",
+    ],
+)
+def test_unsigned_with_the_permission_acts_for_the_principal(permissions: str) -> None:
+    result = UnsignedAuthorizer().authorize(command(principal="svc-a", permissions=permissions))
+    assert result == Principal("svc-a")
+
+
+def test_unsigned_does_not_match_the_permission_as_a_substring() -> None:
+    result = UnsignedAuthorizer().authorize(
+        command(principal="svc-a", permissions=f"{AUTHORIZATION_ACTION}:all")
+    )
+    denied(result, "permissions")
+
+
+# Signed
+
+
+def test_a_valid_token_with_a_permissions_list_acts_for_its_subject() -> None:
+    result = SIGNED.authorize(command(authtoken=token(claims())))
+    assert result == Principal("svc-billing")
+
+
+def test_a_valid_token_with_a_scope_string_acts_for_its_subject() -> None:
+    scope = f"openid {AUTHORIZATION_ACTION} pay:invoices:read"
+    result = SIGNED.authorize(command(authtoken=token(claims(permissions=None, scope=scope))))
+    assert result == Principal("svc-billing")
+
+
+def test_the_token_decides_the_principal_not_the_attributes() -> None:
+    result = SIGNED.authorize(
+        command(authtoken=token(claims()), principal="svc-claimed", permissions="")
+    )
+    assert result == Principal("svc-billing")
+
+
+def test_a_command_without_authtoken_is_denied_even_with_attributes() -> None:
+    result = SIGNED.authorize(command(principal="svc-a", permissions=AUTHORIZATION_ACTION))
+    error = denied(result, "authtoken")
+    assert "no authtoken" in error.message
+
+
+def test_an_expired_token_is_denied() -> None:
+    expired = token(claims(exp=int(time.time()) - 60))
+    error = denied(SIGNED.authorize(command(authtoken=expired)), "authtoken")
+    assert "expired" in error.message
+
+
+def test_a_token_signed_with_another_key_is_denied() -> None:
+    forged = token(claims(), key=OTHER_SECRET)
+    error = denied(SIGNED.authorize(command(authtoken=forged)), "authtoken")
+    assert "not valid" in error.message
+
+
+def test_a_token_signed_with_another_algorithm_is_denied() -> None:
+    other = token(claims(), algorithm="HS512")
+    denied(SIGNED.authorize(command(authtoken=other)), "authtoken")
+
+
+def test_an_unsigned_token_is_denied() -> None:
+    unsigned = jwt.encode(claims(), key="", algorithm="none")
+    denied(SIGNED.authorize(command(authtoken=unsigned)), "authtoken")
+
+
+@pytest.mark.parametrize("missing", ["sub", "exp"])
+def test_a_token_without_a_required_claim_is_denied(missing: str) -> None:
+    incomplete = token(claims(**{missing: None}))
+    error = denied(SIGNED.authorize(command(authtoken=incomplete)), "authtoken")
+    assert missing in error.message
+
+
+@pytest.mark.parametrize(
+    "grants",
+    [
+        {"permissions": ["pay:customers:read"]},
+        {"permissions": []},
+        {"permissions": None},
+        {"permissions": None, "scope": "pay:customers:read"},
+        {"permissions": AUTHORIZATION_ACTION},
+        {"permissions": None, "scope": [AUTHORIZATION_ACTION]},
+    ],
+    ids=[
+        "other-permission",
+        "empty-list",
+        "no-claim",
+        "scope-without-it",
+        "permissions-as-string",
+        "scope-as-list",
+    ],
+)
+def test_a_token_without_the_permission_is_denied(grants: dict[str, Any]) -> None:
+    result = SIGNED.authorize(command(authtoken=token(claims(**grants))))
+    error = denied(result, "authtoken")
+    assert "'svc-billing' lacks the permission" in error.message
+
+
+def test_a_garbage_token_is_denied() -> None:
+    denied(SIGNED.authorize(command(authtoken="not.a.jwt")), "authtoken")
+
+
+def test_the_audience_is_checked_when_configured() -> None:
+    authorizer = JwtAuthorizer(SECRET, algorithms=["HS256"], audience="customer-service")
+    assert authorizer.authorize(
+        command(authtoken=token(claims(aud="customer-service")))
+    ) == Principal("svc-billing")
+    denied(authorizer.authorize(command(authtoken=token(claims(aud="billing")))), "authtoken")
+
+
+def test_the_issuer_is_checked_when_configured() -> None:
+    authorizer = JwtAuthorizer(SECRET, algorithms=["HS256"], issuer="https://idp.example")
+    assert authorizer.authorize(
+        command(authtoken=token(claims(iss="https://idp.example")))
+    ) == Principal("svc-billing")
+    denied(authorizer.authorize(command(authtoken=token(claims(iss="https://evil")))), "authtoken")

@@ -1,0 +1,311 @@
+"""The messages published for applied, refused and unreadable commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.customer import Subscription, SubscriptionList
+from schemas.errors import ErrorObject, invalid
+from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
+from schemas.topics import Topics
+from service.domain.customer import Address, CustomerState
+from service.domain.events import (
+    EventContext,
+    dead_letter_message,
+    rejected_message,
+    updated_message,
+)
+from service.domain.inbound import InboundRecord, Poison
+from service.domain.update import Applied, apply_update
+from tests.unit.builders import CUSTOMER_ID, command, customer, no_owner, value_of
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+CONTEXT = EventContext(source="customer-service", time=NOW, topics=Topics())
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SUBSCRIPTIONS = SubscriptionList(
+    data=[
+        Subscription(
+            id="sub_1", status="active", created=1_700_000_000, current_period_end=1_702_592_000
+        )
+    ],
+    has_more=False,
+    url=f"/v1/customers/{CUSTOMER_ID}/subscriptions",
+)
+ERROR = invalid("parameter_invalid", "data.name", "Invalid data.name: too long")
+
+
+def stored() -> CustomerState:
+    return customer(
+        address=Address(city="Rome", country="IT"),
+        name="Ada",
+        preferred_locales=("it",),
+        version=6,
+    )
+
+
+def applied_update(data: dict[str, Any]) -> Applied:
+    result = apply_update(stored(), command(data), no_owner)
+    assert isinstance(result, Applied), result
+    return result
+
+
+def updated_body(
+    *,
+    correlationid: str | None = None,
+    traceparent: str | None = None,
+    subscriptions: SubscriptionList | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    message = updated_message(
+        applied_update({"name": "Ada King", "address": {"city": "Milan"}}),
+        command({"name": "Ada King"}, id="cmd-42", correlationid=correlationid),
+        event_id="evt-1",
+        context=CONTEXT,
+        subscriptions=subscriptions,
+        traceparent=traceparent,
+    )
+    assert message.value is not None
+    body: dict[str, Any] = orjson.loads(message.value)
+    return message.value, body
+
+
+def rejected(command_id: str | None, correlationid: str | None = None) -> bytes:
+    return (
+        rejected_message(
+            ERROR,
+            customer_id=CUSTOMER_ID,
+            command_id=command_id,
+            correlationid=correlationid,
+            event_id="evt-2",
+            context=CONTEXT,
+        ).value
+        or b""
+    )
+
+
+# customer.updated
+
+
+def test_an_update_is_published_to_the_events_topic_keyed_by_customer() -> None:
+    message = updated_message(
+        applied_update({"name": "Ada King"}),
+        command({"name": "Ada King"}),
+        event_id="evt-1",
+        context=EventContext("customer-service", NOW, Topics(events="events.v2")),
+        subscriptions=None,
+    )
+    assert (message.topic, message.key) == ("events.v2", CUSTOMER_ID.encode())
+
+
+def test_the_updated_event_validates_against_its_schema() -> None:
+    value, _ = updated_body(correlationid="corr-1", traceparent=TRACEPARENT)
+    event = CustomerUpdatedEvent.model_validate_json(value)
+    assert (event.id, event.source, event.subject, event.time) == (
+        "evt-1",
+        "customer-service",
+        CUSTOMER_ID,
+        NOW,
+    )
+    assert (event.type, event.causationid, event.correlationid, event.traceparent) == (
+        "customer.updated",
+        "cmd-42",
+        "corr-1",
+        TRACEPARENT,
+    )
+
+
+def test_the_sequence_is_the_new_version_zero_padded() -> None:
+    _, body = updated_body()
+    assert body["sequence"] == "00000000000000000007"
+
+
+def test_the_object_is_the_customer_after_the_update() -> None:
+    value, _ = updated_body()
+    event = CustomerUpdatedEvent.model_validate_json(value)
+    assert (
+        event.data.object
+        == applied_update({"name": "Ada King", "address": {"city": "Milan"}}).after.to_object()
+    )
+    assert event.data.object.name == "Ada King"
+
+
+def test_previous_attributes_are_published_in_object_form() -> None:
+    _, body = updated_body()
+    assert body["data"]["previous_attributes"] == {
+        "name": "Ada",
+        "address": {
+            "city": "Rome",
+            "country": "IT",
+            "line1": None,
+            "line2": None,
+            "postal_code": None,
+            "state": None,
+        },
+    }
+
+
+def test_subscriptions_are_absent_when_not_expanded() -> None:
+    _, body = updated_body()
+    assert "subscriptions" not in body["data"]["object"]
+
+
+def test_subscriptions_are_present_when_given() -> None:
+    value, body = updated_body(subscriptions=SUBSCRIPTIONS)
+    assert body["data"]["object"]["subscriptions"]["data"][0]["id"] == "sub_1"
+    event = CustomerUpdatedEvent.model_validate_json(value)
+    assert event.data.object.subscriptions == SUBSCRIPTIONS
+
+
+@pytest.mark.parametrize("attribute", ["correlationid", "traceparent"])
+def test_absent_optional_attributes_are_omitted_from_the_updated_event(attribute: str) -> None:
+    _, body = updated_body()
+    assert attribute not in body
+
+
+def test_present_optional_attributes_are_published() -> None:
+    _, body = updated_body(correlationid="corr-1", traceparent=TRACEPARENT)
+    assert (body["correlationid"], body["traceparent"]) == ("corr-1", TRACEPARENT)
+
+
+def test_the_updated_event_without_optional_attributes_validates() -> None:
+    value, _ = updated_body()
+    event = CustomerUpdatedEvent.model_validate_json(value)
+    assert (event.correlationid, event.traceparent) == (None, None)
+
+
+# customer.update.rejected
+
+
+def test_a_rejection_is_published_to_the_rejections_topic_keyed_by_customer() -> None:
+    message = rejected_message(
+        ERROR,
+        customer_id=CUSTOMER_ID,
+        command_id="cmd-1",
+        correlationid=None,
+        event_id="evt-2",
+        context=EventContext("customer-service", NOW, Topics(rejections="rejections.v2")),
+    )
+    assert (message.topic, message.key) == ("rejections.v2", CUSTOMER_ID.encode())
+
+
+def test_the_rejected_event_validates_against_its_schema() -> None:
+    event = CustomerUpdateRejectedEvent.model_validate_json(rejected("cmd-1", "corr-1"))
+    assert (event.type, event.id, event.subject, event.causationid, event.correlationid) == (
+        "customer.update.rejected",
+        "evt-2",
+        CUSTOMER_ID,
+        "cmd-1",
+        "corr-1",
+    )
+    assert (event.data.command_id, event.data.customer_id) == ("cmd-1", CUSTOMER_ID)
+    assert event.data.error == ERROR
+
+
+def test_the_rejected_event_carries_the_error_object() -> None:
+    body = orjson.loads(rejected("cmd-1"))
+    assert body["data"]["error"] == {
+        "type": "invalid_request_error",
+        "code": "parameter_invalid",
+        "param": "data.name",
+        "message": "Invalid data.name: too long",
+    }
+
+
+def test_a_rejection_without_command_id_omits_causationid_but_keeps_a_null_command_id() -> None:
+    body = orjson.loads(rejected(None))
+    assert "causationid" not in body
+    assert "correlationid" not in body
+    assert body["data"]["command_id"] is None
+
+
+def test_a_rejection_without_command_id_validates_against_its_schema() -> None:
+    event = CustomerUpdateRejectedEvent.model_validate_json(rejected(None))
+    assert event.causationid is None
+    assert event.data.command_id is None
+
+
+def test_the_rejected_error_round_trips() -> None:
+    error = ErrorObject(
+        type="idempotency_error", code="idempotency_key_reused", param="id", message="reused"
+    )
+    value = value_of(
+        rejected_message(
+            error,
+            customer_id=CUSTOMER_ID,
+            command_id="cmd-1",
+            correlationid=None,
+            event_id="evt-3",
+            context=CONTEXT,
+        )
+    )
+    assert CustomerUpdateRejectedEvent.model_validate_json(value).data.error == error
+
+
+# Dead letters
+
+
+def poisoned(timestamp_type: int = 0, value: bytes | None = b"[1]") -> InboundRecord:
+    return InboundRecord(
+        topic="customer.update",
+        partition=2,
+        offset=41,
+        timestamp=1_714_564_800_000,
+        timestamp_type=timestamp_type,
+        key=b"cus_1",
+        value=value,
+        headers=(("traceparent", TRACEPARENT.encode()), ("x-origin", b"\x00\xff")),
+    )
+
+
+POISON = Poison("record_not_object", "The record value is a JSON array, not an object")
+
+
+def test_a_dead_letter_keeps_the_original_key_value_and_headers_first() -> None:
+    original = poisoned()
+    message = dead_letter_message(
+        original, POISON, consumer_group="customer-service", topic="customer.update.dlq"
+    )
+    assert (message.topic, message.key, message.value) == (
+        "customer.update.dlq",
+        original.key,
+        original.value,
+    )
+    assert message.headers[: len(original.headers)] == original.headers
+
+
+def test_a_dead_letter_says_where_it_came_from_and_why() -> None:
+    message = dead_letter_message(
+        poisoned(), POISON, consumer_group="customer-service", topic="customer.update.dlq"
+    )
+    added = dict(message.headers[2:])
+    assert added == {
+        "kafka_dlt-original-topic": b"customer.update",
+        "kafka_dlt-original-partition": b"2",
+        "kafka_dlt-original-offset": b"41",
+        "kafka_dlt-original-timestamp": b"1714564800000",
+        "kafka_dlt-original-timestamp-type": b"CreateTime",
+        "kafka_dlt-original-consumer-group": b"customer-service",
+        "kafka_dlt-exception-cause-fqcn": b"record_not_object",
+        "kafka_dlt-exception-message": POISON.message.encode(),
+    }
+
+
+def test_a_dead_letter_of_a_log_append_time_record_says_so() -> None:
+    message = dead_letter_message(
+        poisoned(timestamp_type=1), POISON, consumer_group="g", topic="dlq"
+    )
+    assert ("kafka_dlt-original-timestamp-type", b"LogAppendTime") in message.headers
+
+
+def test_a_dead_lettered_tombstone_stays_a_tombstone() -> None:
+    message = dead_letter_message(
+        poisoned(value=None),
+        Poison("record_value_missing", "tombstone"),
+        consumer_group="g",
+        topic="dlq",
+    )
+    assert message.value is None
+    assert message.key == b"cus_1"
