@@ -21,6 +21,7 @@ from service.metrics import Metrics
 from service.processing import BatchProcessor, ProcessorConfig
 from service.relay import OutboxRelay, RelayConfig
 from service.settings import Settings
+from service.tracing import configure_tracing
 from service.worker import CommandWorker, WorkerConfig
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.tracing = configure_tracing(settings)
         #: The bound HTTP port once serving (useful when HTTP_PORT is 0).
         self.http_port: int | None = None
 
@@ -109,6 +111,7 @@ class WorkerProcess:
         finally:
             await server.stop()
             await pool.close()
+            self.tracing.shutdown()
 
     async def _consume(
         self,
@@ -128,6 +131,7 @@ class WorkerProcess:
                 limits=settings.limits,
             ),
             build_authorizer(settings),
+            tracing=self.tracing,
         )
         consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
         worker = CommandWorker(

@@ -128,3 +128,211 @@ def worker() -> None:
         await run_worker(settings, stopping)
 
     _run(main)
+
+
+@app.command()
+def send(
+    customer_id: Annotated[str, typer.Argument(help="The customer to update (record key).")],
+    name: Annotated[str | None, typer.Option(help="Full name or business name.")] = None,
+    email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+    phone: Annotated[str | None, typer.Option(help="Phone number.")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    invoice_prefix: Annotated[
+        str | None, typer.Option(help="3-12 uppercase letters or digits.")
+    ] = None,
+    next_invoice_sequence: Annotated[int | None, typer.Option(help="Next invoice number.")] = None,
+    tax_exempt: Annotated[str | None, typer.Option(help="exempt, none or reverse.")] = None,
+    preferred_locales: Annotated[
+        str | None, typer.Option(help="Comma-separated BCP 47 tags, e.g. en-US,fr-FR.")
+    ] = None,
+    address_city: Annotated[str | None, typer.Option("--address.city")] = None,
+    address_country: Annotated[
+        str | None, typer.Option("--address.country", help="ISO 3166-1 alpha-2, e.g. IT.")
+    ] = None,
+    address_line1: Annotated[str | None, typer.Option("--address.line1")] = None,
+    address_line2: Annotated[str | None, typer.Option("--address.line2")] = None,
+    address_postal_code: Annotated[str | None, typer.Option("--address.postal_code")] = None,
+    address_state: Annotated[str | None, typer.Option("--address.state")] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(help="Clear a field (repeatable): name, address, address.city, ..."),
+    ] = None,
+    expand: Annotated[list[str] | None, typer.Option(help="Expand a field: subscriptions.")] = None,
+    expected_version: Annotated[
+        int | None, typer.Option(help="Apply only if the customer is at this version.")
+    ] = None,
+    command_id: Annotated[
+        str | None, typer.Option("--id", help="Command id (default: new).")
+    ] = None,
+    correlation_id: Annotated[str | None, typer.Option(help="Correlation id to carry.")] = None,
+    principal: Annotated[str, typer.Option(help="Who the command acts for.")] = "cli",
+    authtoken: Annotated[str | None, typer.Option(help="Signed JWT (signed mode).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for and print the outcome.")] = True,
+    within: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 30.0,
+) -> None:
+    """Send one customer.update command and print its outcome.
+
+    Exit status: 0 applied (or sent, with --no-wait), 1 rejected, 2 refused before
+    sending (invalid command), 3 no outcome in time.
+
+    Examples:
+
+      customer-service send cus_demo_000001 --email ada@example.com --address.city Rome
+
+      customer-service send cus_demo_000001 --clear phone --expand subscriptions
+
+      customer-service send cus_demo_000001 --name "Ada" --expected-version 3 --no-wait
+    """
+    from service.client import CommandInvalidError, CommandSender, build_command
+
+    settings = _settings()
+    changes: dict[str, object] = {}
+    address: dict[str, object] = {}
+    given = {
+        "name": name, "email": email, "phone": phone, "description": description,
+        "invoice_prefix": invoice_prefix, "next_invoice_sequence": next_invoice_sequence,
+        "tax_exempt": tax_exempt,
+        "preferred_locales": preferred_locales.split(",") if preferred_locales else None,
+    }  # fmt: skip
+    changes.update({field: value for field, value in given.items() if value is not None})
+    given_address = {
+        "city": address_city, "country": address_country, "line1": address_line1,
+        "line2": address_line2, "postal_code": address_postal_code, "state": address_state,
+    }  # fmt: skip
+    address.update({field: value for field, value in given_address.items() if value is not None})
+    for field in clear or []:
+        if field.startswith("address."):
+            address[field.removeprefix("address.")] = None
+        else:
+            changes[field] = None
+    if address:
+        changes["address"] = address
+    if expand:
+        changes["expand"] = expand
+    try:
+        command = build_command(
+            customer_id,
+            changes,
+            source=f"{settings.kafka_client_id}-cli",
+            principal=None if authtoken else principal,
+            authtoken=authtoken,
+            expected_version=expected_version,
+            correlation_id=correlation_id,
+            command_id=command_id,
+        )
+    except CommandInvalidError as exc:
+        typer.echo(f"refused before sending: {exc.error.code} {exc.error.param}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> int:
+        from schemas.event import CustomerUpdatedEvent
+
+        async with CommandSender(settings) as sender:
+            if not wait:
+                sent = await sender.send(command)
+                typer.echo(f"sent {sent.command_id} to partition {sent.partition} at {sent.offset}")
+                return 0
+            try:
+                outcome = await sender.send_and_wait(command, within=within)
+            except TimeoutError:
+                typer.echo(
+                    f"sent {command.id}; no outcome within {within:.0f}s (a command id used "
+                    "before publishes nothing new)",
+                    err=True,
+                )
+                return 3
+        typer.echo(outcome.model_dump_json(indent=2))
+        return 0 if isinstance(outcome, CustomerUpdatedEvent) else 1
+
+    raise typer.Exit(_run(main))
+
+
+@app.command()
+def tail(
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
+    dlq: Annotated[bool, typer.Option(help="Include the dead-letter topic.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the raw events.")] = False,
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+) -> None:
+    """Follow customer.updated and customer.update.rejected, one readable line each.
+
+    Examples:
+
+      customer-service tail
+
+      customer-service tail --from-beginning --dlq --count 20
+    """
+    from service.tail import follow
+
+    settings = _settings()
+    _run(
+        lambda: follow(
+            settings,
+            from_beginning=from_beginning,
+            include_dead_letters=dlq,
+            count=count,
+            as_json=json,
+            emit=typer.echo,
+        )
+    )
+
+
+dlq_app = typer.Typer(
+    help="Inspect the dead-letter topic and replay chosen records.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list() -> None:
+    """List every dead letter: position, origin, error code and message, value preview.
+
+    Example: customer-service dlq list
+    """
+    from service.dead_letters import read_dead_letters
+
+    settings = _settings()
+    letters = _run(lambda: read_dead_letters(settings))
+    for letter in letters:
+        typer.echo(letter.describe())
+    typer.echo(f"{len(letters)} dead letter(s) in {settings.topic_dead_letters}", err=True)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    positions: Annotated[
+        list[str] | None,
+        typer.Argument(help="Dead letters to replay, as partition:offset (see dlq list)."),
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Publish chosen dead letters onto customer.update again, with their original key,
+    value and headers. Use it after fixing what made them fail.
+
+    Examples:
+
+      customer-service dlq replay 0:12 2:40
+
+      customer-service dlq replay --all
+    """
+    from service.dead_letters import read_dead_letters, replay, select
+
+    settings = _settings()
+    if not positions and not replay_all:
+        typer.echo("name partition:offset positions, or pass --all", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> int:
+        letters = await read_dead_letters(settings)
+        try:
+            chosen = letters if replay_all else select(letters, positions or [])
+        except KeyError as exc:
+            typer.echo(str(exc.args[0]), err=True)
+            raise typer.Exit(2) from None
+        with typer.progressbar(length=len(chosen), label="replaying") as progress:
+            return await replay(settings, chosen, on_sent=lambda _: progress.update(1))
+
+    replayed = _run(main)
+    typer.echo(f"replayed {replayed} dead letter(s) onto {settings.topic_commands}")

@@ -16,6 +16,7 @@ the batch, and nothing of it was committed.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,18 +25,19 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
+from schemas.topics import Topics
 from service.adapters.postgres import TRANSIENT_ERRORS, BatchStore, batch_transaction
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
 from service.domain.events import (
     EventContext,
     OutboundMessage,
-    Topics,
     dead_letter_message,
     rejected_message,
     updated_message,
 )
 from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
+from service.tracing import PassThrough, Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -57,10 +59,12 @@ class BatchProcessor:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
         self._config = config
         self._authorizer = authorizer
+        self._tracing = tracing or PassThrough()
         self._clock = clock
         self._new_id = new_id
 
@@ -123,6 +127,7 @@ class BatchProcessor:
         self, items: Sequence[tuple[InboundRecord, Classified]]
     ) -> list[Decision]:
         config = self._config
+        started_ns = time.time_ns()
         first_offsets: dict[tuple[str, int], int] = {}
         for record, _ in items:
             first_offsets.setdefault((record.topic, record.partition), record.offset)
@@ -143,7 +148,7 @@ class BatchProcessor:
             decided = decide_batch(fresh, state)
             await store.save_customers(list(decided.changed.values()))
             await store.save_processed(decided.processed)
-            await store.save_outbox(await self._messages(decided.decisions, store))
+            await store.save_outbox(await self._messages(decided.decisions, store, started_ns))
             next_offsets = dict(positions)
             for record, _ in fresh:
                 next_offsets[(record.topic, record.partition)] = record.offset + 1
@@ -151,7 +156,7 @@ class BatchProcessor:
         return decided.decisions
 
     async def _messages(
-        self, decisions: Sequence[Decision], store: BatchStore
+        self, decisions: Sequence[Decision], store: BatchStore, started_ns: int
     ) -> list[OutboundMessage]:
         config = self._config
         context = EventContext(source=config.source, time=self._clock(), topics=config.topics)
@@ -165,6 +170,18 @@ class BatchProcessor:
         messages = []
         for decision in decisions:
             # A duplicate has none of applied, error or poison: it publishes nothing new.
+            traceparent = None
+            if decision.outcome in ("applied", "rejected"):
+                traceparent = self._tracing.command_span(
+                    decision.traceparent,
+                    name=f"{config.topics.commands} process",
+                    attributes={
+                        "messaging.message.id": decision.command_id or "",
+                        "customer.id": decision.customer_id or "",
+                        "customer_service.outcome": decision.outcome,
+                    },
+                    start_ns=started_ns,
+                )
             if decision.applied is not None and decision.command is not None:
                 after = decision.applied.after
                 messages.append(
@@ -176,6 +193,7 @@ class BatchProcessor:
                         subscriptions=expanded.get(after.id)
                         if decision.command.data.expands("subscriptions")
                         else None,
+                        traceparent=traceparent,
                     )
                 )
             elif decision.error is not None and decision.customer_id is not None:
@@ -187,6 +205,7 @@ class BatchProcessor:
                         correlationid=decision.correlationid,
                         event_id=self._new_id(),
                         context=context,
+                        traceparent=traceparent,
                     )
                 )
             elif decision.poison is not None:

@@ -31,6 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
+from schemas.headers import OUTBOX_ID
+from service.adapters.kafka import read_range
 from service.adapters.postgres import OUTBOX_CHANNEL, TRANSIENT_ERRORS, decode_headers
 from service.metrics import Metrics
 from service.retrying import retrying
@@ -39,7 +41,6 @@ log = structlog.get_logger(__name__)
 
 PartitionsOf = Callable[[Sequence[str]], Awaitable[list[TopicPartition]]]
 
-OUTBOX_ID_HEADER = "outbox-id"
 #: Seconds between two counts of the outbox for the backlog gauge.
 BACKLOG_INTERVAL = 1.0
 # Advisory lock key of the relay leader; any constant shared by all instances.
@@ -172,7 +173,7 @@ class OutboxRelay:
             for row in rows:
                 headers = [
                     *decode_headers(row["headers"]),
-                    (OUTBOX_ID_HEADER, str(row["id"]).encode()),
+                    (OUTBOX_ID, str(row["id"]).encode()),
                 ]
                 deliveries.append(
                     await producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
@@ -235,26 +236,16 @@ async def published_outbox_ids(
     await consumer.start()
     try:
         consumer.assign(list(partitions))
-        starts = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in partitions})
+        found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in partitions})
         ends = await consumer.end_offsets(partitions)
-        pending = set()
-        for tp in partitions:
-            found = starts.get(tp)
-            start = found.offset if found is not None else ends[tp]
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                pending.add(tp)
+        starts = {
+            tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions
+        }
         ids: set[int] = set()
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    for name, value in record.headers:
-                        if name == OUTBOX_ID_HEADER:
-                            ids.add(int(value))
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for record in read_range(consumer, starts, ends):
+            for name, value in record.headers:
+                if name == OUTBOX_ID:
+                    ids.add(int(value))
         return ids
     finally:
         await consumer.stop()

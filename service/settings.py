@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.domain.events import Topics
+from schemas.topics import Topics
 from service.domain.inbound import Limits
 
 
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     http_enabled: bool = True
     http_host: str = "0.0.0.0"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+    # -- Tracing (OpenTelemetry) -------------------------------------------------------
+    tracing_enabled: bool = False
+    tracing_otlp_endpoint: str = "http://localhost:4318/v1/traces"
+    tracing_service_name: str = "customer-service"
 
     # -- Logs --------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -170,6 +170,8 @@ def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
         }
         if decision.applied is not None:
             fields["version"] = decision.applied.after.version
+        if decision.traceparent is not None:
+            fields["trace_id"] = decision.traceparent.split("-")[1]
         if decision.error is not None:
             fields["error_code"] = decision.error.code
             fields["error_param"] = decision.error.param

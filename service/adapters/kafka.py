@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -150,3 +150,27 @@ async def partitions_of(settings: Settings, topics: Sequence[str]) -> list[Topic
         if topic["error_code"] == 0
         for partition in topic["partitions"]
     )
+
+
+async def read_range(
+    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of the assigned partitions from ``starts`` up to ``ends`` (exclusive).
+
+    The end is reached when a poll returns nothing and the position is at the end; the
+    position alone is not enough, since records may already be fetched but not returned,
+    and a transaction marker may be the last offset.
+    """
+    pending = {tp for tp, start in starts.items() if start < ends[tp]}
+    for tp in pending:
+        consumer.seek(tp, starts[tp])
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=1000)
+        for tp, records in batch.items():
+            for record in records:
+                if record.offset < ends[tp]:
+                    yield record
+        if not batch:
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)

@@ -7,7 +7,7 @@ versions and two events, exactly as if the commands had come one poll apart.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from schemas.command import CustomerUpdateCommand
@@ -41,6 +41,7 @@ class Decision:
     applied: Applied | None = None
     error: ErrorObject | None = None
     poison: Poison | None = None
+    traceparent: str | None = None
 
 
 @dataclass
@@ -94,6 +95,7 @@ def decide_batch(
                     command_id=item.command_id,
                     correlationid=item.correlationid,
                     error=item.error,
+                    traceparent=item.traceparent,
                 )
             )
             continue
@@ -106,19 +108,20 @@ def decide_batch(
             command_id=command.id,
             correlationid=command.correlationid,
             command=command,
+            traceparent=item.traceparent,
         )
         previous = seen.get(command.id)
         if previous is not None:
             if previous == item.fingerprint:
                 result.decisions.append(base)
             else:
-                result.decisions.append(_replace(base, outcome="rejected", error=_reused(command)))
+                result.decisions.append(replace(base, outcome="rejected", error=_reused(command)))
             continue
         seen[command.id] = item.fingerprint
 
         verdict = apply_update(customers.get(command.subject), command, owners.get)
         if isinstance(verdict, Refused):
-            result.decisions.append(_replace(base, outcome="rejected", error=verdict.error))
+            result.decisions.append(replace(base, outcome="rejected", error=verdict.error))
             result.processed.append(
                 ProcessedCommand(command.id, command.subject, item.fingerprint, "rejected", None)
             )
@@ -133,7 +136,7 @@ def decide_batch(
                 del owners[before_prefix]
             if after.invoice_prefix is not None:
                 owners[after.invoice_prefix] = after.id
-        result.decisions.append(_replace(base, outcome="applied", applied=verdict))
+        result.decisions.append(replace(base, outcome="applied", applied=verdict))
         result.processed.append(
             ProcessedCommand(
                 command.id, command.subject, item.fingerprint, "applied", after.version
@@ -152,9 +155,3 @@ def _reused(command: CustomerUpdateCommand) -> ErrorObject:
             "an id can only be reused with the same subject, data and expectedversion"
         ),
     )
-
-
-def _replace(decision: Decision, **changes: object) -> Decision:
-    from dataclasses import replace
-
-    return replace(decision, **changes)  # type: ignore[arg-type]

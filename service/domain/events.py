@@ -15,38 +15,30 @@ from schemas.event import (
     RejectionData,
     format_sequence,
 )
+from schemas.headers import (
+    DLT_ERROR_CODE,
+    DLT_ERROR_MESSAGE,
+    DLT_ORIGINAL_CONSUMER_GROUP,
+    DLT_ORIGINAL_OFFSET,
+    DLT_ORIGINAL_PARTITION,
+    DLT_ORIGINAL_TIMESTAMP,
+    DLT_ORIGINAL_TIMESTAMP_TYPE,
+    DLT_ORIGINAL_TOPIC,
+    TRACEPARENT,
+)
+from schemas.topics import Topics
 from service.domain.inbound import InboundRecord, Poison
 from service.domain.update import Applied
 
 Headers = tuple[tuple[str, bytes], ...]
-
-#: Headers of a dead letter, named after Spring Kafka's dead-letter recoverer; values are
-#: UTF-8 text. The original record's own headers come first, unchanged.
-DLT_PREFIX = "kafka_dlt-"
-DLT_ORIGINAL_TOPIC = "kafka_dlt-original-topic"
-DLT_ORIGINAL_PARTITION = "kafka_dlt-original-partition"
-DLT_ORIGINAL_OFFSET = "kafka_dlt-original-offset"
-DLT_ORIGINAL_TIMESTAMP = "kafka_dlt-original-timestamp"
-DLT_ORIGINAL_TIMESTAMP_TYPE = "kafka_dlt-original-timestamp-type"
-DLT_ORIGINAL_CONSUMER_GROUP = "kafka_dlt-original-consumer-group"
-DLT_ERROR_CODE = "kafka_dlt-exception-cause-fqcn"
-DLT_ERROR_MESSAGE = "kafka_dlt-exception-message"
 
 
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: Headers = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    commands: str = "customer.update"
-    events: str = "customer.updated"
-    rejections: str = "customer.update.rejected"
-    dead_letters: str = "customer.update.dlq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +74,10 @@ def updated_message(
         ),
     )
     return OutboundMessage(
-        context.topics.events, applied.after.id.encode(), event.model_dump_json().encode()
+        context.topics.events,
+        applied.after.id.encode(),
+        event.model_dump_json().encode(),
+        _trace_headers(traceparent),
     )
 
 
@@ -107,8 +102,16 @@ def rejected_message(
         data=RejectionData(command_id=command_id, customer_id=customer_id, error=error),
     )
     return OutboundMessage(
-        context.topics.rejections, customer_id.encode(), event.model_dump_json().encode()
+        context.topics.rejections,
+        customer_id.encode(),
+        event.model_dump_json().encode(),
+        _trace_headers(traceparent),
     )
+
+
+def _trace_headers(traceparent: str | None) -> Headers:
+    # Also as a record header, where Kafka instrumentations of subscribers look for it.
+    return () if traceparent is None else ((TRACEPARENT, traceparent.encode()),)
 
 
 def dead_letter_message(
@@ -129,4 +132,4 @@ def dead_letter_message(
         (DLT_ERROR_MESSAGE, poison.message),
     )
     headers = record.headers + tuple((name, value.encode()) for name, value in provenance)
-    return OutboundMessage(topic, record.key, record.value or b"", headers)
+    return OutboundMessage(topic, record.key, record.value, headers)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import orjson
 from pydantic import ValidationError
 
+from schemas import headers
 from schemas.command import CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error, invalid
+from schemas.fields import TRACEPARENT
 from service.domain.authorization import Authorizer, Principal
 
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
@@ -58,6 +61,7 @@ class Invalid:
     customer_id: str
     command_id: str | None
     correlationid: str | None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class Valid:
     principal: Principal
     #: Hash of what the command asks for; the same id with another fingerprint is refused.
     fingerprint: bytes
+    #: The command's trace context: its ``traceparent`` attribute, else the record header.
+    traceparent: str | None = None
 
 
 Classified = Poison | Invalid | Valid
@@ -106,27 +112,49 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         return Poison(
             "record_too_deep", f"The record value nests deeper than {limits.max_depth} levels"
         )
-    return _parse(document, customer_id, authorizer)
+    return _parse(document, customer_id, _header_traceparent(record), authorizer)
 
 
-def _parse(document: dict[str, object], customer_id: str, authorizer: Authorizer) -> Classified:
+def _parse(
+    document: dict[str, object],
+    customer_id: str,
+    header_traceparent: str | None,
+    authorizer: Authorizer,
+) -> Classified:
     command_id = _echo(document.get("id"))
     correlationid = _echo(document.get("correlationid"))
+    attribute = document.get("traceparent")
+    traceparent = attribute if _is_traceparent(attribute) else header_traceparent
     try:
         command = CustomerUpdateCommand.model_validate(document)
     except ValidationError as exc:
-        return Invalid(from_validation_error(exc), customer_id, command_id, correlationid)
+        error = from_validation_error(exc)
+        return Invalid(error, customer_id, command_id, correlationid, traceparent)
     if command.subject != customer_id:
         error = invalid(
             "parameter_invalid",
             "subject",
             f"Invalid subject: '{command.subject}' differs from the record key '{customer_id}'",
         )
-        return Invalid(error, customer_id, command_id, correlationid)
+        return Invalid(error, customer_id, command_id, correlationid, traceparent)
     principal = authorizer.authorize(command)
     if isinstance(principal, ErrorObject):
-        return Invalid(principal, customer_id, command_id, correlationid)
-    return Valid(command, principal, fingerprint(document))
+        return Invalid(principal, customer_id, command_id, correlationid, traceparent)
+    return Valid(command, principal, fingerprint(document), traceparent)
+
+
+def _is_traceparent(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and TRACEPARENT.fullmatch(value) is not None
+
+
+def _header_traceparent(record: InboundRecord) -> str | None:
+    """A ``traceparent`` record header, as OpenTelemetry's Kafka instrumentation sets it;
+    an invalid one is ignored, as W3C Trace Context asks."""
+    for name, value in record.headers:
+        if name == headers.TRACEPARENT:
+            text = value.decode("ascii", errors="replace")
+            return text if _is_traceparent(text) else None
+    return None
 
 
 def fingerprint(document: dict[str, object]) -> bytes:

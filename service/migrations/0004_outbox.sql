@@ -4,7 +4,8 @@ CREATE TABLE outbox (
     id      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic   text        NOT NULL,
     key     bytea,
-    value   bytea       NOT NULL,
+    -- NULL only for a dead-lettered tombstone, kept as it came.
+    value   bytea,
     -- [[name, base64 value], ...]
     headers jsonb       NOT NULL DEFAULT '[]',
     created timestamptz NOT NULL DEFAULT clock_timestamp()

@@ -1,0 +1,104 @@
+"""Following the service's output topics, one readable line per message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
+from service.adapters.kafka import connection_options, partitions_of
+from service.dead_letters import DeadLetter
+from service.settings import Settings
+
+
+def describe(
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: tuple[tuple[str, bytes], ...],
+    settings: Settings,
+) -> str:
+    """A one-line summary of a message from one of the service's topics."""
+    if value is None or topic == settings.topic_dead_letters:
+        return "dead-letter " + DeadLetter(0, 0, 0, key, value, headers).describe()
+    try:
+        if topic == settings.topic_events:
+            event = CustomerUpdatedEvent.model_validate_json(value)
+            changed = ", ".join(sorted(event.data.previous_attributes)) or "(no field changed)"
+            return (
+                f"{_clock(event.time)} updated   {event.subject:<20} v{int(event.sequence):<6} "
+                f"cmd={event.causationid} changed: {changed}"
+            )
+        if topic == settings.topic_rejections:
+            rejection = CustomerUpdateRejectedEvent.model_validate_json(value)
+            error = rejection.data.error
+            return (
+                f"{_clock(rejection.time)} rejected  {rejection.subject:<20} "
+                f"cmd={rejection.causationid or '-'} {error.code} {error.param or '-'}: "
+                f"{error.message}"
+            )
+    except ValidationError as exc:
+        return f"unreadable message on {topic}: {exc.errors()[0]['msg']}"
+    return f"message on unknown topic {topic}"
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+async def follow(
+    settings: Settings,
+    *,
+    from_beginning: bool,
+    include_dead_letters: bool,
+    count: int | None,
+    as_json: bool,
+    emit: Callable[[str], None],
+) -> None:
+    """Print messages as they arrive; stop after ``count`` messages if given."""
+    topics = [settings.topic_events, settings.topic_rejections]
+    if include_dead_letters:
+        topics.append(settings.topic_dead_letters)
+    partitions = await partitions_of(settings, topics)
+    consumer = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        while count is None or seen < count:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if (
+                        as_json
+                        and record.value is not None
+                        and record.topic != settings.topic_dead_letters
+                    ):
+                        emit(record.value.decode())
+                    else:
+                        emit(
+                            describe(
+                                record.topic,
+                                record.key,
+                                record.value,
+                                tuple(record.headers),
+                                settings,
+                            )
+                        )
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+    finally:
+        await consumer.stop()
