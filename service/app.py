@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
 
+from service import failpoints
 from service.adapters import kafka
 from service.adapters.postgres import TRANSIENT_ERRORS, create_pool, prune_processed_commands
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
@@ -81,6 +82,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        failpoints.arm(settings.failpoints)
         self.metrics = Metrics()
         self.tracing = configure_tracing(settings)
         #: The bound HTTP port once serving (useful when HTTP_PORT is 0).

@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
 from schemas.headers import OUTBOX_ID
+from service import failpoints
 from service.adapters.kafka import read_range
 from service.adapters.postgres import OUTBOX_CHANNEL, TRANSIENT_ERRORS, decode_headers
 from service.metrics import Metrics
@@ -184,6 +185,7 @@ class OutboxRelay:
                 await producer.abort_transaction()
             raise
         await producer.commit_transaction()
+        failpoints.reached(failpoints.AFTER_RELAY_PUBLISH)
         await self._forget(connection, [row["id"] for row in rows])
         self.published += len(rows)
         for row in rows:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.topics import Topics
+from service import failpoints
 from service.domain.inbound import Limits
 
 
@@ -84,6 +85,10 @@ class Settings(BaseSettings):
     tracing_otlp_endpoint: str = "http://localhost:4318/v1/traces"
     tracing_service_name: str = "customer-service"
 
+    # -- Testing only ------------------------------------------------------------------
+    #: Crash on purpose at named points, for the fault-injection suite (service/failpoints).
+    failpoints: str = ""
+
     # -- Logs --------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -97,6 +102,12 @@ class Settings(BaseSettings):
                 item.strip() for item in algorithms.split(",") if item.strip()
             ]
         return values
+
+    @field_validator("failpoints")
+    @classmethod
+    def _known_failpoints(cls, value: str) -> str:
+        failpoints.parse(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

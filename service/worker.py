@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
+from service import failpoints
 from service.adapters.kafka import inbound
 from service.adapters.postgres import TRANSIENT_ERRORS
 from service.domain.batch import Decision
@@ -97,6 +98,7 @@ class CommandWorker:
             self._rewind_to = {tp: records[0].offset for tp, records in batch.items()}
             records = [inbound(record) for records in batch.values() for record in records]
             decisions = await self._processor.process(records)
+            failpoints.reached(failpoints.AFTER_BATCH_COMMIT)
             self._rewind_to = {}
             self._on_committed()
             next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
