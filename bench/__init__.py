@@ -1,0 +1,1 @@
+"""The throughput and latency benchmark, with a naive baseline worker."""

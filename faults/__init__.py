@@ -1,0 +1,1 @@
+"""The fault-injection suite: drive load, break things, check the history."""
