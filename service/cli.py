@@ -49,7 +49,9 @@ def migrate() -> None:
 
     Safe to run any number of times and from several processes at once.
 
-    Example: DATABASE_URL=postgresql://postgres@localhost/customer_service customer-service migrate
+    \b
+    Example:
+      DATABASE_URL=postgresql://postgres@localhost/customer_service customer-service migrate
     """
     settings = _settings()
 
@@ -177,10 +179,9 @@ def send(
 
     Examples:
 
+    \b
       customer-service send cus_demo_000001 --email ada@example.com --address.city Rome
-
       customer-service send cus_demo_000001 --clear phone --expand subscriptions
-
       customer-service send cus_demo_000001 --name "Ada" --expected-version 3 --no-wait
     """
     from service.client import CommandInvalidError, CommandSender, build_command
@@ -258,8 +259,8 @@ def tail(
 
     Examples:
 
+    \b
       customer-service tail
-
       customer-service tail --from-beginning --dlq --count 20
     """
     from service.tail import follow
@@ -313,8 +314,8 @@ def dlq_replay(
 
     Examples:
 
+    \b
       customer-service dlq replay 0:12 2:40
-
       customer-service dlq replay --all
     """
     from service.dead_letters import read_dead_letters, replay, select

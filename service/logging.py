@@ -62,6 +62,18 @@ def _dumps(value: MutableMapping[str, Any], **_: Any) -> str:
     return orjson.dumps(value, default=repr).decode()
 
 
+class _StdoutHandler(logging.Handler):
+    """Writes to ``sys.stdout`` as it is when a line is written, like structlog's
+    ``PrintLogger``, so both kinds of line always end up in the same stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO"
 ) -> None:
@@ -74,10 +86,11 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, _renderer(chosen)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # No file given: it writes to whatever sys.stdout is at the time of the call.
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

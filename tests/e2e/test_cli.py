@@ -1,0 +1,202 @@
+"""Every ``customer-service`` verb, run as a subprocess against the real Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from devstack.stack import Stack
+from service.settings import Settings
+from tests.support import (
+    TopicReader,
+    database_url_for,
+    event_topics,
+    insert_customer,
+    produce,
+    running_worker,
+)
+
+CLI = str(Path(sys.executable).parent / "customer-service")
+VERBS = ["migrate", "create-topics", "seed", "worker", "send", "tail", "dlq list", "dlq replay"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
+        "TOPIC_COMMANDS": settings.topic_commands,
+        "TOPIC_EVENTS": settings.topic_events,
+        "TOPIC_REJECTIONS": settings.topic_rejections,
+        "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+        "LOG_FORMAT": "json",
+    }
+
+
+async def cli(settings: Settings, *arguments: str, env: dict[str, str] | None = None) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        *arguments,
+        env=env or environment(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+@pytest.mark.parametrize("verb", VERBS)
+async def test_every_verb_explains_itself_with_examples(settings: Settings, verb: str) -> None:
+    result = await cli(settings, *verb.split(), "--help")
+    assert result.code == 0
+    assert "Example" in result.out
+
+
+async def test_migrate_applies_once_then_reports_up_to_date(
+    stack: Stack, settings: Settings
+) -> None:
+    name = f"cs_cli_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stack.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {**environment(settings), "DATABASE_URL": database_url_for(stack.database_url, name)}
+        first = await cli(settings, "migrate", env=env)
+        second = await cli(settings, "migrate", env=env)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    assert first.code == 0
+    assert "applied: 0001_customers" in first.out
+    assert (second.code, second.out.strip()) == (0, "database is up to date")
+
+
+async def test_create_topics_creates_the_four_topics_once(settings: Settings) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **environment(settings),
+        "TOPIC_COMMANDS": f"c.{suffix}",
+        "TOPIC_EVENTS": f"e.{suffix}",
+        "TOPIC_REJECTIONS": f"r.{suffix}",
+        "TOPIC_DEAD_LETTERS": f"d.{suffix}",
+    }
+    first = await cli(settings, "create-topics", "--partitions", "2", env=env)
+    second = await cli(settings, "create-topics", env=env)
+    assert first.code == 0
+    assert first.out.strip() == f"created: c.{suffix}, e.{suffix}, r.{suffix}, d.{suffix}"
+    assert second.out.strip() == "topics exist"
+
+
+async def test_seed_creates_demo_customers_and_leaves_existing_ones(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    first = await cli(settings, "seed", "--count", "3")
+    again = await cli(settings, "seed", "--count", "4")
+    assert "created 3 customers" in first.out
+    assert "created 1 customers" in again.out
+    assert await db.fetchval("SELECT count(*) FROM customers WHERE id LIKE 'cus_demo_%'") == 4
+
+
+async def test_send_prints_the_event_or_the_rejection(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await insert_customer(db, "cus_cli", invoice_prefix="CLI1", phone="+1 555 0100")
+    async with running_worker(settings):
+        applied = await cli(
+            settings, "send", "cus_cli", "--email", "ada@example.com",
+            "--address.city", "Rome", "--address.country", "IT", "--clear", "phone",
+            "--expand", "subscriptions", "--correlation-id", "corr-9",
+        )  # fmt: skip
+        rejected = await cli(settings, "send", "cus_nobody", "--name", "Ghost")
+        refused = await cli(settings, "send", "cus_cli", "--address.country", "it")
+        late = await cli(settings, "send", "cus_cli", "--name", "Late", "--expected-version", "1")
+
+    assert applied.code == 0, applied.err
+    event = orjson.loads(applied.out)
+    assert event["type"] == "customer.updated"
+    assert event["correlationid"] == "corr-9"
+    assert event["data"]["object"]["email"] == "ada@example.com"
+    assert event["data"]["object"]["phone"] is None
+    assert event["data"]["object"]["address"]["country"] == "IT"
+    assert event["data"]["object"]["subscriptions"]["object"] == "list"
+    assert rejected.code == 1
+    assert orjson.loads(rejected.out)["data"]["error"]["code"] == "resource_missing"
+    assert refused.code == 2
+    assert "data.address.country" in refused.err
+    assert late.code == 1
+    assert orjson.loads(late.out)["data"]["error"]["code"] == "version_conflict"
+    assert (
+        await db.fetchval("SELECT email FROM customers WHERE id = 'cus_cli'") == "ada@example.com"
+    )
+
+
+async def test_tail_prints_one_readable_line_per_event(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await insert_customer(db, "cus_tail", invoice_prefix="TAI1")
+    async with running_worker(settings) as worker:
+        await cli(settings, "send", "cus_tail", "--name", "Tailed")
+        await cli(settings, "send", "cus_none", "--name", "Nobody")
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            await reader.wait_for_count(settings.topic_rejections, 1)
+    result = await cli(settings, "tail", "--from-beginning", "--count", "2")
+    assert result.code == 0
+    updated, rejected = sorted(result.out.splitlines(), key=lambda line: "rejected" in line)
+    assert "updated" in updated
+    assert "cus_tail" in updated
+    assert "changed: name" in updated
+    assert "rejected" in rejected
+    assert "resource_missing subject" in rejected
+
+
+async def test_dlq_lists_dead_letters_and_replays_the_chosen_one(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    async with running_worker(settings) as worker:
+        [sent] = await produce(settings, [(b"cus_x", b"{broken")], headers=[("origin", b"crm")])
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
+            listed = await cli(settings, "dlq", "list")
+            replayed = await cli(settings, "dlq", "replay", f"{letter.partition}:{letter.offset}")
+            missing = await cli(settings, "dlq", "replay", "99:99")
+            letters = await reader.wait_for_count(settings.topic_dead_letters, 2)
+
+    assert listed.code == 0
+    assert f"from {settings.topic_commands}[{sent.partition}]@{sent.offset}" in listed.out
+    assert "record_invalid_json" in listed.out
+    assert "1 dead letter(s)" in listed.err
+    assert replayed.code == 0
+    assert "replayed 1 dead letter(s)" in replayed.out
+    assert missing.code == 2
+    assert "no dead letter at 99:99" in missing.err
+    again = dict(letters[1].headers)
+    assert letters[1].value == b"{broken"
+    assert again["origin"] == b"crm"
+    assert (
+        again["dlq-replayed-from"]
+        == f"{settings.topic_dead_letters}:{letter.partition}:{letter.offset}".encode()
+    )
+
+
+async def test_an_invalid_setting_stops_the_worker_with_its_name(settings: Settings) -> None:
+    result = await cli(
+        settings, "worker", env={**environment(settings), "BATCH_MAX_RECORDS": "many"}
+    )
+    assert result.code == 2
+    assert "BATCH_MAX_RECORDS" in result.err
