@@ -142,6 +142,7 @@ class WorkerProcess:
             WorkerConfig(
                 topic=settings.topic_commands,
                 batch_max_records=settings.batch_max_records,
+                batch_timeout=settings.batch_timeout,
                 retry_initial_delay=settings.retry_initial_delay,
                 retry_max_delay=settings.retry_max_delay,
             ),

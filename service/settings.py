@@ -55,6 +55,7 @@ class Settings(BaseSettings):
 
     # -- Worker ------------------------------------------------------------------------
     batch_max_records: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_timeout: Annotated[float, Field(gt=0, le=240)] = 60.0
     max_record_bytes: Annotated[int, Field(ge=1024)] = Limits().max_record_bytes
     max_json_depth: Annotated[int, Field(ge=4, le=256)] = Limits().max_depth
     idempotency_retention_days: Annotated[int, Field(ge=1)] = 7

@@ -35,6 +35,9 @@ class WorkerConfig:
     topic: str
     batch_max_records: int = 500
     poll_timeout_ms: int = 200
+    #: A batch that takes longer is rolled back and retried: well inside the consumer's
+    #: max.poll.interval.ms, so a slow database never costs the worker its partitions.
+    batch_timeout: float = 60.0
     retry_initial_delay: float = 0.1
     retry_max_delay: float = 30.0
 
@@ -97,7 +100,8 @@ class CommandWorker:
         async with self._in_flight:
             self._rewind_to = {tp: records[0].offset for tp, records in batch.items()}
             records = [inbound(record) for records in batch.values() for record in records]
-            decisions = await self._processor.process(records)
+            async with asyncio.timeout(self._config.batch_timeout):
+                decisions = await self._processor.process(records)
             failpoints.reached(failpoints.AFTER_BATCH_COMMIT)
             self._rewind_to = {}
             self._on_committed()

@@ -292,3 +292,31 @@ async def test_a_transient_database_failure_is_retried_without_loss_or_duplicate
     ]
     assert _versions(reader, settings, "cus_t") == list(range(2, 12))
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_batch_slower_than_the_batch_timeout_is_rolled_back_and_retried(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.adapters.postgres import BatchStore
+
+    await insert_customer(db, "cus_slow", invoice_prefix="SLO1")
+    sent = command("cus_slow", {"name": "Eventually"})
+    original = BatchStore.save_outbox
+    stalls = {"left": 1}
+
+    async def stall_once(self: BatchStore, messages: Any) -> None:
+        await original(self, messages)
+        if stalls["left"]:
+            stalls["left"] -= 1
+            await self._connection.execute("SELECT pg_sleep(120)")
+
+    monkeypatch.setattr(BatchStore, "save_outbox", stall_once)
+    quick = settings.model_copy(update={"batch_timeout": 1.0})
+    async with running_worker(quick) as worker:
+        await produce_commands(settings, [sent])
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            [event] = await reader.wait_for_count(settings.topic_events, 1)
+
+    assert stalls["left"] == 0
+    assert event.json()["causationid"] == sent["id"]
+    assert await db.fetchval("SELECT version FROM customers WHERE id = 'cus_slow'") == 2
