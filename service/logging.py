@@ -26,7 +26,12 @@ _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
 
 
+_MAYBE_PERSONAL = re.compile(r"[@\d]")
+
+
 def redact_text(text: str) -> str:
+    if _MAYBE_PERSONAL.search(text) is None:
+        return text  # neither an address nor a number: the common case, one cheap scan
     return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, text))
 
 
@@ -36,9 +41,11 @@ def redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
         if key in _SENSITIVE_KEYS and value is not None:
             event[key] = REDACTED
         elif isinstance(value, str):
-            event[key] = (
-                redact_text(value) if key in _FREE_TEXT_KEYS else _EMAIL.sub(REDACTED, value)
-            )
+            if key in _FREE_TEXT_KEYS:
+                event[key] = redact_text(value)
+            elif "@" in value:
+                # Ids and names rarely hold an address; the "@" test spares them the regex.
+                event[key] = _EMAIL.sub(REDACTED, value)
     return event
 
 
