@@ -175,6 +175,29 @@ async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
     await WorkerProcess(settings).run(stopping)
 
 
+async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
+    """Only the outbox relay (and its HTTP endpoints): for deployments that scale the
+    relay apart from the consumers, whose RELAY_ENABLED is then false."""
+    metrics = Metrics()
+    tracing = configure_tracing(settings)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(),
+        size=2,
+        command_timeout=settings.database_command_timeout,
+    )
+    health = Health(pool=pool, stuck_after=float("inf"), running=True, needs_partitions=False)
+    server = HttpServer(build_app(health, metrics), settings.http_host, settings.http_port)
+    try:
+        if settings.http_enabled:
+            await server.start()
+        log.info("relay_started", http_port=server.port)
+        await build_relay(settings, metrics).run(stopping)
+    finally:
+        await server.stop()
+        await pool.close()
+        tracing.shutdown()
+
+
 async def _prune_periodically(
     pool: asyncpg.Pool, settings: Settings, stopping: asyncio.Event
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, TypeVar
 
 import asyncpg
 import typer
+import uvloop
 
 from service.adapters import kafka
 from service.adapters.migrations import migrate as apply_migrations
@@ -40,7 +41,9 @@ def _settings() -> Settings:
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(main())  # type: ignore[arg-type]
+    # uvloop: a faster event loop for the client libraries' socket work.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())  # type: ignore[arg-type]
 
 
 @app.command()
@@ -128,6 +131,25 @@ def worker() -> None:
         stopping = asyncio.Event()
         stop_on_signals(stopping)
         await run_worker(settings, stopping)
+
+    _run(main)
+
+
+@app.command()
+def relay() -> None:
+    """Run only the outbox relay, for deployments that scale it apart from the workers
+    (then run the workers with RELAY_ENABLED=false). One relay leads at a time.
+
+    Example: RELAY_ENABLED=true customer-service relay
+    """
+    from service.app import run_relay, stop_on_signals
+
+    settings = _settings()
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        stop_on_signals(stopping)
+        await run_relay(settings, stopping)
 
     _run(main)
 

@@ -33,6 +33,8 @@ class Health:
     running: bool = False
     last_poll: float = field(default_factory=time.monotonic)
     assigned_partitions: Callable[[], int] = lambda: 0
+    #: A relay-only process holds no partitions and is ready without them.
+    needs_partitions: bool = True
 
     def polled(self) -> None:
         self.last_poll = time.monotonic()
@@ -47,7 +49,7 @@ class Health:
 
     async def ready(self) -> tuple[bool, list[str]]:
         problems = []
-        if self.assigned_partitions() == 0:
+        if self.needs_partitions and self.assigned_partitions() == 0:
             problems.append("no partitions assigned")
         try:
             async with asyncio.timeout(DATABASE_CHECK_TIMEOUT):

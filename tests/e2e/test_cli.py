@@ -17,7 +17,9 @@ from devstack.stack import Stack
 from service.settings import Settings
 from tests.support import (
     TopicReader,
+    command,
     database_url_for,
+    encode,
     event_topics,
     insert_customer,
     produce,
@@ -25,7 +27,9 @@ from tests.support import (
 )
 
 CLI = str(Path(sys.executable).parent / "customer-service")
-VERBS = ["migrate", "create-topics", "seed", "worker", "send", "tail", "dlq list", "dlq replay"]
+VERBS = [
+    "migrate", "create-topics", "seed", "worker", "relay", "send", "tail", "dlq list", "dlq replay",
+]  # fmt: skip
 
 
 @dataclass
@@ -200,3 +204,23 @@ async def test_an_invalid_setting_stops_the_worker_with_its_name(settings: Setti
     )
     assert result.code == 2
     assert "BATCH_MAX_RECORDS" in result.err
+
+
+async def test_the_relay_runs_on_its_own_beside_workers_without_one(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await insert_customer(db, "cus_rel", invoice_prefix="REL1")
+    env = {**environment(settings), "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id}
+    relay = await asyncio.create_subprocess_exec(
+        CLI, "relay", env={**env, "HTTP_PORT": "0"}, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with running_worker(settings.model_copy(update={"relay_enabled": False})) as worker:
+            await produce(settings, [(b"cus_rel", encode(command("cus_rel", {"name": "Relayed"})))])
+            async with TopicReader(settings, event_topics(settings), worker) as reader:
+                [event] = await reader.wait_for_count(settings.topic_events, 1)
+    finally:
+        relay.terminate()
+        code = await asyncio.wait_for(relay.wait(), timeout=60)
+    assert event.json()["data"]["object"]["name"] == "Relayed"
+    assert code == 0
