@@ -68,17 +68,24 @@ class Metrics:
             ["topic"],
             registry=self.registry,
         )
-        for outcome in ("applied", "rejected", "duplicate", "dead_lettered"):
-            self.command_outcomes.labels(outcome)
+        # Children looked up once: labels() per command shows up in profiles.
+        self._outcomes = {
+            outcome: self.command_outcomes.labels(outcome)
+            for outcome in ("applied", "rejected", "duplicate", "dead_lettered")
+        }
         for component in ("worker", "relay"):
             self.retries.labels(component)
 
     def record_batch(self, decisions: Iterable[Decision], *, seconds: float, now_ms: float) -> None:
-        count = 0
+        counts = dict.fromkeys(self._outcomes, 0)
+        observe = self.end_to_end_seconds.observe
         for decision in decisions:
-            count += 1
-            self.command_outcomes.labels(decision.outcome).inc()
-            self.end_to_end_seconds.observe(max(0.0, (now_ms - decision.record.timestamp) / 1000))
+            counts[decision.outcome] += 1
+            observe(max(0.0, (now_ms - decision.record.timestamp) / 1000))
+        for outcome, count in counts.items():
+            if count:
+                self._outcomes[outcome].inc(count)
+        count = sum(counts.values())
         self.commands_consumed.inc(count)
         self.batch_seconds.observe(seconds)
         self.batch_size.observe(count)

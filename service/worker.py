@@ -10,6 +10,7 @@ keeps the consumer inside ``max_poll_interval_ms`` however long the outage lasts
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -162,6 +163,9 @@ def _names(partitions: Sequence[TopicPartition]) -> list[str]:
 
 
 def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
+    if not log.is_enabled_for(logging.INFO):
+        _log_dead_letters(decisions)
+        return
     now_ms = time.time() * 1000
     for decision in decisions:
         record = decision.record
@@ -185,3 +189,15 @@ def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
             fields["error_code"] = decision.poison.code
         level = "warning" if decision.outcome == "dead_lettered" else "info"
         getattr(log, level)("command_" + decision.outcome, **fields)
+
+
+def _log_dead_letters(decisions: Sequence[Decision]) -> None:
+    # Above INFO only dead letters are worth a line (at WARNING); skip the rest cheaply.
+    for decision in decisions:
+        if decision.poison is not None:
+            log.warning(
+                "command_dead_lettered",
+                partition=decision.record.partition,
+                offset=decision.record.offset,
+                error_code=decision.poison.code,
+            )

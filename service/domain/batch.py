@@ -115,7 +115,9 @@ def decide_batch(
             if previous == item.fingerprint:
                 result.decisions.append(base)
             else:
-                result.decisions.append(replace(base, outcome="rejected", error=_reused(command)))
+                result.decisions.append(
+                    replace(base, outcome="rejected", error=reused_id_error(command))
+                )
             continue
         seen[command.id] = item.fingerprint
 
@@ -145,7 +147,7 @@ def decide_batch(
     return result
 
 
-def _reused(command: CustomerUpdateCommand) -> ErrorObject:
+def reused_id_error(command: CustomerUpdateCommand) -> ErrorObject:
     return ErrorObject(
         type="idempotency_error",
         code="idempotency_key_reused",

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from schemas.command import CustomerUpdateCommand
 from schemas.customer import SubscriptionList
 from schemas.errors import ErrorObject
-from schemas.event import (
-    CustomerUpdatedData,
-    CustomerUpdatedEvent,
-    CustomerUpdateRejectedEvent,
-    RejectionData,
-    format_sequence,
-)
+from schemas.event import REJECTED_TYPE, UPDATED_TYPE, format_sequence
 from schemas.headers import (
     DLT_ERROR_CODE,
     DLT_ERROR_MESSAGE,
@@ -59,24 +56,24 @@ def updated_message(
     subscriptions: SubscriptionList | None,
     traceparent: str | None = None,
 ) -> OutboundMessage:
-    event = CustomerUpdatedEvent(
-        id=event_id,
-        source=context.source,
-        subject=applied.after.id,
-        time=context.time,
-        sequence=format_sequence(applied.after.version),
-        causationid=command.id,
-        correlationid=command.correlationid,
-        traceparent=traceparent,
-        data=CustomerUpdatedData(
-            object=applied.after.to_object(subscriptions),
-            previous_attributes=applied.previous_attributes,
+    """A ``customer.updated`` event: the shape of ``schemas.event.CustomerUpdatedEvent``,
+    built as plain data because it runs for every command (the unit tests validate the
+    result against the model and the published JSON Schema)."""
+    after = applied.after
+    event = _envelope(event_id, context, after.id, command.correlationid, traceparent)
+    event["type"] = UPDATED_TYPE
+    event["sequence"] = format_sequence(after.version)
+    event["causationid"] = command.id
+    event["data"] = {
+        "object": after.to_object(
+            None if subscriptions is None else subscriptions.model_dump(mode="json")
         ),
-    )
+        "previous_attributes": applied.previous_attributes,
+    }
     return OutboundMessage(
         context.topics.events,
-        applied.after.id.encode(),
-        event.model_dump_json().encode(),
+        after.id.encode(),
+        orjson.dumps(event, option=orjson.OPT_UTC_Z),
         _trace_headers(traceparent),
     )
 
@@ -91,22 +88,45 @@ def rejected_message(
     context: EventContext,
     traceparent: str | None = None,
 ) -> OutboundMessage:
-    event = CustomerUpdateRejectedEvent(
-        id=event_id,
-        source=context.source,
-        subject=customer_id,
-        time=context.time,
-        causationid=command_id,
-        correlationid=correlationid,
-        traceparent=traceparent,
-        data=RejectionData(command_id=command_id, customer_id=customer_id, error=error),
-    )
+    """A ``customer.update.rejected`` event (``schemas.event.CustomerUpdateRejectedEvent``)."""
+    event = _envelope(event_id, context, customer_id, correlationid, traceparent)
+    event["type"] = REJECTED_TYPE
+    if command_id is not None:
+        event["causationid"] = command_id
+    event["data"] = {
+        "command_id": command_id,
+        "customer_id": customer_id,
+        "error": error.model_dump(mode="json"),
+    }
     return OutboundMessage(
         context.topics.rejections,
         customer_id.encode(),
-        event.model_dump_json().encode(),
+        orjson.dumps(event, option=orjson.OPT_UTC_Z),
         _trace_headers(traceparent),
     )
+
+
+def _envelope(
+    event_id: str,
+    context: EventContext,
+    subject: str,
+    correlationid: str | None,
+    traceparent: str | None,
+) -> dict[str, Any]:
+    # Attribute order as the models declare it; optional ones are left out, not null.
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": context.source,
+        "subject": subject,
+        "time": context.time,
+        "datacontenttype": "application/json",
+    }
+    if correlationid is not None:
+        event["correlationid"] = correlationid
+    if traceparent is not None:
+        event["traceparent"] = traceparent
+    return event
 
 
 def _trace_headers(traceparent: str | None) -> Headers:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.command import AddressUpdate, CustomerUpdate, CustomerUpdateCommand
 from schemas.errors import ErrorObject, invalid
-from service.domain.customer import ADDRESS_FIELDS, Address, CustomerState
+from service.domain.customer import ADDRESS_FIELDS, Address, CustomerState, evolve
 
 #: Who holds an invoice prefix: a customer id, or None when it is free.
 PrefixOwner = Callable[[str], str | None]
@@ -53,12 +52,13 @@ def apply_update(
     refusal = _check_rules(current, body, prefix_owner)
     if refusal is not None:
         return refusal
-    after = merge(current, body)
-    previous = {
-        name: current.field_object(name)
-        for name in body.changes()
-        if current.field_object(name) != after.field_object(name)
-    }
+    changes = body.changes()
+    after = merge(current, body, changes)
+    previous = {}
+    for name in changes:
+        # Compared as stored (dataclasses, tuples); shown as the customer object shows them.
+        if getattr(current, name) != getattr(after, name):
+            previous[name] = current.field_object(name)
     return Applied(before=current, after=after, previous_attributes=previous)
 
 
@@ -92,28 +92,30 @@ def _check_rules(
     return None
 
 
-def merge(current: CustomerState, body: CustomerUpdate) -> CustomerState:
-    """``current`` with ``body`` applied (JSON Merge Patch semantics) and version + 1."""
-    changes: dict[str, Any] = {}
-    for name, value in body.changes().items():
+def merge(
+    current: CustomerState, body: CustomerUpdate, changes: dict[str, Any] | None = None
+) -> CustomerState:
+    """``current`` with ``body`` applied (JSON Merge Patch semantics) and version + 1.
+    ``changes`` is ``body.changes()`` when the caller has it already."""
+    new_values: dict[str, Any] = {}
+    for name, value in (body.changes() if changes is None else changes).items():
         if name == "address":
-            changes["address"] = _merge_address(current.address, value)
+            new_values["address"] = _merge_address(current.address, value)
         elif name == "preferred_locales":
-            changes["preferred_locales"] = tuple(value or ())
+            new_values["preferred_locales"] = tuple(value or ())
         else:
-            changes[name] = value
-    return dataclasses.replace(current, **changes, version=current.version + 1)
+            new_values[name] = value
+    new_values["version"] = current.version + 1
+    return evolve(current, new_values)
 
 
 def _merge_address(current: Address | None, update: AddressUpdate | None) -> Address | None:
     if update is None:
         return None
-    merged = dataclasses.replace(
-        current or Address(),
-        **{
-            name: getattr(update, name)
-            for name in ADDRESS_FIELDS
-            if name in update.model_fields_set
-        },
-    )
+    base = current or _NO_ADDRESS
+    given = update.model_fields_set
+    merged = Address(*[getattr(update if name in given else base, name) for name in ADDRESS_FIELDS])
     return None if merged.is_empty() else merged
+
+
+_NO_ADDRESS = Address()

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.customer import Subscription, SubscriptionList
+from schemas.customer import Customer, Subscription, SubscriptionList
 from schemas.errors import ErrorObject, invalid
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from schemas.topics import Topics
@@ -125,10 +125,8 @@ def test_the_sequence_is_the_new_version_zero_padded() -> None:
 def test_the_object_is_the_customer_after_the_update() -> None:
     value, _ = updated_body()
     event = CustomerUpdatedEvent.model_validate_json(value)
-    assert (
-        event.data.object
-        == applied_update({"name": "Ada King", "address": {"city": "Milan"}}).after.to_object()
-    )
+    after = applied_update({"name": "Ada King", "address": {"city": "Milan"}}).after
+    assert event.data.object == Customer.model_validate(after.to_object())
     assert event.data.object.name == "Ada King"
 
 
