@@ -1,0 +1,202 @@
+"""``python -m bench``: throughput against a naive baseline, latency at a fixed rate, and
+an optional soak, on the same seeded load. One JSON line of results goes to stdout,
+progress to stderr. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.kafka_io import BenchmarkError
+from bench.report import to_json_line
+from bench.runner import Options, run_benchmark, stderr_progress
+from bench.stack import DEFAULT_HOME, open_bench_stack
+from devstack.stack import Stack
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Options()
+    quick = Options.quick_options()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Measure customer-service's worker: throughput against a naive one-at-a-time "
+            "worker on the same data, latency percentiles at a fixed offered rate, and "
+            "optionally memory over a soak. Prints one JSON line to stdout."
+        ),
+        epilog=(
+            "Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL from the "
+            "environment if both are set, else the benchmark's own native stack under "
+            f"{DEFAULT_HOME} (started if needed, stopped at the end if started here)."
+        ),
+    )
+    add = parser.add_argument
+    add("--customers", type=int, help=f"seeded customers (default {defaults.customers})")
+    add("--commands", type=int, help=f"commands per throughput run (default {defaults.commands})")
+    add("--partitions", type=int, help=f"partitions per topic (default {defaults.partitions})")
+    add("--seed", type=int, help=f"seed of the load (default {defaults.seed})")
+    add("--skew", type=float, help="Zipf exponent of the customer choice; 0 = uniform (default 0)")
+    add("--invalid-ratio", type=float, help="share of invalid commands (default 0.05)")
+    add(
+        "--rate",
+        type=float,
+        help=f"offered commands/s of the latency run (default {defaults.rate:g})",
+    )
+    add(
+        "--latency-seconds",
+        type=float,
+        help=f"length of the latency run; 0 skips it (default {defaults.latency_seconds:g})",
+    )
+    add(
+        "--warmup-seconds",
+        type=float,
+        help="left out of the latency percentiles at the start of a paced run (default 1)",
+    )
+    add("--soak-seconds", type=float, help="length of a soak run sampling RSS (default 0: none)")
+    add("--soak-rate", type=float, help="offered commands/s of the soak run (default: --rate)")
+    add("--rss-interval", type=float, help="seconds between RSS samples in the soak (default 5)")
+    add(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="LOG_LEVEL of the workers (default WARNING: no line per command)",
+    )
+    add(
+        "--no-naive",
+        dest="naive",
+        action="store_false",
+        default=None,
+        help="skip the naive baseline",
+    )
+    add(
+        "--worker-env",
+        action="append",
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="extra environment for the workers, e.g. BATCH_MAX_RECORDS=1000 (repeatable)",
+    )
+    add(
+        "--profile",
+        type=Path,
+        metavar="FILE.prof",
+        help="run our worker's throughput run under cProfile, writing the stats to FILE",
+    )
+    add("--plot", type=Path, metavar="FILE.svg", help="write an SVG plot of latency over time")
+    add(
+        "--stall-timeout",
+        type=float,
+        help="fail when no output arrives for this many seconds (default 120)",
+    )
+    add("--keep", action="store_true", default=None, help="keep the run's databases and topics")
+    add(
+        "--quick",
+        action="store_true",
+        help=f"a small run ({quick.commands} commands, {quick.latency_seconds:g}s latency run)",
+    )
+    add(
+        "--stack-home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help=f"where the benchmark's native stack lives (default {DEFAULT_HOME})",
+    )
+    add(
+        "--keep-stack",
+        action="store_true",
+        help="leave the benchmark's native stack running at the end",
+    )
+    return parser  # fmt: skip
+
+
+def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> Options:
+    given: dict[str, Any] = {}
+    names = (
+        "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
+        "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
+        "log_level", "naive", "profile", "plot", "stall_timeout", "keep",
+    )  # fmt: skip
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = value
+    if args.worker_env:
+        given["worker_env"] = dict(args.worker_env)
+    given["logs_dir"] = args.stack_home / "logs"
+    given["stack_home"] = native_home
+    return Options.quick_options(**given) if args.quick else Options(**given)
+
+
+async def _run(options: Options, stack: Stack) -> dict[str, Any]:
+    # SIGTERM cancels the run like Ctrl-C does: the workers are stopped and the run's
+    # databases and topics dropped on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_benchmark(options, stack)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[bench] %(name)s: %(message)s")
+    # aiokafka warns about retries it recovers from (a new topic's leader not yet known).
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # Fail on bad options before starting anything.
+    options_from_args(args, native_home=None)
+    stack = open_bench_stack(os.environ, home=args.stack_home, progress=stderr_progress)
+    native = stack.kafka_source == "native"
+    options = options_from_args(args, native_home=args.stack_home if native else None)
+    try:
+        result = asyncio.run(_run(options, stack))
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("benchmark interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if not args.keep_stack:
+            stack.close()
+    stderr_progress(summary(result))
+    print(to_json_line(result), flush=True)
+    return 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The headline figures in one human-readable line."""
+    throughput = result["throughput"]
+    parts = [f"ours {throughput['ours_commands_per_second']:g} commands/s"]
+    if throughput["naive"] is not None:
+        parts.append(
+            f"naive {throughput['naive_commands_per_second']:g}/s, ratio {throughput['ratio']}x, "
+            f"outputs match {throughput['outputs_match']}, state match {throughput['state_match']}"
+        )
+    for name in ("latency", "soak"):
+        paced = result[name]
+        if paced is not None:
+            parts.append(
+                f"{name} at {paced['offered_rate']:g}/s (achieved {paced['achieved_rate']:g}/s): "
+                f"p50 {paced['p50_ms']} ms, p95 {paced['p95_ms']} ms, p99 {paced['p99_ms']} ms"
+            )
+    if result["soak"] is not None:
+        soak = result["soak"]
+        parts.append(
+            f"RSS {soak.get('rss_start_mib')} -> {soak.get('rss_end_mib')} MiB "
+            f"(max {soak.get('rss_max_mib')}, slope {soak.get('rss_slope_mib_per_hour')} MiB/h)"
+        )
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Turning measurements into the one-line JSON result. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.outputs import OutcomeLog
+from bench.stats import latency_summary, rate, slope
+
+RESULT_VERSION = 1
+KIB_PER_MIB = 1024
+
+
+@dataclass
+class ThroughputRun:
+    """One worker draining the same pre-produced commands."""
+
+    worker: str
+    log: OutcomeLog
+    expected: Mapping[str, int]
+    spawned_at: float
+    consuming_at: float
+    #: When producing the commands started and when the last one was acknowledged.
+    produced_from: float
+    produced_until: float
+    exit_status: int | None
+    rss_kib: list[tuple[float, int]] = field(default_factory=list)
+    state: Mapping[str, Any] = field(default_factory=dict)
+    log_path: str = ""
+
+
+@dataclass
+class PacedRun:
+    """Commands offered at a fixed rate while one worker runs."""
+
+    offered_rate: float
+    seconds: float
+    log: OutcomeLog
+    sent_at: Sequence[float]
+    started_at: float
+    finished_at: float
+    max_send_lag_ms: float
+    warmup_seconds: float
+    exit_status: int | None
+    rss_kib: list[tuple[float, int]] = field(default_factory=list)
+    log_path: str = ""
+
+    def samples(self) -> list[tuple[float, float]]:
+        """``(seconds since the first send, latency ms)`` of every answered command."""
+        log, sent_at = self.log, self.sent_at
+        return [
+            (sent_at[index] - self.started_at, (log.received_at[index] - sent_at[index]) * 1000)
+            for index in range(min(log.count, len(sent_at)))
+            if log.outcomes[index]
+        ]
+
+
+def throughput_figures(run: ThroughputRun) -> dict[str, Any]:
+    log = run.log
+    # Consumption began before the first output at the latest, even if the group was
+    # seen stable a poll later.
+    start = min(run.consuming_at, log.first_at or run.consuming_at)
+    seconds = (log.last_at - start) if log.last_at is not None else 0.0
+    outcomes = log.counts()
+    return {
+        "commands": log.count,
+        "seconds": round(seconds, 3),
+        "commands_per_second": round(rate(log.count, seconds), 1) if log.complete else 0.0,
+        "startup_seconds": round(start - run.spawned_at, 3),
+        "first_output_after_seconds": round(log.first_at - start, 3)
+        if log.first_at is not None
+        else None,
+        "outcomes": outcomes,
+        "expected_outcomes": dict(run.expected),
+        "answered": log.seen,
+        "missing": log.missing,
+        "duplicates": log.duplicates,
+        "foreign": log.foreign,
+        "processed_all": log.complete and outcomes == dict(run.expected),
+        "produce_seconds": round(run.produced_until - run.produced_from, 3),
+        "produced_from": round(run.produced_from, 3),
+        "produced_until": round(run.produced_until, 3),
+        "produced_before_start": run.produced_until <= run.spawned_at,
+        "rss_max_mib": _mib(max((kib for _, kib in run.rss_kib), default=0)) or None,
+        "exit_status": run.exit_status,
+        "state": dict(run.state),
+        "log": run.log_path,
+    }
+
+
+def paced_figures(run: PacedRun) -> dict[str, Any]:
+    log = run.log
+    latencies = log.latencies_ms(run.sent_at, since=run.started_at + run.warmup_seconds)
+    sent = min(log.count, len(run.sent_at))
+    send_seconds = run.finished_at - run.started_at
+    window = (log.last_at - run.started_at) if log.last_at is not None else 0.0
+    figures: dict[str, Any] = {
+        "offered_rate": run.offered_rate,
+        "sent_rate": round(rate(sent - 1, send_seconds), 1) if sent > 1 else 0.0,
+        "achieved_rate": round(rate(log.seen, window), 1),
+        "seconds": run.seconds,
+        "commands": log.count,
+        "answered": log.seen,
+        "missing": log.missing,
+        "duplicates": log.duplicates,
+        "outcomes": log.counts(),
+        "warmup_seconds": run.warmup_seconds,
+        "max_send_lag_ms": round(run.max_send_lag_ms, 2),
+        **_renamed(latency_summary(latencies), count="latency_samples"),
+        "exit_status": run.exit_status,
+        "log": run.log_path,
+    }
+    return figures
+
+
+def rss_figures(samples: Sequence[tuple[float, int]], *, warmup_seconds: float) -> dict[str, Any]:
+    """Start, end and maximum RSS, and the least-squares slope after the warm-up (the
+    first minutes fill caches and pools; a leak shows as a steady slope after them)."""
+    if not samples:
+        return {"samples": 0}
+    settled = [(t, kib) for t, kib in samples if t >= warmup_seconds] or list(samples)
+    per_second = slope([(t, kib / KIB_PER_MIB) for t, kib in settled])
+    return {
+        "samples": len(samples),
+        "rss_start_mib": _mib(samples[0][1]),
+        "rss_end_mib": _mib(samples[-1][1]),
+        "rss_max_mib": _mib(max(kib for _, kib in samples)),
+        "rss_slope_mib_per_hour": round(per_second * 3600, 2),
+        "rss_slope_warmup_seconds": warmup_seconds,
+    }
+
+
+def _renamed(figures: Mapping[str, Any], **names: str) -> dict[str, Any]:
+    return {names.get(key, key): value for key, value in figures.items()}
+
+
+def _mib(kib: int) -> float:
+    return round(kib / KIB_PER_MIB, 2)
+
+
+def build_result(
+    *,
+    parameters: Mapping[str, Any],
+    machine: Mapping[str, Any],
+    load: Mapping[str, Any],
+    ours: ThroughputRun,
+    naive: ThroughputRun | None,
+    latency: PacedRun | None,
+    soak: PacedRun | None,
+    soak_warmup_seconds: float = 0.0,
+    wall_seconds: float,
+    outputs_mismatched: int | None = None,
+) -> dict[str, Any]:
+    ours_figures = throughput_figures(ours)
+    naive_figures = throughput_figures(naive) if naive is not None else None
+    ratio = None
+    if naive_figures is not None and naive_figures["commands_per_second"] > 0:
+        ratio = round(ours_figures["commands_per_second"] / naive_figures["commands_per_second"], 2)
+    same_state = None
+    if naive is not None:
+        same_state = _comparable(ours.state) == _comparable(naive.state)
+    soak_figures = None
+    if soak is not None:
+        soak_figures = {
+            **paced_figures(soak),
+            **rss_figures(soak.rss_kib, warmup_seconds=soak_warmup_seconds),
+        }
+    return {
+        "benchmark": "customer-service",
+        "result_version": RESULT_VERSION,
+        "throughput": {
+            "ours_commands_per_second": ours_figures["commands_per_second"],
+            "naive_commands_per_second": naive_figures["commands_per_second"]
+            if naive_figures
+            else None,
+            "ratio": ratio,
+            "outputs_match": None if outputs_mismatched is None else outputs_mismatched == 0,
+            "outputs_mismatched": outputs_mismatched,
+            "state_match": same_state,
+            "ours": ours_figures,
+            "naive": naive_figures,
+        },
+        "latency": paced_figures(latency) if latency is not None else None,
+        "soak": soak_figures,
+        "load": dict(load),
+        "parameters": dict(parameters),
+        "machine": dict(machine),
+        "wall_seconds": round(wall_seconds, 1),
+    }
+
+
+def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in state.items() if key != "log"}
+
+
+def to_json_line(result: Mapping[str, Any]) -> str:
+    """The result as one line of JSON (no newline inside)."""
+    return json.dumps(result, separators=(",", ":"), sort_keys=False, default=str)

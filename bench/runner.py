@@ -1,0 +1,427 @@
+"""The benchmark: the phases of one run, against one stack, on one seeded load.
+
+1. ``ours``: pre-produce every command, start ``customer-service worker`` and time it
+   from the moment its consumer group is stable (it has its partitions and starts
+   fetching) until the benchmark's ``read_committed`` consumer has the last output.
+2. ``naive``: the same records on fresh topics and a fresh copy of the same database,
+   drained by ``bench.naive_worker``, timed the same way.
+3. ``latency``: a fresh copy again; our worker running; commands offered at a fixed
+   rate; latency = when the output arrived minus when the command was due to be sent.
+4. ``soak`` (optional): like ``latency`` for longer, sampling the worker's RSS.
+
+``run_benchmark`` is the library entry point (the e2e test calls it); ``python -m bench``
+wraps it in a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import sys
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import db
+from bench.kafka_io import (
+    BenchmarkError,
+    OutputReader,
+    create_topics,
+    delete_topics,
+    produce_all,
+    produce_paced,
+    wait_until_consuming,
+)
+from bench.load import Command, LoadGenerator, LoadSpec, describe, expected_outcomes, generate
+from bench.outputs import OutcomeLog
+from bench.report import PacedRun, ThroughputRun, build_result, throughput_figures
+from bench.stack import DEFAULT_HOME, kafka_version
+from bench.svg import render_latency_svg
+from bench.workers import (
+    WorkerKind,
+    WorkerProcess,
+    passed_through_settings,
+    worker_argv,
+    worker_env,
+)
+from devstack.stack import Stack
+from service.settings import Settings
+
+Progress = Callable[[str], None]
+
+#: Command-id prefixes of the streams; the two throughput runs share one.
+THROUGHPUT_STREAM = "tp"
+LATENCY_STREAM = "lat"
+SOAK_STREAM = "soak"
+
+
+@dataclass(frozen=True)
+class Options:
+    customers: int = 2000
+    commands: int = 50_000
+    partitions: int = 6
+    seed: int = 1
+    #: Zipf exponent of the customer choice; 0 is uniform.
+    skew: float = 0.0
+    invalid_ratio: float = 0.05
+    #: Offered rate of the latency run, commands per second.
+    rate: float = 1000.0
+    #: Seconds of the latency run; 0 skips it.
+    latency_seconds: float = 30.0
+    #: Commands due in the first seconds of a paced run are left out of the percentiles.
+    warmup_seconds: float = 1.0
+    #: Seconds of the soak run; 0 skips it.
+    soak_seconds: float = 0.0
+    #: Offered rate of the soak run (default: ``rate``).
+    soak_rate: float | None = None
+    rss_interval: float = 5.0
+    log_level: str = "WARNING"
+    naive: bool = True
+    #: Extra environment for both workers, e.g. ``{"BATCH_MAX_RECORDS": "1000"}``.
+    worker_env: dict[str, str] = field(default_factory=dict)
+    #: Run our worker's throughput run under cProfile, writing the stats here.
+    profile: Path | None = None
+    plot: Path | None = None
+    #: Fail a phase when no output arrives for this long.
+    stall_timeout: float = 120.0
+    #: Keep the run's databases and topics for inspection.
+    keep: bool = False
+    logs_dir: Path = DEFAULT_HOME / "logs"
+    #: The benchmark's own native stack, to read the broker version from its jars.
+    stack_home: Path | None = None
+    quick: bool = False
+
+    @classmethod
+    def quick_options(cls, **overrides: Any) -> Options:
+        """Small enough for a test: a few seconds per phase."""
+        values: dict[str, Any] = {
+            "customers": 100,
+            "commands": 1000,
+            "partitions": 3,
+            "rate": 100.0,
+            "latency_seconds": 5.0,
+            "soak_seconds": 0.0,
+            "rss_interval": 1.0,
+            "quick": True,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def load_spec(self) -> LoadSpec:
+        return LoadSpec(
+            customers=self.customers,
+            seed=self.seed,
+            skew=self.skew,
+            invalid_ratio=self.invalid_ratio,
+        )
+
+    def parameters(self) -> dict[str, Any]:
+        values = asdict(self)
+        for name in ("profile", "plot", "logs_dir", "stack_home"):
+            values[name] = str(values[name]) if values[name] is not None else None
+        values["soak_rate"] = self.soak_rate or self.rate
+        spec = self.load_spec()
+        values["conflict_ratio"] = spec.conflict_ratio
+        values["missing_ratio"] = spec.missing_ratio
+        values["poison_ratio"] = spec.poison_ratio
+        values["worker_settings_from_environment"] = passed_through_settings()
+        return values
+
+
+def stderr_progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Phase:
+    """The topics, group and database of one phase."""
+
+    name: str
+    settings: Settings
+    database: str
+
+
+class _Run:
+    def __init__(self, options: Options, stack: Stack, progress: Progress) -> None:
+        self.options = options
+        self.stack = stack
+        self.progress = progress
+        self.run_id = uuid.uuid4().hex[:8]
+        self.template = f"bench_{self.run_id}_template"
+        self.databases: list[str] = []
+        self.phases: list[_Phase] = []
+        self.logs = options.logs_dir / self.run_id
+
+    async def phase(self, name: str) -> _Phase:
+        """A fresh copy of the seeded database and fresh topics for phase ``name``."""
+        database = f"bench_{self.run_id}_{name}"
+        self.databases.append(database)
+        url = await db.clone(self.stack.database_url, self.template, database)
+        tag = f"bench.{self.run_id}.{name}"
+        settings = Settings(
+            kafka_bootstrap_servers=self.stack.kafka_bootstrap_servers,
+            database_url=url,
+            kafka_consumer_group=f"{tag}.worker",
+            topic_commands=f"{tag}.customer.update",
+            topic_events=f"{tag}.customer.updated",
+            topic_rejections=f"{tag}.customer.update.rejected",
+            topic_dead_letters=f"{tag}.customer.update.dlq",
+            relay_transactional_id=f"{tag}.relay",
+            _env_file=None,
+        )
+        phase = _Phase(name, settings, database)
+        self.phases.append(phase)
+        await create_topics(settings, self.options.partitions)
+        return phase
+
+    def worker(
+        self, kind: WorkerKind, phase: _Phase, *, profile: Path | None = None
+    ) -> WorkerProcess:
+        options = self.options
+        return WorkerProcess(
+            kind,
+            worker_argv(kind, profile=profile),
+            worker_env(phase.settings, log_level=options.log_level, extra=options.worker_env),
+            self.logs / f"{phase.name}.log",
+        )
+
+    async def cleanup(self) -> None:
+        if self.options.keep:
+            kept = [self.template, *self.databases]
+            self.progress(f"kept databases {kept} and topics bench.{self.run_id}.*")
+            return
+        for phase in self.phases:
+            topics = phase.settings.topics
+            with contextlib.suppress(Exception):
+                await delete_topics(
+                    phase.settings,
+                    [topics.commands, topics.events, topics.rejections, topics.dead_letters],
+                )
+        with contextlib.suppress(Exception):
+            await db.drop(self.stack.database_url, [*self.databases, self.template])
+
+
+async def run_benchmark(
+    options: Options, stack: Stack, *, progress: Progress = stderr_progress
+) -> dict[str, Any]:
+    """Run every phase the options ask for and return the result (see README)."""
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    run = _Run(options, stack, progress)
+    spec = options.load_spec()
+    try:
+        progress(f"run {run.run_id}: seeding {spec.customers} customers; worker logs in {run.logs}")
+        await db.create_template(stack.database_url, run.template, customers=spec.customers)
+        commands = generate(spec, options.commands, prefix=THROUGHPUT_STREAM)
+        load = describe(commands)
+        progress(f"load: {load}")
+        ours = await _throughput(run, "ours", commands)
+        naive = await _throughput(run, "naive", commands) if options.naive else None
+        latency = None
+        if options.latency_seconds > 0:
+            latency = await _paced(run, "latency", options.rate, options.latency_seconds)
+        soak = None
+        if options.soak_seconds > 0:
+            soak = await _paced(
+                run, "soak", options.soak_rate or options.rate, options.soak_seconds, rss=True
+            )
+        postgres_version = await db.server_version(stack.database_url)
+    finally:
+        await run.cleanup()
+    if options.plot is not None:
+        plotted = latency or soak
+        if plotted is not None:
+            options.plot.write_text(
+                render_latency_svg(
+                    plotted.samples(),
+                    title=f"customer-service: latency at {plotted.offered_rate:g} commands/s "
+                    f"({os.cpu_count()} cores)",
+                )
+            )
+            progress(f"wrote {options.plot}")
+    machine = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kafka_version": kafka_version(options.stack_home),
+        "kafka_source": stack.kafka_source,
+        "postgres_version": postgres_version,
+        "postgres_source": stack.postgres_source,
+        "load_average_before": [round(value, 2) for value in load_before],
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+    }
+    return build_result(
+        parameters=options.parameters(),
+        machine=machine,
+        load=load,
+        ours=ours,
+        naive=naive,
+        latency=latency,
+        soak=soak,
+        soak_warmup_seconds=min(60.0, options.soak_seconds / 10),
+        wall_seconds=time.monotonic() - started,
+        outputs_mismatched=ours.log.mismatches(naive.log) if naive is not None else None,
+    )
+
+
+async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> ThroughputRun:
+    options, progress = run.options, run.progress
+    phase = await run.phase(kind)
+    progress(f"{kind}: producing {len(commands)} commands to {phase.settings.topic_commands}")
+    produced = await produce_all(phase.settings, commands)
+    progress(
+        f"{kind}: produced in {produced.seconds:.1f}s ({len(commands) / produced.seconds:.0f}/s); "
+        "starting the worker"
+    )
+    log = OutcomeLog(len(commands), THROUGHPUT_STREAM)
+    profile = options.profile if kind == "ours" else None
+    worker = run.worker(kind, phase, profile=profile)
+    rss: list[tuple[float, int]] = []
+    async with OutputReader(phase.settings, log) as reader:
+        spawned = time.time()
+        worker.start()
+        background: list[asyncio.Task[Any]] = []
+        try:
+            consuming = asyncio.create_task(
+                wait_until_consuming(phase.settings, alive=worker.check_alive)
+            )
+            background = [consuming, asyncio.create_task(_sample_rss(worker, 1.0, rss))]
+            await _drain(run, kind, reader, log, worker, checks=[consuming])
+            consuming_at = await consuming
+        finally:
+            await _cancel(background)
+            status = await worker.stop()
+    state = await db.state_fingerprint(phase.settings.database_url.get_secret_value())
+    result = ThroughputRun(
+        worker=kind,
+        log=log,
+        expected=expected_outcomes(commands),
+        spawned_at=spawned,
+        consuming_at=consuming_at,
+        produced_from=produced.started_at,
+        produced_until=produced.finished_at,
+        exit_status=status,
+        rss_kib=rss,
+        state=state,
+        log_path=str(worker.log_path),
+    )
+    figures = throughput_figures(result)
+    progress(
+        f"{kind}: {log.count} commands in {figures['seconds']}s = "
+        f"{figures['commands_per_second']}/s (outcomes {figures['outcomes']}, "
+        f"duplicates {log.duplicates}, exit {status})"
+    )
+    return result
+
+
+async def _paced(
+    run: _Run, name: str, offered_rate: float, seconds: float, *, rss: bool = False
+) -> PacedRun:
+    options, progress = run.options, run.progress
+    phase = await run.phase(name)
+    count = max(1, round(offered_rate * seconds))
+    stream = LATENCY_STREAM if name == "latency" else SOAK_STREAM
+    log = OutcomeLog(count, stream)
+    sent_at = array("d", bytes(8 * count))
+    generator = LoadGenerator(options.load_spec(), prefix=stream)
+    worker = run.worker("ours", phase)
+    samples: list[tuple[float, int]] = []
+    async with OutputReader(phase.settings, log) as reader:
+        worker.start()
+        background: list[asyncio.Task[Any]] = []
+        try:
+            await wait_until_consuming(phase.settings, alive=worker.check_alive)
+            progress(f"{name}: offering {count} commands at {offered_rate:g}/s for {seconds:g}s")
+            producing = asyncio.create_task(
+                produce_paced(
+                    phase.settings, generator.stream(count), rate=offered_rate, sent_at=sent_at
+                )
+            )
+            background = [producing]
+            if rss:
+                background.append(
+                    asyncio.create_task(_sample_rss(worker, options.rss_interval, samples))
+                )
+            await _drain(run, name, reader, log, worker, checks=[producing])
+            paced = await producing
+        finally:
+            await _cancel(background)
+            status = await worker.stop()
+    result = PacedRun(
+        offered_rate=offered_rate,
+        seconds=seconds,
+        log=log,
+        sent_at=sent_at,
+        started_at=paced.started_at,
+        finished_at=paced.finished_at,
+        max_send_lag_ms=paced.max_lag_ms,
+        warmup_seconds=options.warmup_seconds,
+        exit_status=status,
+        rss_kib=samples,
+        log_path=str(worker.log_path),
+    )
+    progress(f"{name}: {log.seen}/{count} answered; exit {status}")
+    return result
+
+
+async def _drain(
+    run: _Run,
+    name: str,
+    reader: OutputReader,
+    log: OutcomeLog,
+    worker: WorkerProcess,
+    *,
+    checks: Iterable[asyncio.Task[Any]] = (),
+) -> None:
+    """Read outputs until every command has one; fail if the worker dies, a helper task
+    fails, or nothing new arrives for ``stall_timeout`` seconds."""
+    stall_timeout = run.options.stall_timeout
+    last_seen, last_change = -1, time.monotonic()
+    last_report, reported_seen = time.monotonic(), 0
+    while not log.complete:
+        await reader.poll()
+        worker.check_alive()
+        for task in checks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                await task  # raises its error
+        now = time.monotonic()
+        if log.seen != last_seen:
+            last_seen, last_change = log.seen, now
+        elif now - last_change > stall_timeout:
+            raise BenchmarkError(
+                f"{name}: no new output for {stall_timeout:.0f}s with {log.seen}/{log.count} "
+                f"commands answered; see {worker.log_path}:\n{worker.log_tail()}"
+            )
+        if now - last_report >= 5:
+            speed = (log.seen - reported_seen) / (now - last_report)
+            run.progress(f"{name}: {log.seen}/{log.count} answered ({speed:.0f}/s)")
+            last_report, reported_seen = now, log.seen
+
+
+async def _sample_rss(
+    worker: WorkerProcess, interval: float, samples: list[tuple[float, int]]
+) -> None:
+    started = time.monotonic()
+    while True:
+        kib = worker.rss_kib()
+        if kib is not None:
+            samples.append((time.monotonic() - started, kib))
+        await asyncio.sleep(interval)
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+__all__ = ["BenchmarkError", "Options", "run_benchmark"]

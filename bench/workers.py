@@ -1,0 +1,179 @@
+"""Worker processes under test: ours (``customer-service worker``) and the naive
+baseline (``python -m bench.naive_worker``), each a subprocess with its own log file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from bench.kafka_io import BenchmarkError
+from service.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+WorkerKind = Literal["ours", "naive"]
+
+
+def cli_script() -> Path:
+    """The ``customer-service`` console script of this interpreter's environment."""
+    return Path(sys.executable).parent / "customer-service"
+
+
+def worker_argv(kind: WorkerKind, *, profile: Path | None = None) -> list[str]:
+    """The command line of a worker; ``profile`` runs ours under cProfile, writing there."""
+    if kind == "naive":
+        return [sys.executable, "-m", "bench.naive_worker"]
+    script = cli_script()
+    if profile is not None:
+        # The console script is a plain Python file, so cProfile can run it as a script;
+        # ``-m service.cli`` would not work: the module has no ``__main__`` block.
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), "worker"]
+    if script.exists():
+        return [str(script), "worker"]
+    return [sys.executable, "-c", "from service.cli import app; app()", "worker"]
+
+
+def worker_env(
+    settings: Settings,
+    *,
+    log_level: str,
+    extra: Mapping[str, str] | None = None,
+    base: Mapping[str, str] = os.environ,
+) -> dict[str, str]:
+    """The environment of a worker: the caller's (so Kafka security settings or tuning
+    such as ``BATCH_MAX_RECORDS`` pass through), the benchmark's endpoints, topics and
+    group, then ``extra``."""
+    env = dict(base)
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": settings.database_url.get_secret_value(),
+            "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
+            "TOPIC_COMMANDS": settings.topic_commands,
+            "TOPIC_EVENTS": settings.topic_events,
+            "TOPIC_REJECTIONS": settings.topic_rejections,
+            "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
+            "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id,
+            "HTTP_PORT": "0",
+            "LOG_LEVEL": log_level,
+            "LOG_FORMAT": "json",
+            # ``bench`` is not part of the installed wheel; run from the checkout.
+            "PYTHONPATH": os.pathsep.join(
+                part for part in (str(REPO_ROOT), base.get("PYTHONPATH", "")) if part
+            ),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def passed_through_settings(base: Mapping[str, str] = os.environ) -> list[str]:
+    """Names of service settings the caller's environment sets for the workers (beyond
+    the ones the benchmark sets itself), for the report."""
+    ours = {
+        "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "KAFKA_CONSUMER_GROUP", "TOPIC_COMMANDS",
+        "TOPIC_EVENTS", "TOPIC_REJECTIONS", "TOPIC_DEAD_LETTERS", "RELAY_TRANSACTIONAL_ID",
+        "HTTP_PORT", "LOG_LEVEL", "LOG_FORMAT",
+    }  # fmt: skip
+    names = {name.upper() for name in Settings.model_fields}
+    return sorted(name for name in base if name in names and name not in ours)
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB, from ``/proc/<pid>/status`` (None if gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return parse_vm_rss(text)
+
+
+def parse_vm_rss(status: str) -> int | None:
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    return None
+
+
+class WorkerProcess:
+    """One worker subprocess, its output going to ``log_path``."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        # A session of its own: a Ctrl-C meant for the benchmark does not reach the
+        # worker; the benchmark stops it (SIGTERM, a clean stop) on its way out.
+        self._process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        """Raise ``BenchmarkError`` with the end of its log if the worker has exited."""
+        assert self._process is not None
+        code = self._process.poll()
+        if code is not None:
+            raise BenchmarkError(
+                f"the {self.name} worker exited with status {code}; the end of "
+                f"{self.log_path}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def rss_kib(self) -> int | None:
+        return read_rss_kib(self.pid)
+
+    async def stop(self, grace: float = 60.0) -> int | None:
+        """SIGTERM (the worker finishes its batch and drains), SIGKILL if it is still
+        running ``grace`` seconds later; return the exit status."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(process.wait, grace)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await asyncio.to_thread(process.wait, 10)
+            return process.returncode
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None

@@ -1,0 +1,54 @@
+"""The quick benchmark, end to end: both workers as subprocesses against the real Kafka
+and PostgreSQL. No timing thresholds: the figures are for humans; what is checked is
+that the benchmark measured something real (every command answered, by both workers,
+with the same outcomes), so it cannot silently measure nothing."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from bench.report import to_json_line
+from bench.runner import Options, run_benchmark
+from devstack.stack import Stack
+
+
+async def test_the_quick_benchmark_measures_both_workers_on_every_command(
+    stack: Stack, tmp_path: Path
+) -> None:
+    options = Options.quick_options(
+        latency_seconds=3.0, logs_dir=tmp_path / "logs", plot=tmp_path / "latency.svg"
+    )
+    progress: list[str] = []
+
+    result = json.loads(to_json_line(await run_benchmark(options, stack, progress=progress.append)))
+
+    throughput = result["throughput"]
+    assert throughput["ours_commands_per_second"] > 0
+    assert throughput["naive_commands_per_second"] > 0
+    assert throughput["ratio"] > 0
+    for worker in ("ours", "naive"):
+        figures = throughput[worker]
+        assert figures["commands"] == options.commands
+        assert figures["answered"] == options.commands, figures
+        assert (figures["missing"], figures["duplicates"], figures["foreign"]) == (0, 0, 0)
+        assert figures["outcomes"] == figures["expected_outcomes"]
+        assert figures["outcomes"]["rejected"] > 0
+        assert figures["processed_all"] is True
+        assert figures["exit_status"] == 0
+        assert figures["produced_before_start"] is True
+    # The baseline is a correct worker: same outcome and sequence per command, same rows.
+    assert throughput["outputs_match"] is True
+    assert throughput["state_match"] is True
+
+    latency = result["latency"]
+    assert latency["answered"] == latency["commands"] == round(options.rate * 3.0)
+    assert latency["p50_ms"] is not None
+    assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert result["soak"] is None
+    assert result["machine"]["cores"] >= 1
+    assert result["parameters"]["quick"] is True
+    assert options.plot is not None
+    assert ET.parse(options.plot).getroot().tag.endswith("svg")
+    assert progress
