@@ -93,7 +93,8 @@ class NativeKafka:
                 "-f",
                 str(pom),
                 "dependency:copy-dependencies",
-                f"-DoutputDirectory={self.libs}",
+                # Absolute: Maven resolves a relative directory against the pom's folder.
+                f"-DoutputDirectory={self.libs.resolve()}",
                 "-DincludeScope=runtime",
             ],
             capture_output=True,

@@ -54,6 +54,7 @@ def build_relay(settings: Settings, metrics: Metrics | None = None) -> OutboxRel
             idle_interval=settings.relay_idle_interval,
             retry_initial_delay=settings.retry_initial_delay,
             retry_max_delay=settings.retry_max_delay,
+            drain_timeout=settings.relay_drain_timeout,
         ),
         producer_factory=lambda: kafka.event_producer(
             settings, transactional_id=settings.relay_transactional_id
@@ -157,8 +158,8 @@ class WorkerProcess:
             on_poll=lambda: self._polled(health, worker),
         )
         health.assigned_partitions = lambda: len(worker.assignment)
-        await consumer.start()
         try:
+            await consumer.start()
             worker.subscribe()
             health.running = True
             log.info("worker_started", topic=settings.topic_commands, http_port=self.http_port)

@@ -108,7 +108,11 @@ class CommandSender:
         )
 
     async def __aenter__(self) -> CommandSender:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
         return self
 
     async def __aexit__(
@@ -142,8 +146,8 @@ class CommandSender:
         partitions = await partitions_of(
             settings, [settings.topic_events, settings.topic_rejections]
         )
-        await watcher.start()
         try:
+            await watcher.start()
             watcher.assign(partitions)
             # Positions are fixed before sending, so the outcome cannot slip past.
             ends = await watcher.end_offsets(partitions)

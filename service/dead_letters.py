@@ -86,8 +86,8 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(partitions)
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -129,9 +129,9 @@ async def replay(
 ) -> int:
     """Publish ``letters`` onto the command topic, in order; return how many."""
     producer = AIOKafkaProducer(**connection_options(settings), acks="all", enable_idempotence=True)
-    await producer.start()
     count = 0
     try:
+        await producer.start()
         for letter in letters:
             await producer.send_and_wait(
                 settings.topic_commands,

@@ -59,6 +59,8 @@ class RelayConfig:
     idle_interval: float = 1.0
     retry_initial_delay: float = 0.1
     retry_max_delay: float = 30.0
+    #: Seconds a shutdown keeps retrying to publish what is left before giving up.
+    drain_timeout: float = 30.0
 
 
 class OutboxRelay:
@@ -86,17 +88,36 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Publish until ``stopping`` is set, then drain what is left and return."""
+        """Publish until ``stopping`` is set, then drain what is left and return.
+
+        A drain that keeps failing (Kafka or PostgreSQL down during shutdown) is abandoned
+        after ``drain_timeout`` seconds: the rows stay in the outbox for the next leader.
+        """
+        stopped_at: list[float] = []
+
+        def give_up() -> bool:
+            if not stopping.is_set():
+                return False
+            if not stopped_at:
+                stopped_at.append(time.monotonic())
+            return time.monotonic() - stopped_at[0] > self._config.drain_timeout
+
         attempts = retrying(
             on=(*TRANSIENT_ERRORS, KafkaError),
             initial_delay=self._config.retry_initial_delay,
             max_delay=self._config.retry_max_delay,
             stopping=stopping,
             before_sleep=self._retrying,
+            give_up=give_up,
         )
-        async for attempt in attempts:
-            with attempt:
-                await self._lead(stopping)
+        try:
+            async for attempt in attempts:
+                with attempt:
+                    await self._lead(stopping)
+        except (*TRANSIENT_ERRORS, KafkaError) as exc:
+            if not stopping.is_set():
+                raise
+            log.warning("relay_drain_abandoned", error=repr(exc))
 
     def _retrying(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -108,8 +129,9 @@ class OutboxRelay:
             if connection is None:
                 return
             producer = self._producer_factory()
-            await producer.start()
             try:
+                # Inside the try: a producer whose start failed still holds a client.
+                await producer.start()
                 await self._recover(connection)
                 while True:
                     published = await self._publish_batch(connection, producer)
@@ -221,7 +243,9 @@ class OutboxRelay:
         result = await connection.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", sorted(published)
         )
-        log.warning("relay_recovered", already_published=result.split()[-1])
+        removed = int(result.split()[-1])
+        if removed:
+            log.warning("relay_recovered", already_published=removed)
 
 
 async def published_outbox_ids(
@@ -235,8 +259,8 @@ async def published_outbox_ids(
     if not partitions:
         return set()
     consumer = consumer_factory()
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(partitions))
         found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in partitions})
         ends = await consumer.end_offsets(partitions)

@@ -1,5 +1,9 @@
 """Retries with capped exponential backoff and full jitter (tenacity), interruptible by
-shutdown so that a worker waiting out an outage still stops promptly on SIGTERM."""
+shutdown so that a worker waiting out an outage still stops promptly on SIGTERM.
+
+A backoff already running when shutdown begins ends at once; later ones run in full, so
+work that must finish during shutdown (the relay's drain) never retries in a tight loop.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +21,21 @@ def retrying(
     max_delay: float,
     stopping: asyncio.Event,
     before_sleep: Callable[[RetryCallState], None],
+    give_up: Callable[[], bool] = lambda: False,
 ) -> AsyncRetrying:
-    """Retry forever on the exception types ``on``; anything else propagates at once."""
+    """Retry on the exception types ``on`` until ``give_up()`` is true (then the last error
+    propagates); anything else propagates at once."""
 
     async def sleep(seconds: float) -> None:
+        if stopping.is_set():
+            await asyncio.sleep(seconds)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), seconds)
 
     return AsyncRetrying(
         retry=retry_if_exception_type(on),
+        stop=lambda _: give_up(),
         wait=wait_exponential_jitter(multiplier=initial_delay, max=max_delay),
         sleep=sleep,
         before_sleep=before_sleep,

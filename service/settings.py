@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     relay_batch_size: Annotated[int, Field(ge=1, le=50_000)] = 2000
     relay_idle_interval: Annotated[float, Field(gt=0)] = 1.0
     relay_transactional_id: Annotated[str, Field(min_length=1)] = "customer-service-relay"
+    relay_drain_timeout: Annotated[float, Field(ge=0)] = 30.0
 
     # -- Authorization -----------------------------------------------------------------
     auth_jwt_key: SecretStr | None = None

@@ -69,9 +69,9 @@ async def follow(
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
-    await consumer.start()
     seen = 0
     try:
+        await consumer.start()
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)

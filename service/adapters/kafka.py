@@ -89,8 +89,8 @@ def inbound(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
 async def create_topics(settings: Settings, *, partitions: int | None = None) -> list[str]:
     """Create the service's four topics if missing; return the names created now."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         topics = settings.topics
         wanted = [topics.commands, topics.events, topics.rejections, topics.dead_letters]
@@ -139,8 +139,8 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> No
 async def partitions_of(settings: Settings, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of ``topics``, from the cluster's metadata."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics(list(topics))
     finally:
         await admin.close()

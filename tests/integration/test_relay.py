@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
+from devstack.processes import free_port
 from service.app import build_relay
 from service.relay import OutboxRelay
 from service.settings import Settings
@@ -117,3 +119,27 @@ async def test_only_one_relay_leads_at_a_time(settings: Settings) -> None:
         assert first.state == "leading"
     async with running_relay(second):
         await eventually(lambda: second.state == "leading", what="the second to take over")
+
+
+async def test_a_drain_that_cannot_reach_kafka_gives_up_in_time_and_keeps_the_rows(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await insert_customer(db, "cus_dr", invoice_prefix="DRN1")
+    await fill_outbox(settings, db, [command("cus_dr", {"name": "Pending"})])
+    nowhere = settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "relay_drain_timeout": 2.0,
+            "retry_initial_delay": 0.2,
+        }
+    )
+    relay = build_relay(nowhere)
+    stopping = asyncio.Event()
+    stopping.set()
+
+    started = time.monotonic()
+    await asyncio.wait_for(relay.run(stopping), timeout=60)
+
+    assert time.monotonic() - started >= 2.0
+    assert relay.published == 0
+    assert await outbox_size(db) == 1
