@@ -8,7 +8,7 @@ BIN := .venv/bin
 STACK := $(BIN)/python -m devstack
 
 .DEFAULT_GOAL := help
-.PHONY: help install check lint test run up down status destroy schemas
+.PHONY: help install check lint test run up down status destroy schemas faults faults-short bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,3 +54,12 @@ run: install ## Start the stack, create topics, migrate, seed demo customers and
 
 schemas: install ## Regenerate the JSON Schema and AsyncAPI files from the models
 	$(BIN)/python -m schemas
+
+faults: install ## The whole fault-injection suite (its own Kafka and PostgreSQL)
+	$(BIN)/python -m faults
+
+faults-short: install ## The fault-injection suite's short form (it also runs in `make check`)
+	$(BIN)/python -m faults --short
+
+bench: install ## Throughput and latency against the naive baseline; prints one JSON line
+	$(BIN)/python -m bench

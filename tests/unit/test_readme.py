@@ -50,7 +50,9 @@ def test_the_ci_runs_the_test_command_the_readme_gives() -> None:
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make check")
 
 
-@pytest.mark.parametrize("target", ["run", "check", "up", "status", "down", "destroy", "schemas"])
+@pytest.mark.parametrize(
+    "target", ["run", "check", "up", "status", "down", "destroy", "schemas", "faults", "bench"]
+)
 def test_each_make_target_the_readme_names_exists(target: str) -> None:
     assert f"make {target}" in README
     assert re.search(rf"^{target}:", (ROOT / "Makefile").read_text(), re.MULTILINE)

@@ -1,0 +1,702 @@
+"""The invariant checker: given everything that went in and came out of a run, say which
+guarantee was broken, where, and how. Pure: no I/O, no clock.
+
+What it verifies (each a separate check in ``CHECKS``, so a test can name one):
+
+``applied_once``
+    Every accepted command (one that has a ``customer.updated`` event with its id) was
+    applied exactly once: each customer's final row equals the seeded row folded with
+    its accepted commands in partition order (using the service's own ``merge``), at
+    version seeded + number accepted, and each event carries the fold's state after its
+    command. Kinds: ``lost_update``, ``extra_update``, ``row_mismatch``, ``event_content``.
+``one_event_per_command``
+    No outcome is published twice: one ``customer.updated`` per command id, no rejection
+    or dead letter republished, no more rejections for an id than records carrying it.
+    Kind: ``duplicate_event``.
+``versions``
+    Each customer's events carry strictly increasing, gap-free versions starting right
+    after the seeded version. Kinds: ``version_gap``, ``version_not_increasing``.
+``partition_order``
+    Each customer's events follow the partition order of the accepted commands.
+    Kind: ``reordered``.
+``accounted``
+    Every produced record is accounted for: applied, rejected (a rejection with its
+    command id; records without a usable id are matched to id-less rejections of their
+    key in order), dead-lettered (a dead letter whose ``kafka_dlt-original-*`` headers
+    point at it), or a resend of a command id already accounted. Every output belongs
+    to a produced record. Kinds: ``unaccounted``, ``unexpected_output``.
+``outcomes``
+    Every record had the outcome the reference model (``faults.model``) gives it: a
+    fault must not turn an update into a rejection or a dead letter, or the reverse.
+    Kind: ``wrong_outcome``.
+
+Outputs that cannot be read at all are reported as ``malformed_output``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import ValidationError
+
+from faults.model import (
+    Expected,
+    Position,
+    ProducedCommand,
+    classify_produced,
+    expected_outcomes,
+)
+from schemas.command import CustomerUpdateCommand
+from schemas.headers import DLT_ERROR_CODE, DLT_ORIGINAL_OFFSET, DLT_ORIGINAL_PARTITION
+from schemas.headers import DLT_ORIGINAL_TOPIC as DLT_TOPIC
+from service.domain.customer import CustomerState
+from service.domain.inbound import Classified, Limits, Valid
+from service.domain.update import merge
+
+#: How many examples of one kind of violation are spelt out before they are summarised.
+MAX_EXAMPLES_PER_KIND = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """A record read back from an output topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        found = None
+        for header, value in self.headers:
+            if header == name:
+                found = value
+        return found
+
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}:{self.offset}]"
+
+
+@dataclass(frozen=True)
+class History:
+    """Everything a run produced and left behind."""
+
+    commands_topic: str
+    #: Every record of the command topic, from the log itself.
+    produced: Sequence[ProducedCommand]
+    #: The customers as seeded before the first command.
+    seeded: Mapping[str, CustomerState]
+    #: The customers in the database after the run.
+    final: Mapping[str, CustomerState]
+    #: Everything read (read_committed) from the events, rejections and dead-letter topics.
+    updated: Sequence[ConsumedRecord]
+    rejected: Sequence[ConsumedRecord]
+    dead_letters: Sequence[ConsumedRecord]
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    kind: str
+    message: str
+
+
+@dataclass
+class CheckResult:
+    commands: int = 0
+    #: Distinct command ids with a customer.updated event.
+    applied: int = 0
+    #: Records accounted for by a rejection event.
+    rejected: int = 0
+    #: Records accounted for by a dead letter.
+    dead_lettered: int = 0
+    #: Records that resend a command id whose outcome is already accounted for.
+    resent: int = 0
+    unaccounted: int = 0
+    #: Outputs beyond one per outcome: republished events, rejections or dead letters,
+    #: and second events for one command id.
+    duplicate_events: int = 0
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def kinds(self) -> set[str]:
+        return {violation.kind for violation in self.violations}
+
+    def add(self, kind: str, message: str) -> None:
+        self.violations.append(Violation(kind, message))
+
+    def summary(self, per_kind: int = MAX_EXAMPLES_PER_KIND) -> list[str]:
+        """The violations, at most ``per_kind`` of each kind spelt out."""
+        lines: list[str] = []
+        by_kind: dict[str, list[Violation]] = defaultdict(list)
+        for violation in self.violations:
+            by_kind[violation.kind].append(violation)
+        for kind, found in by_kind.items():
+            lines.extend(f"{kind}: {violation.message}" for violation in found[:per_kind])
+            if len(found) > per_kind:
+                lines.append(f"{kind}: ... and {len(found) - per_kind} more")
+        return lines
+
+
+# -- reading the outputs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Updated:
+    record: ConsumedRecord
+    event_id: str
+    customer_id: str
+    version: int
+    command_id: str
+    object: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    record: ConsumedRecord
+    event_id: str
+    customer_id: str
+    command_id: str | None
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadLetter:
+    record: ConsumedRecord
+    position: Position | None
+    topic: str | None
+    code: str | None
+
+
+def _json(record: ConsumedRecord) -> dict[str, Any] | None:
+    if record.value is None:
+        return None
+    try:
+        body = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | None:
+    body = _json(record)
+    try:
+        assert body is not None
+        updated = _Updated(
+            record,
+            event_id=str(body["id"]),
+            customer_id=str(body["subject"]),
+            version=int(body["sequence"]),
+            command_id=str(body["causationid"]),
+            object=dict(body["data"]["object"]),
+        )
+    except (AssertionError, KeyError, TypeError, ValueError):
+        result.add("malformed_output", f"{record.where()} is not a readable customer.updated")
+        return None
+    if record.key != updated.customer_id.encode():
+        result.add(
+            "malformed_output",
+            f"{record.where()} is keyed {record.key!r} but is about {updated.customer_id!r}",
+        )
+    return updated
+
+
+def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection | None:
+    body = _json(record)
+    try:
+        assert body is not None
+        data = body["data"]
+        command_id = data["command_id"]
+        return _Rejection(
+            record,
+            event_id=str(body["id"]),
+            customer_id=str(data["customer_id"]),
+            command_id=None if command_id is None else str(command_id),
+            code=str(data["error"]["code"]),
+        )
+    except (AssertionError, KeyError, TypeError):
+        result.add("malformed_output", f"{record.where()} is not a readable rejection")
+        return None
+
+
+def _read_dead_letter(record: ConsumedRecord) -> _DeadLetter:
+    def text(name: str) -> str | None:
+        value = record.header(name)
+        return None if value is None else value.decode("utf-8", errors="replace")
+
+    partition, offset = text(DLT_ORIGINAL_PARTITION), text(DLT_ORIGINAL_OFFSET)
+    position = None
+    if partition is not None and offset is not None and partition.isdigit() and offset.isdigit():
+        position = (int(partition), int(offset))
+    return _DeadLetter(record, position, text(DLT_TOPIC), text(DLT_ERROR_CODE))
+
+
+# -- what the checks share ---------------------------------------------------------------
+
+
+def _first_per(items: Iterable[Any], key: Callable[[Any], object]) -> list[Any]:
+    seen: set[object] = set()
+    kept = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            kept.append(item)
+    return kept
+
+
+_Output = TypeVar("_Output", _Updated, _Rejection)
+
+
+def _in_log_order(items: Iterable[_Output]) -> list[_Output]:
+    return sorted(items, key=lambda item: (item.record.partition, item.record.offset))
+
+
+class _Facts:
+    """The outputs matched to the records they are about, computed once for all checks.
+
+    Counting happens here, not in the checks, so that the counts do not depend on which
+    checks run.
+    """
+
+    def __init__(self, history: History, result: CheckResult) -> None:
+        self.history = history
+        topic = history.commands_topic
+        self.produced = sorted(history.produced, key=lambda command: command.position)
+        self.by_position = {command.position: command for command in self.produced}
+        self.classified: dict[Position, Classified] = {
+            command.position: classify_produced(command, topic, history.limits)
+            for command in self.produced
+        }
+
+        updated = [_read_updated(record, result) for record in history.updated]
+        #: Every customer.updated record, in log order (duplicates included).
+        self.updated: list[_Updated] = _in_log_order(item for item in updated if item)
+        rejections = [_read_rejection(record, result) for record in history.rejected]
+        self.rejections: list[_Rejection] = _in_log_order(item for item in rejections if item)
+        self.dead_letters = sorted(
+            (_read_dead_letter(record) for record in history.dead_letters),
+            key=lambda letter: (letter.record.partition, letter.record.offset),
+        )
+
+        self.events_by_command: dict[str, list[_Updated]] = defaultdict(list)
+        for event in self.updated:
+            self.events_by_command[event.command_id].append(event)
+        #: One rejection per event id: a republished copy is a duplicate, not an outcome.
+        self.distinct_rejections: list[_Rejection] = _first_per(
+            self.rejections, lambda item: item.event_id
+        )
+        self.rejections_by_command: dict[str, list[_Rejection]] = defaultdict(list)
+        self.idless_rejections: dict[str, list[_Rejection]] = defaultdict(list)
+        for rejection in self.distinct_rejections:
+            if rejection.command_id is None:
+                self.idless_rejections[rejection.customer_id].append(rejection)
+            else:
+                self.rejections_by_command[rejection.command_id].append(rejection)
+
+        self.letters_by_position: dict[Position, list[_DeadLetter]] = defaultdict(list)
+        self.stray_letters: list[_DeadLetter] = []
+        for letter in self.dead_letters:
+            if letter.position in self.by_position and letter.topic == topic:
+                self.letters_by_position[letter.position].append(letter)
+            else:
+                self.stray_letters.append(letter)
+
+        #: Records not dead-lettered, by command id, in partition order.
+        self.copies: dict[str, list[ProducedCommand]] = defaultdict(list)
+        self.idless: dict[str | None, list[ProducedCommand]] = defaultdict(list)
+        for command in self.produced:
+            if command.position in self.letters_by_position:
+                continue
+            if command.command_id is not None:
+                self.copies[command.command_id].append(command)
+            else:
+                self.idless[command.customer_id].append(command)
+
+        self._account(result)
+        self._fold()
+
+    # -- accounting --------------------------------------------------------------------
+
+    def _account(self, result: CheckResult) -> None:
+        result.commands = len(self.produced)
+        result.dead_lettered = len(self.letters_by_position)
+        #: Each produced record that has no outcome and is not a resend of an accounted id.
+        self.unaccounted: list[ProducedCommand] = []
+        #: Rejections beyond the records that carry their id, per command id.
+        self.excess_rejections: dict[str, int] = {}
+        for command_id, copies in self.copies.items():
+            applied = 1 if self.events_by_command.get(command_id) else 0
+            rejections = len(self.rejections_by_command.get(command_id, ()))
+            if applied + rejections == 0:
+                self.unaccounted.extend(copies)
+                continue
+            used = min(rejections, len(copies) - applied)
+            if rejections > used:
+                self.excess_rejections[command_id] = rejections - used
+            result.applied += applied
+            result.rejected += used
+            result.resent += len(copies) - applied - used
+
+        #: Id-less records paired with the id-less rejections of their key, in order.
+        self.idless_pairs: list[tuple[ProducedCommand, _Rejection]] = []
+        self.unpaired_rejections: list[_Rejection] = []
+        keys = set(self.idless) | set(self.idless_rejections)
+        for key in sorted(keys, key=lambda key: key or ""):
+            records = self.idless.get(key, [])
+            matching = self.idless_rejections.get(key, []) if key is not None else []
+            self.idless_pairs.extend(zip(records, matching, strict=False))
+            self.unaccounted.extend(records[len(matching) :])
+            self.unpaired_rejections.extend(matching[len(records) :])
+        result.rejected += len(self.idless_pairs)
+        self.unaccounted.sort(key=lambda command: command.position)
+        result.unaccounted = len(self.unaccounted)
+
+        republished_rejections = len(self.rejections) - len(self.distinct_rejections)
+        result.duplicate_events = (
+            sum(len(events) - 1 for events in self.events_by_command.values())
+            + republished_rejections
+            + sum(self.excess_rejections.values())
+            + sum(len(letters) - 1 for letters in self.letters_by_position.values())
+        )
+
+    # -- the fold ------------------------------------------------------------------------
+
+    def applied_copy(self, command_id: str) -> ProducedCommand | None:
+        """The record of ``command_id`` that the service applied: the first that is a
+        valid command (an earlier invalid copy is refused without taking the id)."""
+        copies = self.copies.get(command_id, [])
+        for command in copies:
+            if isinstance(self.classified[command.position], Valid):
+                return command
+        return None
+
+    def _fold(self) -> None:
+        #: Accepted commands per customer, in partition order.
+        self.accepted: dict[str, list[ProducedCommand]] = defaultdict(list)
+        #: Commands with an event but no record that could have been applied.
+        self.unfoldable: list[str] = []
+        for command_id in self.events_by_command:
+            if command_id not in self.copies:
+                continue  # no such record: reported as unexpected output
+            copy = self.applied_copy(command_id)
+            if copy is None or copy.customer_id is None:
+                self.unfoldable.append(command_id)
+                continue
+            self.accepted[copy.customer_id].append(copy)
+        for commands in self.accepted.values():
+            commands.sort(key=lambda command: command.position)
+
+        #: The fold's state right after each accepted command, and at the end.
+        self.after: dict[str, CustomerState] = {}
+        self.folded: dict[str, CustomerState] = {}
+        for customer_id, commands in self.accepted.items():
+            state = self.history.seeded.get(customer_id)
+            if state is None:
+                continue
+            for command in commands:
+                assert command.body is not None
+                assert command.command_id is not None
+                body = CustomerUpdateCommand.model_validate(command.body).data
+                state = merge(state, body)
+                self.after[command.command_id] = state
+            self.folded[customer_id] = state
+
+    def expected_row(self, customer_id: str) -> CustomerState | None:
+        return self.folded.get(customer_id, self.history.seeded.get(customer_id))
+
+    def distinct_events_of(self) -> dict[str, list[_Updated]]:
+        """Each customer's events, one per event id, in log order."""
+        found: dict[str, list[_Updated]] = defaultdict(list)
+        for event in _first_per(self.updated, lambda item: item.event_id):
+            found[event.customer_id].append(event)
+        return found
+
+
+# -- the checks --------------------------------------------------------------------------
+
+
+def check_applied_once(facts: _Facts, result: CheckResult) -> None:
+    history = facts.history
+    for command_id in facts.unfoldable:
+        result.add(
+            "unexpected_output",
+            f"customer.updated for command {command_id}, none of whose records is a valid "
+            "command that could have been applied",
+        )
+    for customer_id in sorted(set(history.seeded) | set(history.final) | set(facts.accepted)):
+        seeded = history.seeded.get(customer_id)
+        final = history.final.get(customer_id)
+        accepted = facts.accepted.get(customer_id, [])
+        if seeded is None or final is None:
+            if accepted:
+                result.add(
+                    "row_mismatch",
+                    f"customer {customer_id} has {len(accepted)} accepted command(s) but "
+                    f"{'was never seeded' if seeded is None else 'has no row at the end'}",
+                )
+            continue
+        expected = facts.expected_row(customer_id)
+        assert expected is not None
+        if final.version < expected.version:
+            lost = [
+                command.command_id
+                for command in accepted
+                if command.command_id is not None
+                and facts.after[command.command_id].version > final.version
+            ]
+            result.add(
+                "lost_update",
+                f"customer {customer_id}: {len(accepted)} command(s) were accepted (published "
+                f"as customer.updated) so the row should be at version {expected.version}, "
+                f"but it is at version {final.version}; missing the effect of {lost}",
+            )
+        elif final.version > expected.version:
+            result.add(
+                "extra_update",
+                f"customer {customer_id}: the row is at version {final.version} but only "
+                f"{len(accepted)} command(s) were accepted, so it should be at "
+                f"{expected.version}: an update was applied twice or without an event",
+            )
+        differences = _differences(final, expected)
+        if differences:
+            result.add(
+                "row_mismatch",
+                f"customer {customer_id}: the row differs from the seeded row folded with "
+                f"its {len(accepted)} accepted command(s): {'; '.join(differences)}",
+            )
+    for command_id, events in facts.events_by_command.items():
+        state = facts.after.get(command_id)
+        if state is None:
+            continue
+        event = events[0]
+        published = {k: v for k, v in event.object.items() if k != "subscriptions"}
+        # Through JSON, as the event went, so both sides have the same types.
+        folded = orjson.loads(orjson.dumps(state.to_object()))
+        folded.pop("subscriptions", None)
+        if published != folded:
+            changed = sorted(
+                name
+                for name in published.keys() | folded.keys()
+                if published.get(name) != folded.get(name)
+            )
+            result.add(
+                "event_content",
+                f"{event.record.where()} (command {command_id}) carries a customer that differs "
+                f"from the fold after that command in {changed}",
+            )
+
+
+def _differences(final: CustomerState, expected: CustomerState) -> list[str]:
+    return [
+        f"{item.name} is {getattr(final, item.name)!r}, expected {getattr(expected, item.name)!r}"
+        for item in fields(CustomerState)
+        if item.name != "version" and getattr(final, item.name) != getattr(expected, item.name)
+    ]
+
+
+def check_one_event_per_command(facts: _Facts, result: CheckResult) -> None:
+    for command_id, events in facts.events_by_command.items():
+        if len(events) > 1:
+            where = ", ".join(
+                f"{event.record.where()} (id {event.event_id}, version {event.version})"
+                for event in events
+            )
+            result.add(
+                "duplicate_event",
+                f"command {command_id} has {len(events)} customer.updated events: {where}",
+            )
+    seen: dict[str, _Rejection] = {}
+    for rejection in facts.rejections:
+        first = seen.setdefault(rejection.event_id, rejection)
+        if first is not rejection:
+            result.add(
+                "duplicate_event",
+                f"rejection {rejection.event_id} (command {rejection.command_id}) was published "
+                f"again at {rejection.record.where()} after {first.record.where()}",
+            )
+    for command_id, excess in facts.excess_rejections.items():
+        result.add(
+            "duplicate_event",
+            f"command {command_id} has {excess} more rejection(s) than records carrying it",
+        )
+    for position, letters in facts.letters_by_position.items():
+        if len(letters) > 1:
+            result.add(
+                "duplicate_event",
+                f"the record at {position[0]}:{position[1]} was dead-lettered {len(letters)} "
+                f"times: {', '.join(letter.record.where() for letter in letters)}",
+            )
+
+
+def check_versions(facts: _Facts, result: CheckResult) -> None:
+    for customer_id, events in sorted(facts.distinct_events_of().items()):
+        seeded = facts.history.seeded.get(customer_id)
+        if seeded is None:
+            continue  # reported by applied_once
+        previous = seeded.version
+        for event in events:
+            if event.version <= previous:
+                result.add(
+                    "version_not_increasing",
+                    f"customer {customer_id}: {event.record.where()} (command "
+                    f"{event.command_id}) has version {event.version} after version {previous}",
+                )
+            elif event.version != previous + 1:
+                result.add(
+                    "version_gap",
+                    f"customer {customer_id}: {event.record.where()} (command "
+                    f"{event.command_id}) has version {event.version} right after version "
+                    f"{previous}{' (the seeded one)' if previous == seeded.version else ''}",
+                )
+            previous = max(previous, event.version)
+
+
+def check_partition_order(facts: _Facts, result: CheckResult) -> None:
+    for customer_id, events in sorted(facts.distinct_events_of().items()):
+        published = _first_per(
+            (event for event in events if event.command_id in facts.after),
+            lambda event: event.command_id,
+        )
+        accepted = facts.accepted.get(customer_id, [])
+        for index, (event, command) in enumerate(zip(published, accepted, strict=False)):
+            if event.command_id != command.command_id:
+                actual = facts.applied_copy(event.command_id)
+                at = f"{actual.partition}:{actual.offset}" if actual else "?"
+                result.add(
+                    "reordered",
+                    f"customer {customer_id}: event #{index + 1} ({event.record.where()}, "
+                    f"version {event.version}) is for command {event.command_id} at {at}, but "
+                    f"the next accepted command in partition order is {command.describe()}",
+                )
+                break
+
+
+def check_accounted(facts: _Facts, result: CheckResult) -> None:
+    for command in facts.unaccounted:
+        result.add(
+            "unaccounted",
+            f"{command.describe()} has no customer.updated, no rejection and no dead letter, "
+            "and is not a resend of an accounted command id",
+        )
+    produced_ids = set(facts.copies)
+    for command_id, events in facts.events_by_command.items():
+        if command_id not in produced_ids:
+            result.add(
+                "unexpected_output",
+                f"{events[0].record.where()} is for command {command_id}, which no record "
+                "that was not dead-lettered carries",
+            )
+    for command_id, rejections in facts.rejections_by_command.items():
+        if command_id not in produced_ids:
+            result.add(
+                "unexpected_output",
+                f"{rejections[0].record.where()} rejects command {command_id}, which no record "
+                "that was not dead-lettered carries",
+            )
+    for rejection in facts.unpaired_rejections:
+        result.add(
+            "unexpected_output",
+            f"{rejection.record.where()} rejects a command without id for key "
+            f"{rejection.customer_id!r}, but no such record is left to match it",
+        )
+    for letter in facts.stray_letters:
+        result.add(
+            "unexpected_output",
+            f"dead letter {letter.record.where()} points at {letter.topic}"
+            f"[{letter.position}], which is not a produced record",
+        )
+
+
+def check_outcomes(facts: _Facts, result: CheckResult) -> None:
+    history = facts.history
+    expected = expected_outcomes(
+        facts.produced, history.seeded, topic=history.commands_topic, limits=history.limits
+    )
+
+    def describe(command: ProducedCommand) -> str:
+        outcome = expected[command.position]
+        return f"{command.describe()}: {outcome.outcome} {outcome.code or ''}".rstrip()
+
+    for position, letters in facts.letters_by_position.items():
+        model = expected[position]
+        code = letters[0].code
+        if model.outcome != "dead_lettered" or model.code != code:
+            result.add(
+                "wrong_outcome",
+                f"{facts.by_position[position].describe()} was dead-lettered ({code}) but the "
+                f"model expects {_expectation(model)}",
+            )
+    for command_id, copies in facts.copies.items():
+        wanted = [expected[command.position] for command in copies]
+        applied = bool(facts.events_by_command.get(command_id))
+        codes = Counter(r.code for r in facts.rejections_by_command.get(command_id, ()))
+        wanted_codes = Counter(item.code for item in wanted if item.outcome == "rejected")
+        wanted_applied = any(item.outcome == "applied" for item in wanted)
+        wanted_letters = any(item.outcome == "dead_lettered" for item in wanted)
+        if applied != wanted_applied or codes != wanted_codes or wanted_letters:
+            result.add(
+                "wrong_outcome",
+                f"command {command_id}: {'applied' if applied else 'not applied'}, rejections "
+                f"{dict(codes)}, no dead letter; the model expects "
+                f"[{'; '.join(describe(command) for command in copies)}]",
+            )
+    for command, rejection in facts.idless_pairs:
+        model = expected[command.position]
+        if model.outcome != "rejected" or model.code != rejection.code:
+            result.add(
+                "wrong_outcome",
+                f"{command.describe()} was rejected ({rejection.code}) but the model expects "
+                f"{_expectation(model)}",
+            )
+
+
+def _expectation(expected: Expected) -> str:
+    return f"{expected.outcome} ({expected.code})" if expected.code else expected.outcome
+
+
+Check = Callable[[_Facts, CheckResult], None]
+
+#: Every check by name, in the order they run.
+CHECKS: dict[str, Check] = {
+    "applied_once": check_applied_once,
+    "one_event_per_command": check_one_event_per_command,
+    "versions": check_versions,
+    "partition_order": check_partition_order,
+    "accounted": check_accounted,
+    "outcomes": check_outcomes,
+}
+
+
+def check(history: History, *, skip: Iterable[str] = ()) -> CheckResult:
+    """Run every check (but those named in ``skip``) over ``history``."""
+    skipped = set(skip)
+    unknown = skipped - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; known: {sorted(CHECKS)}")
+    result = CheckResult()
+    try:
+        facts = _Facts(history, result)
+    except ValidationError as exc:
+        # Cannot happen while classify and the fold read commands the same way.
+        result.add("malformed_output", f"an accepted command could not be folded: {exc}")
+        return result
+    for name, run in CHECKS.items():
+        if name not in skipped:
+            run(facts, result)
+    return result
+
+
+def accounting(history: History) -> CheckResult:
+    """Only the counts (cheap enough to poll while waiting for a run to settle)."""
+    result = CheckResult()
+    _Facts(history, result)
+    return result

@@ -1,0 +1,620 @@
+"""One scenario's world: a fresh database and fresh topics on the suite's own stack,
+``customer-service worker`` subprocesses, and reading everything back for the checker.
+
+Every wait here polls a condition against a deadline; sleeping is only used to pace
+polls and to hold a fault for its duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from faults.checker import ConsumedRecord, History, Violation, accounting
+from faults.load import LoadPlan, LoadProducer
+from faults.model import produced_command
+from faults.stack import FaultStack
+from service.adapters.kafka import create_topics, partitions_of, read_range
+from service.adapters.migrations import migrate
+from service.adapters.postgres import customer_from_row
+from service.domain.customer import CustomerState
+from service.seed import seed_customers
+from service.settings import Settings
+
+Progress = Callable[[str], None]
+
+#: The same columns, in the same form, as the service reads a customer.
+CUSTOMER_COLUMNS = """
+    id, extract(epoch FROM created)::bigint AS created, delinquent,
+    address_city, address_country, address_line1, address_line2, address_postal_code,
+    address_state, description, email, invoice_prefix, next_invoice_sequence,
+    last_invoice_sequence, name, phone, preferred_locales, tax_exempt, version
+"""
+#: Statements only a batch transaction runs (the relay's own queries on the outbox and
+#: the idempotency pruner's are left out).
+_BATCH_STATEMENTS = (
+    "%consumer_offsets%",
+    "%FROM customers%",
+    "%UPDATE customers%",
+    "%INSERT INTO outbox%",
+    "%INSERT INTO processed_commands%",
+    "%FROM processed_commands WHERE command_id%",
+    "%FROM subscriptions%",
+)
+#: Errors of the harness's own database connections while a fault is on.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+#: Environment variables a worker inherits; everything else it is given explicitly, so a
+#: developer's own settings (or a .env) cannot change what the suite runs.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT")
+
+
+def cli_path() -> Path:
+    return Path(sys.executable).parent / "customer-service"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    commands: int
+    rate: float
+    customers: int
+    seed: int
+    #: How long a scenario may take to settle after its fault before it is judged as is.
+    settle_within: float = 180.0
+    #: Keep the database and topics even when the checker finds nothing.
+    keep: bool = False
+    #: The worker's command line; ``customer-service worker`` when empty.
+    worker_command: tuple[str, ...] = ()
+    #: The CI form: scenarios inject their fault once rather than repeatedly.
+    short: bool = False
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """One ``customer-service worker`` process (a restart is a new ``Worker``)."""
+
+    slot: int
+    incarnation: int
+    env: dict[str, str]
+    log_path: Path
+    cwd: Path
+    failpoints: str = ""
+    command: tuple[str, ...] = ()
+    #: Set when this process is meant to exit: stopped, killed, or armed to crash.
+    planned_exit: bool = False
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.slot}.{self.incarnation}"
+
+    def start(self) -> None:
+        env = {**self.env, "FAILPOINTS": self.failpoints}
+        self.planned_exit = bool(self.failpoints)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(self.command or (str(cli_path()), "worker")),
+                env=env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for the suite must not reach it.
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.returncode is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to finish anything."""
+        self.planned_exit = True
+        if self.running:
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def wait_exit(self, *, within: float) -> int | None:
+        deadline = time.monotonic() + within
+        while self.returncode is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return self.returncode
+
+    async def stop(self, *, within: float = 60.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time (-9 then)."""
+        self.planned_exit = True
+        if self.running:
+            os.kill(self.pid, signal.SIGTERM)
+        code = await self.wait_exit(within=within)
+        if code is None:
+            self.kill()
+            code = await self.wait_exit(within=10)
+        assert code is not None
+        return code
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines this process wrote."""
+        found = []
+        try:
+            lines = self.log_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
+    def logged(self, name: str) -> int:
+        return sum(1 for event in self.events() if event.get("event") == name)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# -- reading topics --------------------------------------------------------------------------
+
+
+def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="faults-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+
+
+async def read_topics(settings: Settings, topics: list[str]) -> dict[str, list[ConsumedRecord]]:
+    """Every committed record of ``topics``, from the beginning to the current end."""
+    partitions = await partitions_of(settings, topics)
+    consumer = _consumer(settings.kafka_bootstrap_servers)
+    await consumer.start()
+    found: dict[str, list[ConsumedRecord]] = {topic: [] for topic in topics}
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        async for record in read_range(consumer, starts, ends):
+            found[record.topic].append(
+                ConsumedRecord(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    headers=tuple(record.headers),
+                )
+            )
+    finally:
+        await consumer.stop()
+    return found
+
+
+# -- the scenario's world ----------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioEnv:
+    stack: FaultStack
+    name: str
+    partitions: int
+    config: RunConfig
+    run_dir: Path
+    progress: Progress = lambda _: None
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    workers: dict[int, Worker] = field(default_factory=dict)
+    every_worker: list[Worker] = field(default_factory=list)
+    #: What was done to the system, as evidence that the fault happened.
+    faults: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    unplanned_exits: int = 0
+    seeded: dict[str, CustomerState] = field(default_factory=dict)
+    _supervisor: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        stem = self.name.replace("-", "_")
+        self.database = f"faults_{stem}_{self.suffix}"
+        prefix = f"faults.{self.name}.{self.suffix}"
+        self.settings = Settings(
+            kafka_bootstrap_servers=self.stack.bootstrap_servers,
+            kafka_security_protocol="PLAINTEXT",
+            kafka_client_id=f"faults-{self.name}",
+            kafka_consumer_group=f"faults-{self.name}-{self.suffix}",
+            database_url=self.stack.database_url(self.database),
+            topic_commands=f"{prefix}.customer.update",
+            topic_events=f"{prefix}.customer.updated",
+            topic_rejections=f"{prefix}.customer.update.rejected",
+            topic_dead_letters=f"{prefix}.customer.update.dlq",
+            relay_transactional_id=f"faults-relay-{self.name}-{self.suffix}",
+            _env_file=None,
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url.get_secret_value()
+
+    @property
+    def output_topics(self) -> list[str]:
+        s = self.settings
+        return [s.topic_events, s.topic_rejections, s.topic_dead_letters]
+
+    def fault(self, description: str) -> None:
+        self.faults.append(description)
+        self.progress(f"fault: {description}")
+
+    def violation(self, kind: str, message: str) -> None:
+        self.violations.append(Violation(kind, message))
+        self.progress(f"VIOLATION {kind}: {message}")
+
+    # -- set-up and tear-down ------------------------------------------------------------
+
+    async def setup(self) -> None:
+        admin = await asyncpg.connect(self.stack.admin_url())
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await admin.close()
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            await migrate(connection)
+            await seed_customers(connection, self.config.customers)
+            self.seeded = await self._customers(connection)
+        finally:
+            await connection.close()
+        await create_topics(self.settings, partitions=self.partitions)
+
+    async def teardown(self, *, keep: bool) -> None:
+        """Stop every process; drop the database and topics unless they are to be kept."""
+        await self.stop_supervising()
+        for worker in self.every_worker:
+            if worker.running:
+                worker.kill()
+                await worker.wait_exit(within=10)
+        if keep:
+            self.progress(f"kept database {self.database} and topics faults.*.{self.suffix}.*")
+            return
+        with contextlib.suppress(*DATABASE_ERRORS):
+            admin = await asyncpg.connect(self.stack.admin_url())
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            finally:
+                await admin.close()
+        with contextlib.suppress(KafkaError):
+            client = AIOKafkaAdminClient(bootstrap_servers=self.stack.bootstrap_servers)
+            await client.start()
+            try:
+                await client.delete_topics([self.settings.topic_commands, *self.output_topics])
+            finally:
+                await client.close()
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker_env(self, slot: int) -> dict[str, str]:
+        s = self.settings
+        env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                "KAFKA_CLIENT_ID": f"faults-{self.name}-w{slot}",
+                "KAFKA_CONSUMER_GROUP": s.kafka_consumer_group,
+                "DATABASE_URL": self.database_url,
+                "TOPIC_COMMANDS": s.topic_commands,
+                "TOPIC_EVENTS": s.topic_events,
+                "TOPIC_REJECTIONS": s.topic_rejections,
+                "TOPIC_DEAD_LETTERS": s.topic_dead_letters,
+                "RELAY_TRANSACTIONAL_ID": s.relay_transactional_id,
+                "RELAY_IDLE_INTERVAL": "0.2",
+                "RETRY_INITIAL_DELAY": "0.05",
+                "RETRY_MAX_DELAY": "1.0",
+                "BATCH_MAX_RECORDS": "200",
+                # The checker's model classifies with these same limits.
+                "MAX_RECORD_BYTES": str(s.max_record_bytes),
+                "MAX_JSON_DEPTH": str(s.max_json_depth),
+                "HTTP_HOST": "127.0.0.1",
+                "HTTP_PORT": "0",
+                "LOG_FORMAT": "json",
+                "LOG_LEVEL": "INFO",
+                "TRACING_ENABLED": "false",
+            }
+        )
+        return env
+
+    def start_worker(self, slot: int, *, failpoints: str = "") -> Worker:
+        incarnation = sum(1 for worker in self.every_worker if worker.slot == slot)
+        worker = Worker(
+            slot=slot,
+            incarnation=incarnation,
+            env=self.worker_env(slot),
+            log_path=self.run_dir / f"worker-{slot}.{incarnation}.log",
+            cwd=self.run_dir,
+            failpoints=failpoints,
+            command=self.config.worker_command,
+        )
+        worker.start()
+        self.workers[slot] = worker
+        self.every_worker.append(worker)
+        armed = f" with FAILPOINTS={failpoints}" if failpoints else ""
+        self.progress(f"started {worker.name} (pid {worker.pid}){armed}")
+        return worker
+
+    async def wait_assigned(self, worker: Worker, *, within: float = 90.0) -> None:
+        """Until ``worker`` has joined the group and been given partitions."""
+        deadline = time.monotonic() + within
+        while not worker.logged("partitions_assigned"):
+            if not worker.running and not worker.planned_exit:
+                raise RuntimeError(
+                    f"{worker.name} exited with {worker.returncode}:\n{worker.tail()}"
+                )
+            if not worker.running:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{worker.name} had no partitions after {within:.0f}s")
+            await asyncio.sleep(0.1)
+
+    async def launch(self, slot: int, *, failpoints: str = "", wait: bool = True) -> Worker:
+        worker = self.start_worker(slot, failpoints=failpoints)
+        if wait:
+            await self.wait_assigned(worker)
+        return worker
+
+    def supervise(self) -> None:
+        """Restart any worker that exits without being meant to, as an orchestrator would,
+        and note it: the checker then judges whether anything was lost."""
+
+        async def loop() -> None:
+            while True:
+                for slot, worker in list(self.workers.items()):
+                    if worker.returncode is not None and not worker.planned_exit:
+                        self.unplanned_exits += 1
+                        self.notes.append(
+                            f"{worker.name} exited unexpectedly with {worker.returncode}; "
+                            f"restarted. Last lines:\n{worker.tail()}"
+                        )
+                        self.progress(f"{worker.name} exited unexpectedly ({worker.returncode})")
+                        self.start_worker(slot)
+                await asyncio.sleep(0.2)
+
+        self._supervisor = asyncio.create_task(loop(), name=f"supervise-{self.name}")
+
+    async def stop_supervising(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+
+    async def stop_workers(self) -> dict[str, int]:
+        """SIGTERM every running worker at once and collect the exit codes."""
+        await self.stop_supervising()
+        running = [worker for worker in self.workers.values() if worker.running]
+        codes = await asyncio.gather(*(worker.stop() for worker in running))
+        return {worker.name: code for worker, code in zip(running, codes, strict=True)}
+
+    def logged(self, name: str) -> int:
+        return sum(worker.logged(name) for worker in self.every_worker)
+
+    def relay_recovered(self) -> list[int]:
+        """Rows each relay recovery really deleted (it also logs when it found none)."""
+        found = []
+        for worker in self.every_worker:
+            for event in worker.events():
+                if event.get("event") == "relay_recovered":
+                    count = int(event.get("already_published") or 0)
+                    if count:
+                        found.append(count)
+        return found
+
+    # -- the database ----------------------------------------------------------------------
+
+    async def _customers(self, connection: asyncpg.Connection) -> dict[str, CustomerState]:
+        rows = await connection.fetch(f"SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY id")
+        return {row["id"]: customer_from_row(row) for row in rows}
+
+    async def query(self, run: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        connection = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            return await run(connection)
+        finally:
+            await connection.close(timeout=5)
+
+    async def batch_in_flight(self, *, within: float) -> bool:
+        """Wait until some worker has a batch transaction open (True), or give up."""
+        deadline = time.monotonic() + within
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            while time.monotonic() < deadline:
+                found = await connection.fetchval(
+                    """
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = $1 AND pid <> pg_backend_pid()
+                      AND xact_start IS NOT NULL
+                      AND state IN ('active', 'idle in transaction')
+                      AND query LIKE ANY($2::text[])
+                    """,
+                    self.database,
+                    list(_BATCH_STATEMENTS),
+                )
+                if found:
+                    return True
+                await asyncio.sleep(0.002)
+            return False
+        finally:
+            await connection.close()
+
+    async def terminate_backends(self) -> int:
+        """End every session of the scenario's database but the harness's own."""
+
+        async def run(connection: asyncpg.Connection) -> int:
+            count: int = await connection.fetchval(
+                """
+                SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE datname = $1 AND pid <> pg_backend_pid()
+                """,
+                self.database,
+            )
+            return count
+
+        count: int = await self.query(run)
+        return count
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset per command partition, as the database holds it."""
+
+        async def run(connection: asyncpg.Connection) -> dict[int, int]:
+            rows = await connection.fetch(
+                "SELECT partition, next_offset FROM consumer_offsets "
+                "WHERE consumer_group = $1 AND topic = $2",
+                self.settings.kafka_consumer_group,
+                self.settings.topic_commands,
+            )
+            return {row["partition"]: row["next_offset"] for row in rows}
+
+        positions: dict[int, int] = await self.query(run)
+        return positions
+
+    async def outbox_size(self) -> int:
+        async def run(connection: asyncpg.Connection) -> int:
+            count: int = await connection.fetchval("SELECT count(*) FROM outbox")
+            return count
+
+        size: int = await self.query(run)
+        return size
+
+    async def kafka_commits(self) -> dict[int, int]:
+        """The group's committed offsets per command partition, as Kafka holds them."""
+        client = AIOKafkaAdminClient(bootstrap_servers=self.stack.bootstrap_servers)
+        await client.start()
+        try:
+            offsets = await client.list_consumer_group_offsets(self.settings.kafka_consumer_group)
+        finally:
+            await client.close()
+        return {
+            tp.partition: meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic == self.settings.topic_commands and meta.offset >= 0
+        }
+
+    async def redelivery_gap(self) -> int:
+        """Records whose effects the database holds but whose offsets Kafka does not:
+        what a restarted consumer is handed again."""
+        positions, commits = await self.positions(), await self.kafka_commits()
+        return sum(max(0, next_offset - commits.get(p, 0)) for p, next_offset in positions.items())
+
+    # -- settling and reading back ---------------------------------------------------------
+
+    async def command_ends(self) -> dict[int, int]:
+        topic = self.settings.topic_commands
+        partitions = [TopicPartition(topic, p) for p in range(self.partitions)]
+        consumer = _consumer(self.stack.bootstrap_servers)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def quiescent(self) -> bool:
+        """Every command record processed (by the database's positions) and the outbox
+        empty (so every outcome is published)."""
+        try:
+            ends = await self.command_ends()
+            positions = await self.positions()
+            if any(positions.get(p, 0) < end for p, end in ends.items() if end > 0):
+                return False
+            return await self.outbox_size() == 0
+        except (*DATABASE_ERRORS, KafkaError):
+            return False
+
+    async def settle(self, load: LoadProducer) -> bool:
+        """Wait for the load to be sent and every record to be accounted for."""
+        deadline = time.monotonic() + self.config.settle_within
+        await asyncio.wait_for(load.wait(), timeout=self.config.settle_within)
+        self.progress("load sent; waiting for every record to be accounted for")
+        while time.monotonic() < deadline:
+            if await self.quiescent():
+                counts = accounting(await self.collect())
+                if counts.unaccounted == 0:
+                    return True
+            await asyncio.sleep(0.5)
+        self.notes.append(
+            f"not settled within {self.config.settle_within:.0f}s; judged as it stood"
+        )
+        return False
+
+    async def collect(self) -> History:
+        topics = [self.settings.topic_commands, *self.output_topics]
+        records = await asyncio.wait_for(read_topics(self.settings, topics), timeout=120)
+        final = await self.query(self._customers)
+        s = self.settings
+        return History(
+            commands_topic=s.topic_commands,
+            produced=[
+                produced_command(r.partition, r.offset, r.key, r.value, r.headers)
+                for r in records[s.topic_commands]
+            ],
+            seeded=self.seeded,
+            final=final,
+            updated=records[s.topic_events],
+            rejected=records[s.topic_rejections],
+            dead_letters=records[s.topic_dead_letters],
+            limits=s.limits,
+        )
+
+    def check_durability(self, history: History, plan: LoadPlan, load: LoadProducer) -> None:
+        """Every record the broker acknowledged is in the log where it said it put it."""
+        logged = {(c.partition, c.offset): c for c in history.produced}
+        for ack in load.acks:
+            record = plan.records[ack.index]
+            found = logged.get((ack.partition, ack.offset))
+            if found is None or (found.key, found.value) != (record.key, record.value):
+                self.violation(
+                    "lost_write",
+                    f"record {ack.index} was acknowledged at {ack.partition}:{ack.offset} "
+                    "but is not there in the command topic",
+                )
+        for index in load.abandoned:
+            self.notes.append(f"record {index} was never acknowledged (gave up resending)")

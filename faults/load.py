@@ -1,0 +1,468 @@
+"""A deterministic mixed load of ``customer.update`` records, and a paced producer for it.
+
+``build_load`` draws, from one seed, a sequence of records for the seeded customers:
+valid updates of several fields (address merges included), commands refused for every
+kind of reason, resends of earlier records, ``expectedversion`` commands that match or
+conflict, and (for the poison scenario) records that cannot be read as commands at all.
+
+Two rules keep the reference model exact (see ``faults.model``): a command id is only
+ever sent under one key, and an invoice prefix is only ever asked for by one customer
+(fresh prefixes are unique; the one contested prefix belongs to customer 0, whose prefix
+no command changes).
+
+``LoadProducer`` sends the records at a steady rate in the background, resending what
+the broker did not acknowledge, and keeps every acknowledgement for the durability
+cross-check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from faults.model import ReferenceModel, produced_command
+from schemas.command import AUTHORIZATION_ACTION
+from service.domain.customer import CustomerState
+from service.domain.inbound import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "faults-load"
+PRINCIPAL = "svc-faults"
+
+CITIES = ("Rome", "Turin", "Paris", "Berlin", "Madrid", "Austin", "Leeds", "Lyon")
+COUNTRIES = ("IT", "FR", "DE", "ES", "US", "GB", "NL", "PT")
+STATES = ("Lazio", "Piemonte", "Ile-de-France", "Texas", None)
+LOCALES: tuple[list[str] | None, ...] = (
+    ["en-US"],
+    ["it-IT", "en-GB"],
+    ["fr-FR"],
+    ["de-DE", "en-US"],
+    [],
+    None,
+)
+TAX = ("exempt", "none", "reverse")
+
+#: Relative weights of each kind of record in the load.
+MIX: dict[str, int] = {
+    "update": 62,
+    "resend": 8,
+    "expected_version": 4,
+    "version_conflict": 3,
+    "invalid": 14,
+    "unknown_customer": 2,
+    "id_reused": 2,
+}
+#: Share of poison records when the load includes poison.
+POISON_SHARE = 0.04
+
+INVALID_KINDS = (
+    "bad_country",
+    "unknown_field",
+    "bad_email",
+    "permission_denied",
+    "subject_mismatch",
+    "lowercase_prefix",
+    "clear_prefix",
+    "zero_invoice_sequence",
+    "bad_locale",
+    "taken_prefix",
+    "missing_id",
+    "missing_principal",
+)
+POISON_KINDS = (
+    "invalid_utf8",
+    "too_large",
+    "too_deep",
+    "not_json",
+    "no_key",
+    "json_array",
+    "tombstone",
+    "key_not_utf8",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRecord:
+    key: bytes | None
+    value: bytes | None
+    #: What the record is meant to exercise (for the summary only).
+    kind: str
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    records: list[LoadRecord]
+
+    def kinds(self) -> Counter[str]:
+        return Counter(record.kind for record in self.records)
+
+
+@dataclass
+class _Generator:
+    rng: random.Random
+    seed: int
+    customers: list[str]
+    model: ReferenceModel
+    records: list[LoadRecord] = field(default_factory=list)
+    #: Earlier records per customer key, resendable as they are.
+    sent: dict[str, list[LoadRecord]] = field(default_factory=dict)
+    #: Earlier valid-looking commands per customer: (id, data).
+    commands: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    counter: int = 0
+
+    def next_id(self) -> str:
+        self.counter += 1
+        return f"cmd-{self.seed}-{self.counter:06d}"
+
+    def emit(self, key: bytes | None, value: bytes | None, kind: str) -> None:
+        record = LoadRecord(key, value, kind)
+        self.records.append(record)
+        # The model only needs the order of each key's records, which a single
+        # producer keeps; the partition and offset here are placeholders.
+        self.model.step(produced_command(0, len(self.records), key, value))
+        if key is not None and kind not in POISON_KINDS:
+            self.sent.setdefault(key.decode("utf-8", errors="replace"), []).append(record)
+
+    def command(
+        self,
+        customer_id: str,
+        data: dict[str, Any],
+        *,
+        kind: str,
+        key: str | None = None,
+        command_id: str | None = "",
+        **attributes: Any,
+    ) -> None:
+        document: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.next_id() if command_id == "" else command_id,
+            "source": SOURCE,
+            "type": "customer.update",
+            "subject": customer_id,
+            "time": "2026-01-31T09:30:00Z",
+            "principal": PRINCIPAL,
+            "permissions": AUTHORIZATION_ACTION,
+            "correlationid": f"corr-{self.seed}-{self.counter}",
+            "data": data,
+            **attributes,
+        }
+        if document["id"] is None:
+            del document["id"]
+        if kind in ("update", "expected_version"):
+            self.commands.setdefault(customer_id, []).append((document["id"], data))
+        self.emit((key or customer_id).encode(), orjson.dumps(document), kind)
+
+    # -- kinds of record -----------------------------------------------------------------
+
+    def update_data(self, index: int) -> dict[str, Any]:
+        rng = self.rng
+        n = self.counter + 1
+        candidates: list[Callable[[], tuple[str, Any]]] = [
+            lambda: ("name", rng.choice([f"Customer {n}", f"Ditta {n} S.r.l.", None])),
+            lambda: ("email", rng.choice([f"user{n}@example.com", None])),
+            lambda: ("phone", rng.choice([f"+39 06 {n:07d}", ""])),
+            lambda: ("description", rng.choice([f"note {n}\nsecond line", None])),
+            lambda: ("preferred_locales", rng.choice(LOCALES)),
+            lambda: ("tax_exempt", rng.choice(TAX)),
+            lambda: ("address", self.address()),
+            lambda: ("next_invoice_sequence", rng.randint(1, 10_000)),
+        ]
+        if index != 0:
+            # A fresh prefix nobody else ever asks for.
+            candidates.append(lambda: ("invoice_prefix", f"P{index:04d}X{n:06d}"))
+        data = dict(rng.choice(candidates)() for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.1:
+            data["expand"] = ["subscriptions"]
+        return data
+
+    def address(self) -> dict[str, Any] | None:
+        rng = self.rng
+        if rng.random() < 0.08:
+            return None  # clears the whole address
+        fields: dict[str, Any] = {
+            "city": rng.choice(CITIES),
+            "country": rng.choice(COUNTRIES),
+            "line1": f"Via {rng.randint(1, 200)}",
+            "line2": rng.choice([f"Scala {rng.choice('ABC')}", None, ""]),
+            "postal_code": f"{rng.randint(10000, 99999)}",
+            "state": rng.choice(STATES),
+        }
+        # A merge: only some fields, the others stay as they are.
+        chosen = rng.sample(sorted(fields), rng.randint(1, 3))
+        return {name: fields[name] for name in chosen}
+
+    def add(self, kind: str) -> None:
+        rng = self.rng
+        index = rng.randrange(len(self.customers))
+        customer_id = self.customers[index]
+        current = self.model.customers.get(customer_id)
+        version = current.version if current is not None else 1
+
+        if kind == "resend" and self.sent.get(customer_id):
+            record = rng.choice(self.sent[customer_id])
+            self.emit(record.key, record.value, "resend")
+        elif kind == "expected_version":
+            data = self.update_data(index)
+            self.command(customer_id, data, kind=kind, expectedversion=version)
+        elif kind == "version_conflict":
+            stale = rng.randint(1, version - 1) if version > 1 else version + 5
+            data = self.update_data(index)
+            self.command(customer_id, data, kind=kind, expectedversion=stale)
+        elif kind == "unknown_customer":
+            missing = f"cus_missing_{rng.randint(1, 5):03d}"
+            self.command(missing, {"name": "Nobody"}, kind=kind)
+        elif kind == "id_reused" and self.commands.get(customer_id):
+            command_id, data = rng.choice(self.commands[customer_id])
+            changed = {**data, "description": f"reused {self.counter}"}
+            self.command(customer_id, changed, kind=kind, command_id=command_id)
+        elif kind == "invalid":
+            self.invalid(rng.choice(INVALID_KINDS), index)
+        else:
+            self.command(customer_id, self.update_data(index), kind="update")
+
+    def invalid(self, kind: str, index: int) -> None:
+        customer_id = self.customers[index]
+        other = self.customers[(index + 1) % len(self.customers)]
+        holder = self.model.customers.get(self.customers[0])
+        taken = holder.invoice_prefix if holder is not None else None
+        data: dict[str, Any]
+        attributes: dict[str, Any] = {}
+        key = None
+        command_id: str | None = ""
+        match kind:
+            case "bad_country":
+                data = {"address": {"country": "XX", "city": "Nowhere"}}
+            case "unknown_field":
+                data = {"nickname": "Bob"}
+            case "bad_email":
+                data = {"email": "not-an-email"}
+            case "permission_denied":
+                data = {"name": "Mallory"}
+                attributes["permissions"] = "pay:customers:read"
+            case "missing_principal":
+                data = {"name": "Nobody"}
+                attributes["principal"] = None
+            case "subject_mismatch":
+                data = {"name": "Elsewhere"}
+                key = other
+            case "lowercase_prefix":
+                data = {"invoice_prefix": "lower1"}
+            case "clear_prefix":
+                data = {"invoice_prefix": None}
+            case "zero_invoice_sequence":
+                data = {"next_invoice_sequence": 0}
+            case "bad_locale":
+                data = {"preferred_locales": ["english please"]}
+            case "taken_prefix" if index != 0 and taken is not None:
+                data = {"invoice_prefix": taken}
+            case "missing_id":
+                data = {"name": "No id"}
+                command_id = None
+            case _:
+                data = {"address": {"country": "ZZ"}}
+        self.command(
+            customer_id, data, kind=f"invalid:{kind}", key=key, command_id=command_id, **attributes
+        )
+
+    def poison(self) -> None:
+        rng = self.rng
+        customer_id = rng.choice(self.customers)
+        key = customer_id.encode()
+        kind = rng.choice(POISON_KINDS)
+        value: bytes | None
+        match kind:
+            case "invalid_utf8":
+                value = b'{"id": "\xff\xfe", "subject": "' + key + b'"}'
+            case "too_large":
+                filler = "x" * (DEFAULT_MAX_RECORD_BYTES + 1024)
+                value = orjson.dumps({"id": self.next_id(), "data": {"description": filler}})
+            case "too_deep":
+                nested: Any = {"name": "deep"}
+                for _ in range(DEFAULT_MAX_DEPTH + 4):
+                    nested = {"n": nested}
+                value = orjson.dumps({"id": self.next_id(), "subject": customer_id, "data": nested})
+            case "not_json":
+                value = b"{this is not json"
+            case "no_key":
+                key_less = {"id": self.next_id(), "subject": customer_id, "data": {"name": "x"}}
+                self.emit(None, orjson.dumps(key_less), kind)
+                return
+            case "json_array":
+                value = b'["customer", "update"]'
+            case "tombstone":
+                value = None
+            case _:
+                key = b"\xffcus"
+                value = orjson.dumps({"id": self.next_id(), "data": {}})
+        self.emit(key, value, kind)
+
+
+def build_load(
+    *,
+    seed: int,
+    commands: int,
+    seeded: Mapping[str, CustomerState],
+    topic: str,
+    poison: bool = False,
+) -> LoadPlan:
+    """``commands`` records for the customers in ``seeded``, the same for the same seed."""
+    customers = sorted(seeded)
+    if len(customers) < 2:
+        raise ValueError("the load needs at least two seeded customers")
+    generator = _Generator(
+        rng=random.Random(seed),
+        seed=seed,
+        customers=customers,
+        model=ReferenceModel(seeded, topic=topic),
+    )
+    kinds = list(MIX)
+    weights = [MIX[kind] for kind in kinds]
+    while len(generator.records) < commands:
+        if poison and generator.rng.random() < POISON_SHARE:
+            generator.poison()
+        else:
+            generator.add(generator.rng.choices(kinds, weights)[0])
+    return LoadPlan(generator.records[:commands])
+
+
+# -- sending -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    index: int
+    partition: int
+    offset: int
+
+
+class LoadProducer:
+    """Sends a plan at ``rate`` records a second; resends records that were not
+    acknowledged (as any at-least-once producer would), up to ``max_attempts``."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        plan: LoadPlan,
+        *,
+        rate: float,
+        max_attempts: int = 5,
+    ) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._topic = topic
+        self._plan = plan
+        self._rate = rate
+        self._max_attempts = max_attempts
+        self.handed_over = 0
+        self.acks: list[Ack] = []
+        self.failures: list[str] = []
+        self.resent = 0
+        self.abandoned: list[int] = []
+        self._queue: list[tuple[int, int]] = []
+        self._outstanding = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self._plan.records)
+
+    @property
+    def progress(self) -> float:
+        return self.handed_over / self.total if self.total else 1.0
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="load-producer")
+
+    async def wait(self) -> None:
+        """Until every record is acknowledged or abandoned; re-raises a producer crash."""
+        assert self._task is not None
+        await self._task
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reached(self, fraction: float, *, within: float = 300.0) -> None:
+        """Return once ``fraction`` of the plan has been handed to the producer."""
+        deadline = time.monotonic() + within
+        while self.progress < fraction and not self.done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the load did not reach {fraction:.0%} in {within:.0f}s")
+            await asyncio.sleep(0.02)
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id="faults-load",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=30_000,
+        )
+        await producer.start()
+        try:
+            started = time.monotonic()
+            self._queue = [(index, 1) for index in reversed(range(self.total))]
+            while self._queue or self._outstanding:
+                due = int((time.monotonic() - started) * self._rate) + 1
+                while self._queue and self.handed_over < due:
+                    index, attempt = self._queue.pop()
+                    if attempt == 1:
+                        self.handed_over += 1
+                    await self._send(producer, index, attempt)
+                # Pacing the load, not waiting for a condition.
+                await asyncio.sleep(0.01)
+        finally:
+            await producer.stop()
+
+    async def _send(self, producer: AIOKafkaProducer, index: int, attempt: int) -> None:
+        record = self._plan.records[index]
+        self._outstanding += 1
+        try:
+            future = await producer.send(self._topic, record.value, key=record.key)
+        except KafkaError as exc:
+            self._failed(index, attempt, exc)
+            return
+        future.add_done_callback(functools.partial(self._delivered, index, attempt))
+
+    def _delivered(self, index: int, attempt: int, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self._outstanding -= 1
+            return
+        error = future.exception()
+        if error is None:
+            metadata = future.result()
+            self.acks.append(Ack(index, metadata.partition, metadata.offset))
+            self._outstanding -= 1
+            return
+        self._failed(index, attempt, error)
+
+    def _failed(self, index: int, attempt: int, error: BaseException) -> None:
+        self._outstanding -= 1
+        self.failures.append(f"record {index} attempt {attempt}: {error!r}")
+        if isinstance(error, KafkaError) and attempt < self._max_attempts:
+            self.resent += 1
+            # Resent next, ahead of newer records, as a retrying client would.
+            self._queue.append((index, attempt + 1))
+        else:
+            self.abandoned.append(index)
+            log.warning("load_record_abandoned", index=index, error=repr(error))

@@ -1,0 +1,446 @@
+"""The fault scenarios, and running them: each one on a fresh database and fresh topics,
+under a steady load, with the checker's verdict at the end.
+
+A scenario is the load plus one kind of fault. After the fault the system is left to
+finish (every produced record accounted for, or the settle deadline), the workers are
+stopped with SIGTERM, all topics and the database are read back, and the checker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from faults.checker import CheckResult, Violation, check
+from faults.harness import Progress, RunConfig, ScenarioEnv
+from faults.load import LoadProducer, build_load
+from faults.stack import FaultStack, default_home
+
+#: The consumer's session timeout (``service.adapters.kafka.command_consumer``).
+SESSION_TIMEOUT = 10.0
+
+Inject = Callable[[ScenarioEnv, LoadProducer], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    partitions: int
+    inject: Inject
+    #: Part of ``--short``.
+    short: bool = False
+    workers: int = 1
+    #: FAILPOINTS of the first worker.
+    failpoints: str = ""
+    poison: bool = False
+    #: Multiplies the load's rate: slower for a fault that takes a while to set up.
+    rate_scale: float = 1.0
+    #: Share of the load sent before the first workers start, so that their first
+    #: batches are full ones (a crash then has a whole batch to redeliver).
+    backlog: float = 0.0
+
+
+# -- the faults ----------------------------------------------------------------------------
+
+
+async def _sigkill_mid_batch(env: ScenarioEnv, load: LoadProducer) -> None:
+    fractions = (0.3,) if env.config.short else (0.25, 0.5, 0.75)
+    for fraction in fractions:
+        await load.reached(fraction)
+        in_flight = await env.batch_in_flight(within=30)
+        worker = env.workers[0]
+        worker.kill()
+        await worker.wait_exit(within=10)
+        where = "mid-batch (a batch transaction was open)" if in_flight else "(no batch open)"
+        env.fault(f"SIGKILL {worker.name} {where} at {load.progress:.0%} of the load")
+        await env.launch(0)
+
+
+async def _crash_at_failpoint(
+    env: ScenarioEnv, evidence: Callable[[ScenarioEnv], Awaitable[str]]
+) -> None:
+    """Wait for the armed worker to kill itself, note the evidence, restart it (armed
+    again for a second round in the full form, unarmed for the last)."""
+    rounds = 1 if env.config.short else 2
+    for round_ in range(rounds):
+        worker = env.workers[0]
+        code = await worker.wait_exit(within=120)
+        if code is None:
+            env.violation(
+                "fault_not_injected",
+                f"{worker.name} armed with FAILPOINTS={worker.failpoints} never crashed",
+            )
+            return
+        env.fault(f"{worker.name} SIGKILLed itself at {worker.failpoints} (exit {code})")
+        if code != -9:
+            env.violation("fault_not_injected", f"{worker.name} exited {code}, not by SIGKILL")
+        env.notes.append(await evidence(env))
+        last = round_ == rounds - 1
+        await env.launch(0, failpoints="" if last else worker.failpoints)
+
+
+async def _redelivery_evidence(env: ScenarioEnv) -> str:
+    gap = await env.redelivery_gap()
+    return f"{gap} record(s) were committed to the database but not to Kafka at the crash"
+
+
+async def _crash_after_batch_commit(env: ScenarioEnv, load: LoadProducer) -> None:
+    await _crash_at_failpoint(env, _redelivery_evidence)
+
+
+async def _outbox_evidence(env: ScenarioEnv) -> str:
+    return f"{await env.outbox_size()} outbox row(s) left behind, some already published"
+
+
+async def _crash_after_relay_publish(env: ScenarioEnv, load: LoadProducer) -> None:
+    await _crash_at_failpoint(env, _outbox_evidence)
+
+
+async def _broker_sigkill(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.35)
+    await env.batch_in_flight(within=10)
+    await env.stack.kill_kafka()
+    env.fault(f"SIGKILL the Kafka broker at {load.progress:.0%} of the load")
+    await asyncio.sleep(3)  # the outage lasts this long
+    await env.stack.start_kafka()
+    env.fault("Kafka broker restarted")
+
+
+async def _postgres_restart(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.35)
+    await env.batch_in_flight(within=10)
+    await env.stack.crash_postgres()
+    env.fault(f"PostgreSQL stopped in immediate mode at {load.progress:.0%} of the load")
+    await asyncio.sleep(3)  # the outage lasts this long
+    await env.stack.start_postgres()
+    env.fault("PostgreSQL started again")
+
+
+async def _terminate_backends(env: ScenarioEnv, load: LoadProducer) -> None:
+    for fraction in (0.2, 0.4, 0.6, 0.8):
+        await load.reached(fraction)
+        in_flight = await env.batch_in_flight(within=10)
+        ended = await env.terminate_backends()
+        where = " with a batch in flight" if in_flight else ""
+        env.fault(f"pg_terminate_backend on {ended} session(s){where} at {load.progress:.0%}")
+
+
+async def _rebalance(env: ScenarioEnv, load: LoadProducer) -> None:
+    for slot, fraction in ((1, 0.2), (2, 0.4)):
+        await load.reached(fraction)
+        worker = await env.launch(slot)
+        env.fault(f"{worker.name} joined the group at {load.progress:.0%} of the load")
+    await load.reached(0.7)
+    leaving = env.workers[0]
+    code = await leaving.stop()
+    env.fault(f"{leaving.name} left the group (SIGTERM, exit {code}) at {load.progress:.0%}")
+    if code != 0:
+        env.violation("unclean_shutdown", f"{leaving.name} exited {code} on SIGTERM")
+
+
+async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.35)
+    revoked = env.logged("partitions_revoked")
+    env.stack.pause_kafka()
+    env.fault(f"SIGSTOP the Kafka broker at {load.progress:.0%} of the load")
+    try:
+        await asyncio.sleep(SESSION_TIMEOUT + 5)  # held past the session timeout
+    finally:
+        env.stack.resume_kafka()
+    env.fault(f"SIGCONT the Kafka broker after {SESSION_TIMEOUT + 5:.0f}s")
+    await load.reached(1.0)
+    rebalances = env.logged("partitions_revoked") - revoked
+    env.notes.append(
+        f"the worker's partitions were revoked {rebalances} time(s) after the pause"
+        if rebalances
+        else "the group did not rebalance: the broker kept the session across the pause"
+    )
+
+
+async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
+    env.fault("poison records mixed into the load")
+
+
+async def _graceful(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.5)
+    worker = env.workers[0]
+    code = await worker.stop()
+    env.fault(f"SIGTERM {worker.name} at {load.progress:.0%} of the load (exit {code})")
+    if code != 0:
+        env.violation("unclean_shutdown", f"{worker.name} exited {code} on SIGTERM")
+    left = await env.outbox_size()
+    if left:
+        env.violation(
+            "unclean_shutdown", f"{left} outbox row(s) left unpublished by a graceful stop"
+        )
+    gap = await env.redelivery_gap()
+    if gap:
+        env.notes.append(f"{gap} record(s) processed but not committed to Kafka at the stop")
+    await env.launch(0)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "sigkill-mid-batch",
+        "SIGKILL the worker while a batch transaction is open, then restart it",
+        partitions=3,
+        inject=_sigkill_mid_batch,
+        short=True,
+        # A restarted member waits out the dead one's session (10 s) before it gets
+        # partitions; a slower load keeps records arriving across the kills.
+        rate_scale=0.35,
+    ),
+    Scenario(
+        "crash-after-db-commit",
+        "the worker SIGKILLs itself after a batch's database commit, before the offset "
+        "commit (FAILPOINTS=after_batch_commit@1); restarted without the failpoint",
+        partitions=4,
+        inject=_crash_after_batch_commit,
+        short=True,
+        failpoints="after_batch_commit@1",
+        backlog=0.3,
+    ),
+    Scenario(
+        "relay-crash-after-publish",
+        "the relay SIGKILLs its process after the Kafka commit, before deleting the outbox "
+        "rows (FAILPOINTS=after_relay_publish@2); restarted without the failpoint",
+        partitions=3,
+        inject=_crash_after_relay_publish,
+        failpoints="after_relay_publish@2",
+        backlog=0.3,
+    ),
+    Scenario(
+        "broker-sigkill",
+        "SIGKILL the Kafka broker under load, restart it 3 s later",
+        partitions=6,
+        inject=_broker_sigkill,
+    ),
+    Scenario(
+        "postgres-restart",
+        "stop PostgreSQL in immediate mode (a crash) under load, start it 3 s later",
+        partitions=4,
+        inject=_postgres_restart,
+    ),
+    Scenario(
+        "postgres-terminate-backends",
+        "pg_terminate_backend every session of the database, four times under load",
+        partitions=3,
+        inject=_terminate_backends,
+    ),
+    Scenario(
+        "rebalance",
+        "a second and a third worker join under load, then the first leaves",
+        partitions=6,
+        inject=_rebalance,
+        # Each join takes a few seconds (start-up, then the group's rebalance); all three
+        # membership changes must happen while records still arrive.
+        rate_scale=0.4,
+    ),
+    Scenario(
+        "broker-pause",
+        "SIGSTOP the Kafka broker for longer than the session timeout, then SIGCONT",
+        partitions=3,
+        inject=_broker_pause,
+    ),
+    Scenario(
+        "poison",
+        "unreadable records (bad UTF-8, > 64 KiB, too deep, not JSON, no key, ...) in the load",
+        partitions=3,
+        inject=_poison,
+        short=True,
+        poison=True,
+    ),
+    Scenario(
+        "graceful-sigterm",
+        "SIGTERM the worker under load and restart it: no duplicates, nothing left behind",
+        partitions=4,
+        inject=_graceful,
+        short=True,
+    ),
+)
+BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
+
+SHORT = RunConfig(
+    commands=400, rate=200, customers=20, seed=20260131, settle_within=120, short=True
+)
+FULL = RunConfig(commands=3000, rate=500, customers=40, seed=20260131, settle_within=240)
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    check: CheckResult
+    duration: float
+    faults: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unplanned_exits: int = 0
+    run_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok
+
+
+@dataclass
+class SuiteOptions:
+    short: bool = False
+    #: Scenario names to run (all of the form's by default).
+    scenarios: Sequence[str] = ()
+    commands: int | None = None
+    rate: float | None = None
+    seed: int | None = None
+    home: Path | None = None
+    #: Runs a worker instead of ``customer-service worker`` (to try the suite on a build
+    #: with a known bug, say); the settings still come from the environment.
+    worker_command: Sequence[str] = ()
+    keep: bool = False
+    progress: Progress = lambda _: None
+
+
+@dataclass
+class SuiteResult:
+    results: list[ScenarioResult]
+    duration: float
+    run_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+
+def select(options: SuiteOptions) -> list[Scenario]:
+    if options.scenarios:
+        unknown = [name for name in options.scenarios if name not in BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown scenarios {unknown}; known: {', '.join(BY_NAME)}")
+        return [BY_NAME[name] for name in options.scenarios]
+    return [scenario for scenario in SCENARIOS if scenario.short or not options.short]
+
+
+def config_for(options: SuiteOptions) -> RunConfig:
+    base = SHORT if options.short else FULL
+    return RunConfig(
+        commands=options.commands or base.commands,
+        rate=options.rate or base.rate,
+        customers=base.customers,
+        seed=base.seed if options.seed is None else options.seed,
+        settle_within=base.settle_within,
+        keep=options.keep,
+        worker_command=tuple(options.worker_command),
+        short=base.short,
+    )
+
+
+async def run_suite(options: SuiteOptions) -> SuiteResult:
+    """Run the selected scenarios one after another on the suite's own stack."""
+    scenarios = select(options)
+    config = config_for(options)
+    stack = FaultStack(options.home or default_home())
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = stack.home / "runs" / stamp
+    started = time.monotonic()
+    options.progress(f"stack under {stack.home}; logs under {run_dir}")
+    await stack.open()
+    results = []
+    try:
+        for scenario in scenarios:
+            results.append(
+                await run_scenario(
+                    stack, scenario, config, run_dir / scenario.name, options.progress
+                )
+            )
+    finally:
+        await stack.close()
+    return SuiteResult(results, time.monotonic() - started, run_dir)
+
+
+async def run_scenario(
+    stack: FaultStack,
+    scenario: Scenario,
+    config: RunConfig,
+    run_dir: Path,
+    progress: Progress = lambda _: None,
+) -> ScenarioResult:
+    def say(message: str) -> None:
+        progress(f"[{scenario.name}] {message}")
+
+    started = time.monotonic()
+    env = ScenarioEnv(stack, scenario.name, scenario.partitions, config, run_dir, progress=say)
+    load: LoadProducer | None = None
+    result = CheckResult()
+    try:
+        await env.setup()
+        plan = build_load(
+            seed=config.seed,
+            commands=config.commands,
+            seeded=env.seeded,
+            topic=env.settings.topic_commands,
+            poison=scenario.poison,
+        )
+        rate = config.rate * scenario.rate_scale
+        load = LoadProducer(stack.bootstrap_servers, env.settings.topic_commands, plan, rate=rate)
+        if scenario.backlog:
+            load.start()
+            say(f"load: {len(plan.records)} records at {rate:.0f}/s")
+            await load.reached(scenario.backlog)
+        for slot in range(scenario.workers):
+            env.start_worker(slot, failpoints=scenario.failpoints)
+        for worker in list(env.workers.values()):
+            await env.wait_assigned(worker)
+        env.supervise()
+        if not scenario.backlog:
+            load.start()
+            say(f"load: {len(plan.records)} records at {rate:.0f}/s")
+        await scenario.inject(env, load)
+        await env.settle(load)
+        codes = await env.stop_workers()
+        for name, code in codes.items():
+            if code != 0:
+                env.violation("unclean_shutdown", f"{name} exited {code} on the final SIGTERM")
+        history = await env.collect()
+        env.check_durability(history, plan, load)
+        result = check(history)
+        if load.resent:
+            env.notes.append(f"the producer resent {load.resent} unacknowledged record(s)")
+        recovered = env.relay_recovered()
+        if recovered:
+            env.notes.append(
+                f"taking over, the relay found {sum(recovered)} already-published outbox "
+                f"row(s) left by its predecessor and deleted them ({len(recovered)} time(s))"
+            )
+    except Exception as exc:
+        env.violation("harness_error", f"{type(exc).__name__}: {exc}")
+    finally:
+        if load is not None:
+            await load.cancel()
+        result.violations.extend(env.violations)
+        with contextlib.suppress(Exception):
+            await env.teardown(keep=config.keep or not result.ok)
+    duration = time.monotonic() - started
+    say(
+        f"done in {duration:.1f}s: {len(result.violations)} violation(s), "
+        f"{result.applied} applied, {result.rejected} rejected, "
+        f"{result.dead_lettered} dead-lettered"
+    )
+    return ScenarioResult(
+        scenario,
+        result,
+        duration,
+        faults=env.faults,
+        notes=env.notes,
+        unplanned_exits=env.unplanned_exits,
+        run_dir=run_dir,
+    )
+
+
+def violations_of(results: Sequence[ScenarioResult]) -> list[tuple[str, Violation]]:
+    return [(r.scenario.name, v) for r in results for v in r.check.violations]

@@ -1,0 +1,102 @@
+"""The suite's own Kafka broker and PostgreSQL server, which it is free to kill and pause.
+
+They live under ``<repo>/.devstack/faults/`` (or ``$FAULTS_DEVSTACK_HOME``), apart from
+the shared ``.devstack/kafka`` and ``.devstack/postgres`` that other test runs use: a
+fault injected here must never reach anyone else. Whatever this stack starts it stops
+at the end; a stack that was already running is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack import stack as shared_stack
+from devstack.native_kafka import NativeKafka
+from devstack.native_postgres import NativePostgres
+
+HOME_VARIABLE = "FAULTS_DEVSTACK_HOME"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HOME = REPO_ROOT / ".devstack" / "faults"
+
+
+def default_home(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get(HOME_VARIABLE, str(DEFAULT_HOME)))
+
+
+class SharedStackError(ValueError):
+    """The chosen home is the shared development stack, which the suite must not touch."""
+
+
+@dataclass
+class FaultStack:
+    """A broker and a server under ``home``; start with ``open``, stop with ``close``."""
+
+    home: Path
+    kafka: NativeKafka = field(init=False)
+    postgres: NativePostgres = field(init=False)
+    _started: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Absolute, because Maven resolves a relative output directory against the
+        # pom's folder and pg_ctl runs from "/".
+        self.home = self.home.resolve()
+        shared = shared_stack.home().resolve()
+        if self.home == shared:
+            raise SharedStackError(
+                f"{self.home} is the shared development stack; the fault suite kills and "
+                "pauses its services, so give it a home of its own"
+            )
+        self.kafka = NativeKafka(self.home / "kafka")
+        self.postgres = NativePostgres(self.home / "postgres")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka.bootstrap_servers()
+
+    def admin_url(self) -> str:
+        return self.postgres.url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return self.postgres.url(name)
+
+    async def open(self) -> None:
+        """Start whichever of the two is not running (and remember it, to stop it)."""
+        if not self.kafka.running():
+            self._started.append("kafka")
+        await asyncio.to_thread(self.kafka.start)
+        if not self.postgres.running():
+            self._started.append("postgres")
+        await asyncio.to_thread(self.postgres.start)
+
+    async def close(self) -> None:
+        """Stop what ``open`` started; a paused broker is resumed first so it can stop."""
+        self.kafka.resume()
+        if "postgres" in self._started:
+            await asyncio.to_thread(self.postgres.stop)
+        if "kafka" in self._started:
+            await asyncio.to_thread(self.kafka.stop)
+        self._started.clear()
+
+    # -- faults ------------------------------------------------------------------------
+
+    async def kill_kafka(self) -> None:
+        await asyncio.to_thread(self.kafka.kill)
+
+    async def start_kafka(self) -> None:
+        await asyncio.to_thread(self.kafka.start)
+
+    def pause_kafka(self) -> None:
+        self.kafka.pause()
+
+    def resume_kafka(self) -> None:
+        self.kafka.resume()
+
+    async def crash_postgres(self) -> None:
+        await asyncio.to_thread(self.postgres.stop, mode="immediate")
+
+    async def start_postgres(self) -> None:
+        await asyncio.to_thread(self.postgres.start)

@@ -1,0 +1,301 @@
+"""The invariant checker on synthetic histories: a flawless run passes, and each kind of
+damage a fault could do is reported by the check that is there to catch it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+from faults.checker import CHECKS, History, check
+from schemas.command import CustomerUpdateCommand
+from service.domain.customer import CustomerState
+from service.domain.update import merge
+from tests.faults.histories import (
+    HistoryBuilder,
+    customer,
+    document,
+    event_of,
+    with_body,
+)
+
+
+def builder() -> HistoryBuilder:
+    """Two customers on two partitions, with updates, a resend, refusals and poison."""
+    build = HistoryBuilder(
+        {"cus_1": customer("cus_1"), "cus_2": customer("cus_2", email="old@example.com")}
+    )
+    build.send("cus_1", document("cus_1", "cmd-name", {"name": "Ada"}))
+    build.send(
+        "cus_1", document("cus_1", "cmd-city", {"address": {"city": "Rome", "line1": "Via 1"}})
+    )
+    build.send("cus_1", document("cus_1", "cmd-name", {"name": "Ada"}))  # resent as is
+    build.send(
+        "cus_1", document("cus_1", "cmd-country", {"address": {"country": "IT", "line1": None}})
+    )
+    build.send("cus_1", document("cus_1", "cmd-bad", {"address": {"country": "XX"}}))
+    build.send("cus_1", document("cus_1", None, {"name": "No id"}))
+    build.send("cus_2", document("cus_2", "cmd-email", {"email": "ada@example.com"}))
+    build.send("cus_2", document("cus_2", "cmd-stale", {"name": "Late"}, expectedversion=1))
+    build.send("cus_2", document("cus_2", "cmd-phone", {"phone": "+39 06 1234"}))
+    build.send("cus_2", b"\xff\xfe not utf-8")
+    build.send(None, document("cus_2", "cmd-nokey", {"name": "No key"}))
+    return build
+
+
+def clean() -> History:
+    return builder().history()
+
+
+def fold(seeded: CustomerState, *bodies: dict[str, object]) -> CustomerState:
+    state = seeded
+    for data in bodies:
+        command = CustomerUpdateCommand.model_validate(document(state.id, "any", data))
+        state = merge(state, command.data)
+    return state
+
+
+# -- damage, as a fault would do it -----------------------------------------------------
+
+
+def lose_an_update(history: History) -> History:
+    """The database lost cmd-country, whose event was published."""
+    before = fold(
+        history.seeded["cus_1"], {"name": "Ada"}, {"address": {"city": "Rome", "line1": "Via 1"}}
+    )
+    return dataclasses.replace(history, final={**history.final, "cus_1": before})
+
+
+def publish_an_event_twice(history: History) -> History:
+    event = event_of(history, "cmd-city")
+    last = max(r.offset for r in history.updated if r.partition == event.partition)
+    again = dataclasses.replace(event, offset=last + 1)
+    return dataclasses.replace(history, updated=[*history.updated, again])
+
+
+def apply_out_of_order(history: History) -> History:
+    """cmd-city was applied before cmd-name although it comes after it in the partition."""
+    build = builder()
+    name, city, *rest = sorted(build.produced, key=lambda command: command.position)
+    return build.history(order=[city, name, *rest])
+
+
+def skip_a_version(history: History) -> History:
+    event = event_of(history, "cmd-country")
+    skipped = with_body(event, sequence=str(5).zfill(20))
+    return dataclasses.replace(
+        history, updated=[skipped if r is event else r for r in history.updated]
+    )
+
+
+def drop_a_rejection(history: History) -> History:
+    kept = [r for r in history.rejected if b'"command_id":"cmd-bad"' not in (r.value or b"")]
+    return dataclasses.replace(history, rejected=kept)
+
+
+def change_the_final_row(history: History) -> History:
+    changed = dataclasses.replace(history.final["cus_2"], phone="+39 06 9999")
+    return dataclasses.replace(history, final={**history.final, "cus_2": changed})
+
+
+def misreport_a_rejection(history: History) -> History:
+    """The stale command is rejected for the wrong reason."""
+    changed = [
+        dataclasses.replace(
+            r, value=(r.value or b"").replace(b"version_conflict", b"parameter_invalid")
+        )
+        for r in history.rejected
+    ]
+    return dataclasses.replace(history, rejected=changed)
+
+
+def publish_a_ghost(history: History) -> History:
+    ghost = with_body(event_of(history, "cmd-phone"), id="evt-ghost", causationid="cmd-ghost")
+    return dataclasses.replace(
+        history, updated=[*history.updated, dataclasses.replace(ghost, offset=99)]
+    )
+
+
+def tamper_with_an_event(history: History) -> History:
+    event = event_of(history, "cmd-email")
+    body = (event.value or b"").replace(b"ada@example.com", b"eve@example.com")
+    tampered = dataclasses.replace(event, value=body)
+    return dataclasses.replace(
+        history, updated=[tampered if r is event else r for r in history.updated]
+    )
+
+
+Damage = Callable[[History], History]
+
+# (damage, the violation kind it must cause, the check that reports that kind)
+CAUGHT: list[tuple[Damage, str, str]] = [
+    (lose_an_update, "lost_update", "applied_once"),
+    (publish_an_event_twice, "duplicate_event", "one_event_per_command"),
+    (apply_out_of_order, "reordered", "partition_order"),
+    (skip_a_version, "version_gap", "versions"),
+    (drop_a_rejection, "unaccounted", "accounted"),
+    (change_the_final_row, "row_mismatch", "applied_once"),
+    (misreport_a_rejection, "wrong_outcome", "outcomes"),
+    (publish_a_ghost, "unexpected_output", "accounted"),
+    (tamper_with_an_event, "event_content", "applied_once"),
+]
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_a_clean_history_passes_with_every_record_accounted() -> None:
+    result = check(clean())
+
+    assert result.violations == []
+    assert (result.commands, result.applied, result.rejected, result.dead_lettered) == (
+        11,
+        5,
+        3,
+        2,
+    )
+    assert (result.resent, result.unaccounted, result.duplicate_events) == (1, 0, 0)
+
+
+def test_a_lost_update_is_caught() -> None:
+    result = check(lose_an_update(clean()))
+
+    [lost] = [v for v in result.violations if v.kind == "lost_update"]
+    assert "version 4" in lost.message
+    assert "version 3" in lost.message
+    assert "cmd-country" in lost.message
+
+
+def test_a_duplicate_event_is_caught_and_counted() -> None:
+    result = check(publish_an_event_twice(clean()))
+
+    assert result.kinds() == {"duplicate_event"}
+    assert result.duplicate_events == 1
+    assert "cmd-city" in result.violations[0].message
+
+
+def test_a_republished_rejection_is_a_duplicate_event() -> None:
+    history = clean()
+    [first, *_] = history.rejected
+    again = dataclasses.replace(first, offset=first.offset + 100)
+
+    result = check(dataclasses.replace(history, rejected=[*history.rejected, again]))
+
+    assert result.kinds() == {"duplicate_event"}
+    assert result.duplicate_events == 1
+
+
+def test_applying_out_of_partition_order_is_caught() -> None:
+    result = check(apply_out_of_order(clean()))
+
+    [reordered] = [v for v in result.violations if v.kind == "reordered"]
+    assert "cmd-city" in reordered.message
+    assert "cmd-name" in reordered.message
+
+
+def test_events_out_of_version_order_are_caught() -> None:
+    history = clean()
+    name, city = event_of(history, "cmd-name"), event_of(history, "cmd-city")
+    swapped = {
+        id(name): dataclasses.replace(name, offset=city.offset),
+        id(city): dataclasses.replace(city, offset=name.offset),
+    }
+
+    result = check(
+        dataclasses.replace(history, updated=[swapped.get(id(r), r) for r in history.updated])
+    )
+
+    assert {"version_not_increasing", "reordered"} <= result.kinds()
+
+
+def test_a_version_gap_is_caught() -> None:
+    result = check(skip_a_version(clean()))
+
+    assert result.kinds() == {"version_gap"}
+    assert "version 5 right after version 3" in result.violations[0].message
+
+
+def test_a_dropped_command_is_caught() -> None:
+    result = check(drop_a_rejection(clean()))
+
+    assert "unaccounted" in result.kinds()
+    [dropped] = [v for v in result.violations if v.kind == "unaccounted"]
+    assert "cmd-bad at 0:4" in dropped.message
+    assert result.unaccounted == 1
+
+
+def test_a_dropped_dead_letter_and_idless_rejection_are_caught_by_position() -> None:
+    history = clean()
+    history = dataclasses.replace(
+        history,
+        dead_letters=history.dead_letters[1:],
+        rejected=[r for r in history.rejected if b'"command_id":null' not in (r.value or b"")],
+    )
+
+    result = check(history)
+
+    dropped = sorted(v.message for v in result.violations if v.kind == "unaccounted")
+    assert len(dropped) == 2
+    assert dropped[0].startswith("record without id at 0:5")
+    assert dropped[1].startswith("record without id at 1:3")
+
+
+def test_a_final_row_that_differs_from_the_fold_is_caught() -> None:
+    result = check(change_the_final_row(clean()))
+
+    assert result.kinds() == {"row_mismatch"}
+    assert "phone is '+39 06 9999', expected '+39 06 1234'" in result.violations[0].message
+
+
+def test_an_update_applied_without_its_event_is_caught() -> None:
+    history = clean()
+    event = event_of(history, "cmd-phone")
+
+    result = check(
+        dataclasses.replace(history, updated=[r for r in history.updated if r is not event])
+    )
+
+    assert {"extra_update", "unaccounted", "row_mismatch"} <= result.kinds()
+
+
+def test_a_wrong_outcome_is_caught() -> None:
+    result = check(misreport_a_rejection(clean()))
+
+    assert result.kinds() == {"wrong_outcome"}
+    assert "cmd-stale" in result.violations[0].message
+
+
+def test_an_event_for_no_produced_command_is_caught() -> None:
+    result = check(publish_a_ghost(clean()))
+
+    assert "unexpected_output" in result.kinds()
+
+
+def test_an_event_with_the_wrong_customer_state_is_caught() -> None:
+    result = check(tamper_with_an_event(clean()))
+
+    assert result.kinds() == {"event_content"}
+
+
+@pytest.mark.parametrize(
+    ("damage", "kind", "name"), CAUGHT, ids=[damage.__name__ for damage, _, _ in CAUGHT]
+)
+def test_each_fault_is_caught_by_the_check_named_for_it(
+    damage: Damage, kind: str, name: str
+) -> None:
+    damaged = damage(clean())
+
+    assert kind in check(damaged).kinds()
+    # Without that one check the fault would go unreported as this kind: the tests
+    # above depend on it, not on a side effect of another check.
+    assert kind not in check(damaged, skip=[name]).kinds()
+
+
+def test_every_check_is_exercised() -> None:
+    assert {name for _, _, name in CAUGHT} == set(CHECKS)
+
+
+def test_an_unknown_check_cannot_be_skipped() -> None:
+    with pytest.raises(ValueError, match="unknown checks"):
+        check(clean(), skip=["no_such_check"])
