@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from tenacity import RetryCallState
 
 from schemas.headers import OUTBOX_ID
@@ -192,16 +196,7 @@ class OutboxRelay:
             return 0
         await producer.begin_transaction()
         try:
-            deliveries = []
-            for row in rows:
-                headers = [
-                    *decode_headers(row["headers"]),
-                    (OUTBOX_ID, str(row["id"]).encode()),
-                ]
-                deliveries.append(
-                    await producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
-                )
-            await asyncio.gather(*deliveries)
+            await asyncio.gather(*await _send_in_batches(producer, rows))
         except BaseException:
             with contextlib.suppress(KafkaError):
                 await producer.abort_transaction()
@@ -210,8 +205,8 @@ class OutboxRelay:
         failpoints.reached(failpoints.AFTER_RELAY_PUBLISH)
         await self._forget(connection, [row["id"] for row in rows])
         self.published += len(rows)
-        for row in rows:
-            self._metrics.published.labels(row["topic"]).inc()
+        for topic, count in Counter(row["topic"] for row in rows).items():
+            self._metrics.published.labels(topic).inc(count)
         return len(rows)
 
     async def _measure_backlog(self, connection: asyncpg.Connection) -> None:
@@ -246,6 +241,51 @@ class OutboxRelay:
         removed = int(result.split()[-1])
         if removed:
             log.warning("relay_recovered", already_published=removed)
+
+
+async def _send_in_batches(
+    producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+) -> list[asyncio.Future[Any]]:
+    """Queue ``rows``, in order, as one record batch per partition (a new one when full).
+
+    Building the batches here instead of calling ``send`` per message saves a future and
+    a partitioner call per message: the relay's main cost. A partition's records keep
+    their id order, since its batches are queued in the order they fill up.
+    """
+    deliveries: list[asyncio.Future[Any]] = []
+    builders: dict[tuple[str, int], Any] = {}
+    for row in rows:
+        topic, key, value = row["topic"], row["key"], row["value"]
+        partition = _partition(key, len(await producer.partitions_for(topic)))
+        headers = [*decode_headers(row["headers"]), (OUTBOX_ID, str(row["id"]).encode())]
+        builder = builders.get((topic, partition))
+        if builder is None:
+            builder = builders[(topic, partition)] = producer.create_batch()
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is not None:
+            continue
+        # Full: queue it and start the next one for this partition.
+        deliveries.append(await producer.send_batch(builder, topic, partition=partition))
+        builder = builders[(topic, partition)] = producer.create_batch()
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            raise ValueError(f"outbox row {row['id']} is larger than the producer's batch size")
+    for (topic, partition), builder in builders.items():
+        deliveries.append(await producer.send_batch(builder, topic, partition=partition))
+    return deliveries
+
+
+def _partition(key: bytes | None, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's and aiokafka's) picks for ``key``:
+    murmur2, so that subscribers and other producers agree on where a customer lives; a
+    record without a key (a dead letter) goes anywhere."""
+    if key is None:
+        return random.randrange(partitions)
+    return _keyed_partition(key, partitions)
+
+
+@functools.lru_cache(maxsize=65536)
+def _keyed_partition(key: bytes, partitions: int) -> int:
+    # Cached: customer ids repeat, and murmur2 is pure Python.
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def published_outbox_ids(

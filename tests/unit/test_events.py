@@ -307,3 +307,15 @@ def test_a_dead_lettered_tombstone_stays_a_tombstone() -> None:
     )
     assert message.value is None
     assert message.key == b"cus_1"
+
+
+def test_the_relay_puts_each_customer_where_kafkas_default_partitioner_does() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from service.relay import _partition
+
+    for number in range(2000):
+        key = f"cus_{number}".encode()
+        for partitions in (1, 3, 6, 12):
+            expected = DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
+            assert _partition(key, partitions) == expected
