@@ -7,8 +7,8 @@ versions and two events, exactly as if the commands had come one poll apart.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from schemas.command import CustomerUpdateCommand
 from schemas.errors import ErrorObject
@@ -101,29 +101,20 @@ def decide_batch(
             continue
 
         command = item.command
-        base = Decision(
-            record,
-            "duplicate",
-            customer_id=command.subject,
-            command_id=command.id,
-            correlationid=command.correlationid,
-            command=command,
-            traceparent=item.traceparent,
-        )
         previous = seen.get(command.id)
         if previous is not None:
             if previous == item.fingerprint:
-                result.decisions.append(base)
+                result.decisions.append(_decided(record, item, "duplicate"))
             else:
                 result.decisions.append(
-                    replace(base, outcome="rejected", error=reused_id_error(command))
+                    _decided(record, item, "rejected", error=reused_id_error(command))
                 )
             continue
         seen[command.id] = item.fingerprint
 
         verdict = apply_update(customers.get(command.subject), command, owners.get)
         if isinstance(verdict, Refused):
-            result.decisions.append(replace(base, outcome="rejected", error=verdict.error))
+            result.decisions.append(_decided(record, item, "rejected", error=verdict.error))
             result.processed.append(
                 ProcessedCommand(command.id, command.subject, item.fingerprint, "rejected", None)
             )
@@ -138,13 +129,27 @@ def decide_batch(
                 del owners[before_prefix]
             if after.invoice_prefix is not None:
                 owners[after.invoice_prefix] = after.id
-        result.decisions.append(replace(base, outcome="applied", applied=verdict))
+        result.decisions.append(_decided(record, item, "applied", applied=verdict))
         result.processed.append(
             ProcessedCommand(
                 command.id, command.subject, item.fingerprint, "applied", after.version
             )
         )
     return result
+
+
+def _decided(record: InboundRecord, item: Valid, outcome: Outcome, **details: Any) -> Decision:
+    command = item.command
+    return Decision(
+        record,
+        outcome,
+        customer_id=command.subject,
+        command_id=command.id,
+        correlationid=command.correlationid,
+        command=command,
+        traceparent=item.traceparent,
+        **details,
+    )
 
 
 def reused_id_error(command: CustomerUpdateCommand) -> ErrorObject:
