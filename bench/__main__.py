@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="LOG_LEVEL of the workers (default WARNING: no line per command)",
     )
     add(
+        "--workers",
+        type=int,
+        help="worker processes in the consumer group, ours and naive alike (default 1)",
+    )
+    add(
         "--no-naive",
         dest="naive",
         action="store_false",
@@ -125,7 +130,7 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
     names = (
         "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
-        "log_level", "naive", "profile", "plot", "stall_timeout", "keep",
+        "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
@@ -153,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # aiokafka warns about retries it recovers from (a new topic's leader not yet known).
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     # Fail on bad options before starting anything.
-    options_from_args(args, native_home=None)
+    try:
+        options_from_args(args, native_home=None)
+    except ValueError as exc:
+        build_parser().error(str(exc))
     stack = open_bench_stack(os.environ, home=args.stack_home, progress=stderr_progress)
     native = stack.kafka_source == "native"
     options = options_from_args(args, native_home=args.stack_home if native else None)

@@ -44,6 +44,7 @@ from bench.report import PacedRun, ThroughputRun, build_result, throughput_figur
 from bench.stack import DEFAULT_HOME, kafka_version
 from bench.svg import render_latency_svg
 from bench.workers import (
+    WorkerGroup,
     WorkerKind,
     WorkerProcess,
     passed_through_settings,
@@ -96,6 +97,12 @@ class Options:
     #: The benchmark's own native stack, to read the broker version from its jars.
     stack_home: Path | None = None
     quick: bool = False
+    #: Worker processes in the consumer group, for ours and for the naive baseline alike.
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
 
     @classmethod
     def quick_options(cls, **overrides: Any) -> Options:
@@ -182,14 +189,21 @@ class _Run:
 
     def worker(
         self, kind: WorkerKind, phase: _Phase, *, profile: Path | None = None
-    ) -> WorkerProcess:
+    ) -> WorkerGroup:
+        """``options.workers`` processes in one consumer group (only the first one is
+        profiled)."""
         options = self.options
-        return WorkerProcess(
-            kind,
-            worker_argv(kind, profile=profile),
-            worker_env(phase.settings, log_level=options.log_level, extra=options.worker_env),
-            self.logs / f"{phase.name}.log",
-        )
+        env = worker_env(phase.settings, log_level=options.log_level, extra=options.worker_env)
+        members = [
+            WorkerProcess(
+                kind,
+                worker_argv(kind, profile=profile if number == 1 else None),
+                env,
+                self.logs / (f"{phase.name}.log" if number == 1 else f"{phase.name}-{number}.log"),
+            )
+            for number in range(1, options.workers + 1)
+        ]
+        return WorkerGroup(members)
 
     async def cleanup(self) -> None:
         if self.options.keep:
@@ -375,7 +389,7 @@ async def _drain(
     name: str,
     reader: OutputReader,
     log: OutcomeLog,
-    worker: WorkerProcess,
+    worker: WorkerGroup,
     *,
     checks: Iterable[asyncio.Task[Any]] = (),
 ) -> None:
@@ -405,7 +419,7 @@ async def _drain(
 
 
 async def _sample_rss(
-    worker: WorkerProcess, interval: float, samples: list[tuple[float, int]]
+    worker: WorkerGroup, interval: float, samples: list[tuple[float, int]]
 ) -> None:
     started = time.monotonic()
     while True:

@@ -177,3 +177,35 @@ class WorkerProcess:
             if self._log is not None:
                 self._log.close()
                 self._log = None
+
+
+class WorkerGroup:
+    """Several worker processes of one consumer group, handled as one."""
+
+    def __init__(self, members: Sequence[WorkerProcess]) -> None:
+        assert members, "a group needs at least one worker"
+        self.members = list(members)
+        self.name = members[0].name
+        self.log_path = members[0].log_path
+
+    def start(self) -> None:
+        for member in self.members:
+            member.start()
+
+    def check_alive(self) -> None:
+        for member in self.members:
+            member.check_alive()
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(f"== {m.log_path}\n{m.log_tail(lines)}" for m in self.members)
+
+    def rss_kib(self) -> int | None:
+        """The largest member's RSS: memory per process is what must stay flat."""
+        sizes = [size for size in (m.rss_kib() for m in self.members) if size is not None]
+        return max(sizes) if sizes else None
+
+    async def stop(self, grace: float = 60.0) -> int | None:
+        """Stop every member; the status is the first non-zero one, else 0."""
+        statuses = await asyncio.gather(*(member.stop(grace) for member in self.members))
+        failed = [status for status in statuses if status]
+        return failed[0] if failed else statuses[0]
