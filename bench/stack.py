@@ -13,9 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from devstack.native_kafka import NativeKafka
-from devstack.native_postgres import NativePostgres
-from devstack.stack import Stack
+from devstack.stack import Stack, open_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO_ROOT / ".devstack" / "bench"
@@ -28,41 +26,10 @@ def open_bench_stack(
     home: Path = DEFAULT_HOME,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Stack:
-    given_kafka = env.get("KAFKA_BOOTSTRAP_SERVERS")
-    given_database = env.get("DATABASE_URL")
-    if given_kafka and given_database:
-        return Stack(given_kafka, given_database, "environment", "environment")
-    cleanups: list[Callable[[], None]] = []
-    try:
-        if given_kafka:
-            kafka, kafka_source = given_kafka, "environment"
-        else:
-            broker = NativeKafka(home / "kafka")
-            if not broker.running():
-                progress(f"starting the benchmark's Kafka under {broker.home} ...")
-                cleanups.append(broker.stop)
-            broker.start()
-            kafka, kafka_source = broker.bootstrap_servers(), "native"
-        if given_database:
-            database, postgres_source = given_database, "environment"
-        else:
-            server = NativePostgres(home / "postgres")
-            if not server.running():
-                progress(f"starting the benchmark's PostgreSQL under {server.home} ...")
-                cleanups.append(server.stop)
-            server.start()
-            database, postgres_source = server.url(), "native"
-    except BaseException:
-        for cleanup in reversed(cleanups):
-            cleanup()
-        raise
-    return Stack(
-        kafka,
-        database,
-        kafka_source,  # type: ignore[arg-type]
-        postgres_source,  # type: ignore[arg-type]
-        _cleanups=cleanups,
-    )
+    """devstack's precedence with a home of the benchmark's own, always native (never a
+    container: the benchmark measures this machine's services)."""
+    progress(f"using the benchmark's stack under {home} (started if not running) ...")
+    return open_stack({**env, "DEVSTACK_HOME": str(home), "DEVSTACK_MODE": "native"})
 
 
 def kafka_version(home: Path | None) -> str:

@@ -51,16 +51,9 @@ def worker_env(
     such as ``BATCH_MAX_RECORDS`` pass through), the benchmark's endpoints, topics and
     group, then ``extra``."""
     env = dict(base)
+    env.update(settings.environment())
     env.update(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "DATABASE_URL": settings.database_url.get_secret_value(),
-            "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
-            "TOPIC_COMMANDS": settings.topic_commands,
-            "TOPIC_EVENTS": settings.topic_events,
-            "TOPIC_REJECTIONS": settings.topic_rejections,
-            "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
-            "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id,
             "HTTP_PORT": "0",
             "LOG_LEVEL": log_level,
             "LOG_FORMAT": "json",

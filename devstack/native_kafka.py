@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -22,6 +24,12 @@ from devstack import processes
 
 POM_DIR = Path(__file__).parent / "kafka"
 HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SaslCredentials:
+    username: str
+    password: str
 
 
 class KafkaSetupError(RuntimeError):
@@ -114,9 +122,10 @@ class NativeKafka:
             return
         self.install()
         ports = self._ports(allocate=True)
-        self._write_properties(ports["broker"], ports["controller"])
+        credentials = self.sasl_credentials(create=True)
+        self._write_properties(ports, credentials)
         if not (self.data_dir / "meta.properties").exists():
-            self._format()
+            self._format(credentials)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
             *self._java(heap="1g"),
@@ -179,26 +188,57 @@ class NativeKafka:
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.ports_file.unlink(missing_ok=True)
+        (self.home / "sasl.json").unlink(missing_ok=True)
 
     # -- internals ------------------------------------------------------------------
 
     def _ports(self, *, allocate: bool = False) -> dict[str, int]:
-        """The broker and controller ports, chosen once and kept with the data."""
+        """The broker, controller and SASL ports, chosen once and kept with the data."""
+        ports: dict[str, int] = {}
         if self.ports_file.exists():
-            ports: dict[str, int] = json.loads(self.ports_file.read_text())
-            return ports
-        if not allocate:
+            ports = json.loads(self.ports_file.read_text())
+        missing = {"broker", "controller", "sasl"} - set(ports)
+        if missing and not allocate:
             raise KafkaSetupError("the native broker has never been started")
-        self.home.mkdir(parents=True, exist_ok=True)
-        ports = {"broker": processes.free_port(HOST), "controller": processes.free_port(HOST)}
-        self.ports_file.write_text(json.dumps(ports))
+        if missing:
+            self.home.mkdir(parents=True, exist_ok=True)
+            ports.update({name: processes.free_port(HOST) for name in missing})
+            self.ports_file.write_text(json.dumps(ports))
         return ports
+
+    def sasl_bootstrap_servers(self) -> str:
+        """The listener that requires SASL (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)."""
+        return f"{HOST}:{self._ports()['sasl']}"
+
+    def sasl_credentials(self, *, create: bool = False) -> SaslCredentials:
+        """The local SASL user, made up when the storage is first formatted (never kept in
+        the repository). A stack formatted before it existed is formatted again."""
+        path = self.home / "sasl.json"
+        if path.exists():
+            return SaslCredentials(**json.loads(path.read_text()))
+        if not create:
+            raise KafkaSetupError("the native broker has never been started")
+        if (self.data_dir / "meta.properties").exists():
+            shutil.rmtree(self.data_dir)  # formatted without the SCRAM user: start afresh
+        self.home.mkdir(parents=True, exist_ok=True)
+        credentials = SaslCredentials("devstack", secrets.token_urlsafe(18))
+        path.write_text(json.dumps(dataclasses.asdict(credentials)))
+        return credentials
 
     def _java(self, *, heap: str) -> list[str]:
         return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-cp", f"{self.libs}/*"]
 
-    def _format(self) -> None:
+    def _format(self, credentials: SaslCredentials) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # SCRAM users live in the cluster metadata, written when storage is formatted.
+        scram = [
+            argument
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in (
+                "--add-scram",
+                f"{mechanism}=[name={credentials.username},password={credentials.password}]",
+            )
+        ]
         result = subprocess.run(
             [
                 *self._java(heap="256m"),
@@ -210,6 +250,7 @@ class NativeKafka:
                 cluster_id,
                 "--config",
                 str(self.properties_file),
+                *scram,
             ],
             env=_java_env(),
             capture_output=True,
@@ -219,17 +260,36 @@ class NativeKafka:
         if result.returncode != 0:
             raise KafkaSetupError("kafka.tools.StorageTool format failed:\n" + result.stderr)
 
-    def _write_properties(self, port: int, controller_port: int) -> None:
+    def _write_properties(self, ports: dict[str, int], credentials: SaslCredentials) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        port, controller_port, sasl_port = ports["broker"], ports["controller"], ports["sasl"]
+        plain_login = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{credentials.username}="{credentials.password}";'
+        )
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            "listeners": (
+                f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port},"
+                f"SASL_PLAINTEXT://{HOST}:{sasl_port}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://{HOST}:{port},SASL_PLAINTEXT://{HOST}:{sasl_port}"
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
+            # A second listener that authenticates, so the service's SASL settings can be
+            # tested against a real broker: PLAIN and both SCRAM variants, one local user.
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain_login,
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram_login,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram_login,
             "log.dirs": str(self.data_dir),
             "num.partitions": "6",
             "auto.create.topics.enable": "false",

@@ -142,6 +142,23 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(max_record_bytes=self.max_record_bytes, max_depth=self.max_json_depth)
 
+    def environment(self) -> dict[str, str]:
+        """The variables that give a child process these settings (those set explicitly,
+        secrets included): for running ``customer-service`` as a subprocess."""
+        variables = {}
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            variables[name.upper()] = str(value)
+        return variables
+
     def jwt_key(self) -> str | None:
         if self.auth_jwt_key is not None:
             return self.auth_jwt_key.get_secret_value()

@@ -40,17 +40,7 @@ class Result:
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
-        "TOPIC_COMMANDS": settings.topic_commands,
-        "TOPIC_EVENTS": settings.topic_events,
-        "TOPIC_REJECTIONS": settings.topic_rejections,
-        "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
-        "LOG_FORMAT": "json",
-    }
+    return {**os.environ, **settings.environment(), "LOG_FORMAT": "json"}
 
 
 async def cli(settings: Settings, *arguments: str, env: dict[str, str] | None = None) -> Result:
@@ -210,9 +200,8 @@ async def test_the_relay_runs_on_its_own_beside_workers_without_one(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     await insert_customer(db, "cus_rel", invoice_prefix="REL1")
-    env = {**environment(settings), "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id}
     relay = await asyncio.create_subprocess_exec(
-        CLI, "relay", env={**env, "HTTP_PORT": "0"}, stdout=asyncio.subprocess.DEVNULL
+        CLI, "relay", env=environment(settings), stdout=asyncio.subprocess.DEVNULL
     )
     try:
         async with running_worker(settings.model_copy(update={"relay_enabled": False})) as worker:

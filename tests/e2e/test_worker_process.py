@@ -20,19 +20,7 @@ CLI = str(Path(sys.executable).parent / "customer-service")
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "KAFKA_CONSUMER_GROUP": settings.kafka_consumer_group,
-        "TOPIC_COMMANDS": settings.topic_commands,
-        "TOPIC_EVENTS": settings.topic_events,
-        "TOPIC_REJECTIONS": settings.topic_rejections,
-        "TOPIC_DEAD_LETTERS": settings.topic_dead_letters,
-        "RELAY_TRANSACTIONAL_ID": settings.relay_transactional_id,
-        "LOG_FORMAT": "json",
-        "HTTP_PORT": "0",
-    }
+    return {**os.environ, **settings.environment(), "LOG_FORMAT": "json"}
 
 
 @pytest.fixture

@@ -1,0 +1,59 @@
+"""SASL settings reach every Kafka client of the service, against a real authenticating
+listener (the native broker's SASL_PLAINTEXT listener)."""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+import pytest
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
+
+from devstack.stack import Stack, native_kafka
+from schemas.event import CustomerUpdatedEvent
+from service.client import CommandSender, build_command
+from service.settings import Settings
+from tests.support import insert_customer, running_worker
+
+
+@pytest.fixture
+def sasl(stack: Stack, settings: Settings) -> Settings:
+    if stack.kafka_source != "native":
+        pytest.skip("the authenticating listener is part of the native stack only")
+    broker = native_kafka(os.environ)
+    credentials = broker.sasl_credentials()
+    return settings.model_copy(
+        update={
+            "kafka_bootstrap_servers": broker.sasl_bootstrap_servers(),
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_username": credentials.username,
+            "kafka_sasl_password": SecretStr(credentials.password),
+        }
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_consumer_relay_admin_and_client_authenticate(
+    sasl: Settings, db: asyncpg.Connection, mechanism: str
+) -> None:
+    secured = sasl.model_copy(update={"kafka_sasl_mechanism": mechanism})
+    await insert_customer(db, "cus_sasl", invoice_prefix="SASL1")
+    command = build_command(
+        "cus_sasl", {"name": f"Over {mechanism}"}, source="tests", principal="svc-tests"
+    )
+
+    async with running_worker(secured), CommandSender(secured) as sender:
+        outcome = await sender.send_and_wait(command, within=60)
+
+    assert isinstance(outcome, CustomerUpdatedEvent)
+    assert outcome.data.object.name == f"Over {mechanism}"
+
+
+async def test_a_wrong_password_is_refused_by_the_broker(sasl: Settings) -> None:
+    wrong = sasl.model_copy(
+        update={"kafka_sasl_mechanism": "SCRAM-SHA-256", "kafka_sasl_password": SecretStr("nope")}
+    )
+    with pytest.raises(KafkaError):
+        async with CommandSender(wrong):
+            pass
