@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from service import failpoints
 from service.adapters import kafka
@@ -21,9 +24,12 @@ from service.http import Health, HttpServer, build_app
 from service.metrics import Metrics
 from service.processing import BatchProcessor, ProcessorConfig
 from service.relay import OutboxRelay, RelayConfig
+from service.retrying import retrying
 from service.settings import Settings
 from service.tracing import configure_tracing
 from service.worker import CommandWorker, WorkerConfig
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -95,11 +101,18 @@ class WorkerProcess:
         """Run until ``stopping`` is set; then finish the batch in flight, leave the
         group, publish what is left in the outbox and close everything."""
         settings = self.settings
-        pool = await create_pool(
-            settings.database_url.get_secret_value(),
-            size=settings.database_pool_size,
-            command_timeout=settings.database_command_timeout,
+        pool = await until_reachable(
+            "database",
+            lambda: create_pool(
+                settings.database_url.get_secret_value(),
+                size=settings.database_pool_size,
+                command_timeout=settings.database_command_timeout,
+            ),
+            settings,
+            stopping,
         )
+        if pool is None:
+            return
         health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
         server = HttpServer(build_app(health, self.metrics), settings.http_host, settings.http_port)
         try:
@@ -142,7 +155,20 @@ class WorkerProcess:
             build_authorizer(settings),
             tracing=self.tracing,
         )
-        consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
+
+        async def started_consumer() -> AIOKafkaConsumer:
+            consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            return consumer
+
+        consumer = await until_reachable("kafka", started_consumer, settings, stopping)
+        if consumer is None:
+            relay_stopping.set()
+            return
         worker = CommandWorker(
             consumer,
             processor,
@@ -159,7 +185,6 @@ class WorkerProcess:
         )
         health.assigned_partitions = lambda: len(worker.assignment)
         try:
-            await consumer.start()
             worker.subscribe()
             health.running = True
             log.info("worker_started", topic=settings.topic_commands, http_port=self.http_port)
@@ -172,6 +197,34 @@ class WorkerProcess:
             log.info("worker_stopped")
 
 
+async def until_reachable(
+    what: str, connect: Callable[[], Awaitable[T]], settings: Settings, stopping: asyncio.Event
+) -> T | None:
+    """``connect()``, retried with backoff while ``what`` is unreachable, so that a worker
+    started before its database or broker waits for them instead of crashing. None when
+    asked to stop first."""
+    attempts = retrying(
+        on=(*TRANSIENT_ERRORS, KafkaError),
+        initial_delay=settings.retry_initial_delay,
+        max_delay=settings.retry_max_delay,
+        stopping=stopping,
+        before_sleep=lambda state: log.warning(
+            f"waiting_for_{what}",
+            attempt=state.attempt_number,
+            error=repr(state.outcome.exception()) if state.outcome else None,
+        ),
+        give_up=stopping.is_set,
+    )
+    try:
+        async for attempt in attempts:
+            with attempt:
+                return await connect()
+    except (*TRANSIENT_ERRORS, KafkaError):
+        if not stopping.is_set():
+            raise
+    return None
+
+
 async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
     await WorkerProcess(settings).run(stopping)
 
@@ -181,11 +234,18 @@ async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
     relay apart from the consumers, whose RELAY_ENABLED is then false."""
     metrics = Metrics()
     tracing = configure_tracing(settings)
-    pool = await create_pool(
-        settings.database_url.get_secret_value(),
-        size=2,
-        command_timeout=settings.database_command_timeout,
+    pool = await until_reachable(
+        "database",
+        lambda: create_pool(
+            settings.database_url.get_secret_value(),
+            size=2,
+            command_timeout=settings.database_command_timeout,
+        ),
+        settings,
+        stopping,
     )
+    if pool is None:
+        return
     health = Health(pool=pool, stuck_after=float("inf"), running=True, needs_partitions=False)
     server = HttpServer(build_app(health, metrics), settings.http_host, settings.http_port)
     try:

@@ -71,3 +71,36 @@ async def test_sigterm_stops_the_worker_cleanly(
     assert code == 0
     assert worker_process.stdout is not None
     assert b'"worker_stopped"' in worker_process.stdout.read()
+
+
+async def test_a_worker_started_before_its_database_waits_for_it(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from devstack.processes import free_port
+    from tests.support import TcpForwarder
+
+    await insert_customer(db, "cus_late", invoice_prefix="LATE1")
+    real = urlsplit(settings.database_url.get_secret_value())
+    assert real.hostname is not None
+    assert real.port is not None
+    forwarder = TcpForwarder(real.hostname, real.port, free_port())
+    late = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    env = {**_env(settings), "DATABASE_URL": late}
+    process = await asyncio.create_subprocess_exec(
+        CLI, "worker", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        waiting = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        assert b'"waiting_for_database"' in waiting
+        await forwarder.open()
+        await produce_commands(settings, [command("cus_late", {"name": "Worth the wait"})])
+        async with TopicReader(settings, [settings.topic_events]) as reader:
+            [event] = await reader.wait_for_count(settings.topic_events, 1, within=60)
+        assert event.json()["data"]["object"]["name"] == "Worth the wait"
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=60)
+        await forwarder.close()
