@@ -197,10 +197,10 @@ class NativeKafka:
         ports: dict[str, int] = {}
         if self.ports_file.exists():
             ports = json.loads(self.ports_file.read_text())
-        missing = {"broker", "controller", "sasl"} - set(ports)
-        if missing and not allocate:
+        elif not allocate:
             raise KafkaSetupError("the native broker has never been started")
-        if missing:
+        missing = {"broker", "controller", "sasl"} - set(ports)
+        if missing and allocate:
             self.home.mkdir(parents=True, exist_ok=True)
             ports.update({name: processes.free_port(HOST) for name in missing})
             self.ports_file.write_text(json.dumps(ports))
@@ -208,7 +208,13 @@ class NativeKafka:
 
     def sasl_bootstrap_servers(self) -> str:
         """The listener that requires SASL (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)."""
-        return f"{HOST}:{self._ports()['sasl']}"
+        port = self._ports().get("sasl")
+        if port is None:
+            raise KafkaSetupError(
+                "this broker was started before it had a SASL listener; restart it "
+                "(python -m devstack down, then up)"
+            )
+        return f"{HOST}:{port}"
 
     def sasl_credentials(self, *, create: bool = False) -> SaslCredentials:
         """The local SASL user, made up when the storage is first formatted (never kept in
