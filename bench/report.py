@@ -130,6 +130,10 @@ def rss_figures(samples: Sequence[tuple[float, int]], *, warmup_seconds: float) 
         "rss_max_mib": _mib(max(kib for _, kib in samples)),
         "rss_slope_mib_per_hour": round(per_second * 3600, 2),
         "rss_slope_warmup_seconds": warmup_seconds,
+        # The last sample of each minute: the shape a slope alone hides (a plateau or not).
+        "rss_mib_by_minute": [
+            _mib(kib) for _, kib in {int(t // 60): (t, kib) for t, kib in samples}.values()
+        ],
     }
 
 

@@ -288,6 +288,8 @@ def test_rss_figures_report_the_slope_after_the_warmup() -> None:
     assert figures["rss_max_mib"] == figures["rss_end_mib"]
     assert figures["rss_slope_mib_per_hour"] == pytest.approx(60, abs=0.5)
     assert figures["samples"] == len(samples)
+    assert figures["rss_mib_by_minute"][:3] == [100.0, 100.92, 101.92]
+    assert len(figures["rss_mib_by_minute"]) == 11
     assert rss_figures([], warmup_seconds=0) == {"samples": 0}
 
 
