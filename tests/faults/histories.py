@@ -31,6 +31,7 @@ from service.domain.events import (
     updated_message,
 )
 from service.domain.inbound import Limits, classify
+from tests.unit.builders import customer as stored_customer
 
 TOPICS = Topics()
 GROUP = "checker-tests"
@@ -39,23 +40,9 @@ PARTITIONS = {"cus_1": 0, "cus_2": 1, None: 2}
 
 
 def customer(customer_id: str, **changes: Any) -> CustomerState:
-    base = CustomerState(
-        id=customer_id,
-        created=1_700_000_000,
-        delinquent=False,
-        address=None,
-        description=None,
-        email=None,
-        invoice_prefix=f"PFX{customer_id[-1]}",
-        next_invoice_sequence=1,
-        name=None,
-        phone=None,
-        preferred_locales=(),
-        tax_exempt="none",
-        last_invoice_sequence=0,
-        version=1,
+    return stored_customer(
+        **{"id": customer_id, "invoice_prefix": f"PFX{customer_id[-1]}", **changes}
     )
-    return dataclasses.replace(base, **changes)
 
 
 def document(
