@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +236,7 @@ class NativeKafka:
         return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-cp", f"{self.libs}/*"]
 
     def _format(self, credentials: SaslCredentials) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         # SCRAM users live in the cluster metadata, written when storage is formatted.
         scram = [
             argument
@@ -309,6 +310,18 @@ class NativeKafka:
         }
         text = "".join(f"{key}={value}\n" for key, value in properties.items())
         self.properties_file.write_text(text)
+
+
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A cluster id as Kafka's own `Uuid.randomUuid` makes it: base64url of 16 random bytes.
+
+    Like Kafka, refuse an id that starts with "-": StorageTool's argument parser would take
+    it for an option and fail the format (one id in 64 does).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _java_env() -> dict[str, str]:
