@@ -145,6 +145,16 @@ class Worker:
         if self.running:
             os.kill(self.pid, signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen, as by a long GC pause or a stalled VM; its
+        connections stay open and its transaction, if any, stays open with them."""
+        if self.running:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            os.kill(self.pid, signal.SIGCONT)
+
     async def wait_exit(self, *, within: float) -> int | None:
         deadline = time.monotonic() + within
         while self.returncode is None:

@@ -163,6 +163,31 @@ async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
     )
 
 
+async def _worker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.35)
+    in_flight = await env.batch_in_flight(within=10)
+    frozen = env.workers[0]
+    revoked = env.logged("partitions_revoked")
+    frozen.pause()
+    where = "with a batch transaction open" if in_flight else "(no batch open)"
+    env.fault(f"SIGSTOP {frozen.name} {where} at {load.progress:.0%} of the load")
+    try:
+        # Held past the session timeout, so the group gives its partitions to the other
+        # worker while it still believes it owns them.
+        await asyncio.sleep(SESSION_TIMEOUT + 5)
+        rebalances = env.logged("partitions_revoked") - revoked
+    finally:
+        frozen.resume()
+    env.fault(f"SIGCONT {frozen.name} after {SESSION_TIMEOUT + 5:.0f}s")
+    if rebalances:
+        env.notes.append(f"the group rebalanced {rebalances} time(s) while {frozen.name} slept")
+    else:
+        env.violation(
+            "fault_not_injected", f"the group did not rebalance while {frozen.name} was frozen"
+        )
+    await load.reached(1.0)
+
+
 async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
     env.fault("poison records mixed into the load")
 
@@ -247,6 +272,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "SIGSTOP the Kafka broker for longer than the session timeout, then SIGCONT",
         partitions=3,
         inject=_broker_pause,
+    ),
+    Scenario(
+        "worker-pause",
+        "SIGSTOP one of two workers for longer than the session timeout, then SIGCONT: "
+        "the frozen member wakes up after its partitions have moved",
+        partitions=6,
+        inject=_worker_pause,
+        workers=2,
     ),
     Scenario(
         "poison",
