@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -205,6 +206,17 @@ class Worker:
 # -- reading topics --------------------------------------------------------------------------
 
 
+def _session_name(slot: int) -> str:
+    return f"faults-worker-{slot}"
+
+
+def _with_application_name(url: str, name: str) -> str:
+    """asyncpg passes query parameters it does not know on as server settings."""
+    parts = urlsplit(url)
+    query = urlencode([*parse_qsl(parts.query), ("application_name", name)])
+    return urlunsplit(parts._replace(query=query))
+
+
 def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -351,7 +363,8 @@ class ScenarioEnv:
                 "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                 "KAFKA_CLIENT_ID": f"faults-{self.name}-w{slot}",
                 "KAFKA_CONSUMER_GROUP": s.kafka_consumer_group,
-                "DATABASE_URL": self.database_url,
+                # Named, so that the harness can tell its sessions apart in pg_stat_activity.
+                "DATABASE_URL": _with_application_name(self.database_url, _session_name(slot)),
                 "TOPIC_COMMANDS": s.topic_commands,
                 "TOPIC_EVENTS": s.topic_events,
                 "TOPIC_REJECTIONS": s.topic_rejections,
@@ -494,6 +507,51 @@ class ScenarioEnv:
             return False
         finally:
             await connection.close()
+
+    async def _in_batch(self, connection: asyncpg.Connection, slot: int) -> bool:
+        found: int = await connection.fetchval(
+            """
+            SELECT count(*) FROM pg_stat_activity
+            WHERE datname = $1 AND application_name = $2
+              AND xact_start IS NOT NULL
+              AND state IN ('active', 'idle in transaction')
+              AND query LIKE ANY($3::text[])
+            """,
+            self.database,
+            _session_name(slot),
+            list(_BATCH_STATEMENTS),
+        )
+        return found > 0
+
+    async def freeze_in_batch(self, worker: Worker, *, within: float) -> bool:
+        """SIGSTOP ``worker`` inside one of its batch transactions: wait until it has one
+        open, stop it, and check that the transaction is still open (a stopped process
+        cannot end it). When the stop came just too late, let it go on and try again.
+        Returns whether it was caught inside a transaction; it is stopped either way."""
+        deadline = time.monotonic() + within
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            while True:
+                if await self._in_batch(connection, worker.slot):
+                    worker.pause()
+                    if await self._in_batch(connection, worker.slot):
+                        return True
+                    if time.monotonic() > deadline:
+                        return False
+                    worker.resume()
+                elif time.monotonic() > deadline:
+                    worker.pause()
+                    return False
+                await asyncio.sleep(0.001)
+        finally:
+            await connection.close()
+
+    async def still_in_batch(self, worker: Worker) -> bool:
+        async def run(connection: asyncpg.Connection) -> bool:
+            return await self._in_batch(connection, worker.slot)
+
+        result: bool = await self.query(run)
+        return result
 
     async def terminate_backends(self) -> int:
         """End every session of the scenario's database but the harness's own."""

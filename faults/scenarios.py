@@ -165,20 +165,23 @@ async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
 
 async def _worker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
     await load.reached(0.35)
-    in_flight = await env.batch_in_flight(within=10)
     frozen = env.workers[0]
     revoked = env.logged("partitions_revoked")
-    frozen.pause()
-    where = "with a batch transaction open" if in_flight else "(no batch open)"
+    in_batch = await env.freeze_in_batch(frozen, within=30)
+    where = "inside a batch transaction" if in_batch else "(no batch transaction caught open)"
     env.fault(f"SIGSTOP {frozen.name} {where} at {load.progress:.0%} of the load")
     try:
         # Held past the session timeout, so the group gives its partitions to the other
-        # worker while it still believes it owns them.
+        # worker while the frozen one still holds its transaction and its row locks.
         await asyncio.sleep(SESSION_TIMEOUT + 5)
         rebalances = env.logged("partitions_revoked") - revoked
+        if in_batch and not await env.still_in_batch(frozen):
+            env.violation("fault_not_injected", f"{frozen.name}'s transaction ended while frozen")
     finally:
         frozen.resume()
     env.fault(f"SIGCONT {frozen.name} after {SESSION_TIMEOUT + 5:.0f}s")
+    if not in_batch:
+        env.violation("fault_not_injected", f"{frozen.name} was never caught inside a batch")
     if rebalances:
         env.notes.append(f"the group rebalanced {rebalances} time(s) while {frozen.name} slept")
     else:
