@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/customer_service")
     database_pool_size: Annotated[int, Field(ge=2)] = 10
     database_command_timeout: Annotated[float, Field(gt=0)] = 30.0
+    database_idle_in_transaction_timeout: Annotated[float, Field(ge=0)] = 30.0
 
     # -- Worker ------------------------------------------------------------------------
     batch_max_records: Annotated[int, Field(ge=1, le=10_000)] = 500

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -221,6 +223,43 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def freeze_until_session_ends(database_url: str, backend: int, *, within: float = 10.0) -> None:
+    """Block the calling event loop, as a frozen process would be, until PostgreSQL has
+    ended session ``backend`` (its idle-in-transaction timeout, say). The waiting runs on
+    its own thread and connection; the caller's loop learns of the loss only afterwards."""
+    failure: list[BaseException] = []
+
+    async def wait() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await eventually(
+                lambda: _session_gone(connection, backend),
+                within=within,
+                what=f"the server to end session {backend}",
+            )
+        finally:
+            await connection.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(wait())
+        except BaseException as exc:  # re-raised on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="freeze")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+async def _session_gone(connection: asyncpg.Connection, backend: int) -> bool:
+    count = await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend
+    )
+    return bool(count == 0)
 
 
 class TcpForwarder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import asyncpg
 import orjson
@@ -27,18 +27,35 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # Raised client-side when a connection is unusable (closed under us, or left busy by
     # an interrupted operation); a fresh connection is the cure.
     asyncpg.InterfaceError,
+    # Raised for a statement caught half-way when the session ended under it (a worker
+    # waking from a freeze past the idle-in-transaction timeout).
+    asyncpg.exceptions._base.InternalClientError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.LockNotAvailableError,
+    # The server ends a session that sits idle inside a transaction (see create_pool); a
+    # statement sent just as it does gets this, a later one finds the connection closed.
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     OSError,
     TimeoutError,
 )
 
 
-async def create_pool(url: str, *, size: int, command_timeout: float) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, size: int, command_timeout: float, idle_in_transaction_timeout: float
+) -> asyncpg.Pool:
+    """``idle_in_transaction_timeout`` bounds how long a stalled client (a frozen process,
+    a paused VM) can keep a batch transaction, and the row locks its successor needs,
+    open: PostgreSQL ends such a session, and the worker retries on a new one."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=1, max_size=size, command_timeout=command_timeout
+        url,
+        min_size=1,
+        max_size=size,
+        command_timeout=command_timeout,
+        server_settings={
+            "idle_in_transaction_session_timeout": str(round(idle_in_transaction_timeout * 1000))
+        },
     )
     return pool
 
@@ -324,8 +341,10 @@ async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> i
 async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
     """One transaction: committed if the block finishes, rolled back if it raises.
 
-    The block's own error is what propagates: when the server ended the session, the
-    rollback is skipped rather than replacing that error with "connection is closed".
+    The block's own error is what propagates, since it is what tells a transient failure
+    from a permanent one. When the server has ended the session the rollback fails too
+    (in one of several ways, depending on how far asyncpg has noticed), and that second
+    error must not replace the first; the pool discards the broken connection.
     """
     async with pool.acquire() as connection:
         transaction = connection.transaction()
@@ -333,7 +352,7 @@ async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
         try:
             yield BatchStore(connection)
         except BaseException:
-            if not connection.is_closed():
+            with suppress(Exception):
                 await transaction.rollback()
             raise
         await transaction.commit()

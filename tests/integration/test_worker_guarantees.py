@@ -19,6 +19,7 @@ from tests.support import (
     TopicReader,
     command,
     event_topics,
+    freeze_until_session_ends,
     insert_customer,
     produce,
     produce_commands,
@@ -292,6 +293,50 @@ async def test_a_transient_database_failure_is_retried_without_loss_or_duplicate
     ]
     assert _versions(reader, settings, "cus_t") == list(range(2, 12))
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_it(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen inside a batch transaction past DATABASE_IDLE_IN_TRANSACTION_TIMEOUT, the
+    worker wakes to a session the server has ended. asyncpg then reports the statement
+    it had under way as an InternalClientError (as seen in the fault suite's
+    worker-pause scenario), and the rollback fails as well. That is a lost connection:
+    the batch is retried, even a batch of one command, which a permanent error would
+    park in the dead-letter topic."""
+    from asyncpg.exceptions._base import InternalClientError
+
+    from service.adapters.postgres import BatchStore
+
+    settings = settings.model_copy(update={"database_idle_in_transaction_timeout": 0.2})
+    await insert_customer(db, "cus_woke", invoice_prefix="WOK1")
+    only = command("cus_woke", {"name": "Woken"})
+    original = BatchStore.save_outbox
+    freezes = {"left": 1}
+
+    async def save_outbox_then_freeze(self: BatchStore, messages: Any) -> None:
+        await original(self, messages)
+        if freezes["left"]:
+            freezes["left"] -= 1
+            backend = await self._connection.fetchval("SELECT pg_backend_pid()")
+            freeze_until_session_ends(settings.database_url.get_secret_value(), backend)
+            raise InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+
+    monkeypatch.setattr(BatchStore, "save_outbox", save_outbox_then_freeze)
+    async with running_worker(settings) as worker:
+        await produce_commands(settings, [only])
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            await reader.wait_until(
+                lambda r: bool(r.on(settings.topic_events) or r.on(settings.topic_dead_letters)),
+                what="the command's outcome",
+            )
+
+    assert freezes["left"] == 0
+    assert reader.on(settings.topic_dead_letters) == []
+    assert [b["causationid"] for b in _bodies(reader, settings.topic_events)] == [only["id"]]
+    assert await db.fetchval("SELECT name FROM customers WHERE id = 'cus_woke'") == "Woken"
 
 
 async def test_a_batch_slower_than_the_batch_timeout_is_rolled_back_and_retried(
