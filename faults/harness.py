@@ -195,6 +195,14 @@ class Worker:
     def logged(self, name: str) -> int:
         return sum(1 for event in self.events() if event.get("event") == name)
 
+    def assigned(self) -> set[int]:
+        """The partitions of its latest assignment, as it logged them."""
+        latest: list[str] = []
+        for event in self.events():
+            if event.get("event") == "partitions_assigned":
+                latest = event.get("partitions") or []
+        return {int(name.rsplit("-", 1)[1]) for name in latest}
+
     def tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -273,6 +281,8 @@ class ScenarioEnv:
     violations: list[Violation] = field(default_factory=list)
     unplanned_exits: int = 0
     seeded: dict[str, CustomerState] = field(default_factory=dict)
+    #: Environment of every worker on top of the harness's own (a scenario's settings).
+    worker_settings: dict[str, str] = field(default_factory=dict)
     _supervisor: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -382,6 +392,7 @@ class ScenarioEnv:
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
+                **self.worker_settings,
             }
         )
         return env

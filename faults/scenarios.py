@@ -44,6 +44,8 @@ class Scenario:
     #: Share of the load sent before the first workers start, so that their first
     #: batches are full ones (a crash then has a whole batch to redeliver).
     backlog: float = 0.0
+    #: Settings (environment variables) of every worker, on top of the harness's.
+    worker_settings: tuple[tuple[str, str], ...] = ()
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -164,19 +166,38 @@ async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
 
 
 async def _worker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
+    await _freeze_a_worker(env, load, server_ends_transaction=False)
+
+
+async def _worker_pause_past_idle_timeout(env: ScenarioEnv, load: LoadProducer) -> None:
+    await _freeze_a_worker(env, load, server_ends_transaction=True)
+
+
+async def _freeze_a_worker(
+    env: ScenarioEnv, load: LoadProducer, *, server_ends_transaction: bool
+) -> None:
+    """Freeze worker 0 inside one of its batch transactions past the session timeout.
+
+    Either its transaction outlives the pause, and the worker that takes over its
+    partitions waits on whatever rows it had locked until the frozen one wakes up and
+    commits; or PostgreSQL's idle-in-transaction timeout ends it, and the successor goes
+    on while the frozen worker still sleeps. Either way the stored positions must keep
+    the woken worker from applying anything twice."""
     await load.reached(0.35)
     frozen = env.workers[0]
+    owned = frozen.assigned()
     revoked = env.logged("partitions_revoked")
     in_batch = await env.freeze_in_batch(frozen, within=30)
     where = "inside a batch transaction" if in_batch else "(no batch transaction caught open)"
     env.fault(f"SIGSTOP {frozen.name} {where} at {load.progress:.0%} of the load")
+    before = await env.positions()
     try:
         # Held past the session timeout, so the group gives its partitions to the other
-        # worker while the frozen one still holds its transaction and its row locks.
+        # worker while the frozen one still believes it owns them.
         await asyncio.sleep(SESSION_TIMEOUT + 5)
         rebalances = env.logged("partitions_revoked") - revoked
-        if in_batch and not await env.still_in_batch(frozen):
-            env.violation("fault_not_injected", f"{frozen.name}'s transaction ended while frozen")
+        still_open = await env.still_in_batch(frozen)
+        after = await env.positions()
     finally:
         frozen.resume()
     env.fault(f"SIGCONT {frozen.name} after {SESSION_TIMEOUT + 5:.0f}s")
@@ -187,6 +208,29 @@ async def _worker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
     else:
         env.violation(
             "fault_not_injected", f"the group did not rebalance while {frozen.name} was frozen"
+        )
+    moved = sorted(p for p in owned if after.get(p, 0) > before.get(p, 0))
+    if server_ends_transaction:
+        if still_open:
+            env.violation(
+                "stalled", f"PostgreSQL did not end {frozen.name}'s idle transaction in time"
+            )
+        if not moved:
+            env.violation(
+                "stalled",
+                f"no partition of {frozen.name} ({sorted(owned)}) moved on while it was frozen",
+            )
+        env.notes.append(
+            f"PostgreSQL ended the frozen transaction; partitions {moved} of {frozen.name} "
+            "moved on while it slept"
+        )
+    else:
+        if in_batch and not still_open:
+            env.violation("fault_not_injected", f"{frozen.name}'s transaction ended while frozen")
+        env.notes.append(
+            f"the frozen transaction stayed open for the whole pause; partitions {moved} "
+            f"of {frozen.name}'s {sorted(owned)} moved on meanwhile (the others waited on "
+            "its locks)"
         )
     await load.reached(1.0)
 
@@ -283,6 +327,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         partitions=6,
         inject=_worker_pause,
         workers=2,
+    ),
+    Scenario(
+        "worker-pause-idle-timeout",
+        "as worker-pause, with DATABASE_IDLE_IN_TRANSACTION_TIMEOUT=3: PostgreSQL ends the "
+        "frozen transaction and the other worker goes on without waiting for it to wake",
+        partitions=6,
+        inject=_worker_pause_past_idle_timeout,
+        workers=2,
+        worker_settings=(("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3"),),
     ),
     Scenario(
         "poison",
@@ -410,7 +463,15 @@ async def run_scenario(
         progress(f"[{scenario.name}] {message}")
 
     started = time.monotonic()
-    env = ScenarioEnv(stack, scenario.name, scenario.partitions, config, run_dir, progress=say)
+    env = ScenarioEnv(
+        stack,
+        scenario.name,
+        scenario.partitions,
+        config,
+        run_dir,
+        progress=say,
+        worker_settings=dict(scenario.worker_settings),
+    )
     load: LoadProducer | None = None
     result = CheckResult()
     try:
