@@ -7,12 +7,16 @@ become dead letters; and none of it stops the worker.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from asyncpg.exceptions._base import InternalClientError
 
+from service.adapters.postgres import BatchStore
 from service.settings import Settings
 from service.worker import CommandWorker
 from tests.support import (
@@ -25,6 +29,27 @@ from tests.support import (
     produce_commands,
     running_worker,
 )
+
+
+@dataclass
+class FaultAfterOutbox:
+    """Runs ``fault`` inside the batch transaction, right after the outbox rows are
+    written, for the next ``times`` batches."""
+
+    fault: Callable[[BatchStore], Awaitable[None]]
+    times: int
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FaultAfterOutbox:
+        original = BatchStore.save_outbox
+
+        async def save_outbox_then_fault(store: BatchStore, messages: Any) -> None:
+            await original(store, messages)
+            if self.times:
+                self.times -= 1
+                await self.fault(store)
+
+        monkeypatch.setattr(BatchStore, "save_outbox", save_outbox_then_fault)
+        return self
 
 
 def _bodies(reader: TopicReader, topic: str) -> list[dict[str, Any]]:
@@ -261,21 +286,14 @@ async def test_redelivery_after_a_crash_between_database_and_offset_commit_appli
 async def test_a_transient_database_failure_is_retried_without_loss_or_duplicates(
     settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.adapters.postgres import BatchStore
-
     await insert_customer(db, "cus_t", invoice_prefix="TRA1")
     commands = [command("cus_t", {"description": f"t{n}"}) for n in range(10)]
-    original = BatchStore.save_outbox
-    failures = {"left": 3}
 
-    async def save_outbox_then_lose_the_connection(self: BatchStore, messages: Any) -> None:
-        await original(self, messages)
-        if failures["left"]:
-            failures["left"] -= 1
-            # A real failure from the server: it ends this session mid-transaction.
-            await self._connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    async def lose_the_connection(store: BatchStore) -> None:
+        # A real failure from the server: it ends this session mid-transaction.
+        await store._connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
-    monkeypatch.setattr(BatchStore, "save_outbox", save_outbox_then_lose_the_connection)
+    failures = FaultAfterOutbox(lose_the_connection, times=3).install(monkeypatch)
     async with running_worker(settings) as worker:
         await produce_commands(settings, commands)
         async with TopicReader(settings, event_topics(settings), worker) as reader:
@@ -287,7 +305,7 @@ async def test_a_transient_database_failure_is_retried_without_loss_or_duplicate
                 what="the last command's event",
             )
 
-    assert failures["left"] == 0
+    assert failures.times == 0
     assert [b["causationid"] for b in _bodies(reader, settings.topic_events)] == [
         c["id"] for c in commands
     ]
@@ -304,27 +322,16 @@ async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_
     worker-pause scenario), and the rollback fails as well. That is a lost connection:
     the batch is retried, even a batch of one command, which a permanent error would
     park in the dead-letter topic."""
-    from asyncpg.exceptions._base import InternalClientError
-
-    from service.adapters.postgres import BatchStore
-
     settings = settings.model_copy(update={"database_idle_in_transaction_timeout": 0.2})
     await insert_customer(db, "cus_woke", invoice_prefix="WOK1")
     only = command("cus_woke", {"name": "Woken"})
-    original = BatchStore.save_outbox
-    freezes = {"left": 1}
 
-    async def save_outbox_then_freeze(self: BatchStore, messages: Any) -> None:
-        await original(self, messages)
-        if freezes["left"]:
-            freezes["left"] -= 1
-            backend = await self._connection.fetchval("SELECT pg_backend_pid()")
-            freeze_until_session_ends(settings.database_url.get_secret_value(), backend)
-            raise InternalClientError(
-                "cannot switch to state 12; another operation (2) is in progress"
-            )
+    async def freeze_and_wake(store: BatchStore) -> None:
+        backend = await store._connection.fetchval("SELECT pg_backend_pid()")
+        freeze_until_session_ends(settings.database_url.get_secret_value(), backend)
+        raise InternalClientError("cannot switch to state 12; another operation (2) is in progress")
 
-    monkeypatch.setattr(BatchStore, "save_outbox", save_outbox_then_freeze)
+    freezes = FaultAfterOutbox(freeze_and_wake, times=1).install(monkeypatch)
     async with running_worker(settings) as worker:
         await produce_commands(settings, [only])
         async with TopicReader(settings, event_topics(settings), worker) as reader:
@@ -333,7 +340,7 @@ async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_
                 what="the command's outcome",
             )
 
-    assert freezes["left"] == 0
+    assert freezes.times == 0
     assert reader.on(settings.topic_dead_letters) == []
     assert [b["causationid"] for b in _bodies(reader, settings.topic_events)] == [only["id"]]
     assert await db.fetchval("SELECT name FROM customers WHERE id = 'cus_woke'") == "Woken"
@@ -342,26 +349,19 @@ async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_
 async def test_a_batch_slower_than_the_batch_timeout_is_rolled_back_and_retried(
     settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.adapters.postgres import BatchStore
-
     await insert_customer(db, "cus_slow", invoice_prefix="SLO1")
     sent = command("cus_slow", {"name": "Eventually"})
-    original = BatchStore.save_outbox
-    stalls = {"left": 1}
 
-    async def stall_once(self: BatchStore, messages: Any) -> None:
-        await original(self, messages)
-        if stalls["left"]:
-            stalls["left"] -= 1
-            await self._connection.execute("SELECT pg_sleep(120)")
+    async def stall(store: BatchStore) -> None:
+        await store._connection.execute("SELECT pg_sleep(120)")
 
-    monkeypatch.setattr(BatchStore, "save_outbox", stall_once)
+    stalls = FaultAfterOutbox(stall, times=1).install(monkeypatch)
     quick = settings.model_copy(update={"batch_timeout": 1.0})
     async with running_worker(quick) as worker:
         await produce_commands(settings, [sent])
         async with TopicReader(settings, event_topics(settings), worker) as reader:
             [event] = await reader.wait_for_count(settings.topic_events, 1)
 
-    assert stalls["left"] == 0
+    assert stalls.times == 0
     assert event.json()["causationid"] == sent["id"]
     assert await db.fetchval("SELECT version FROM customers WHERE id = 'cus_slow'") == 2
