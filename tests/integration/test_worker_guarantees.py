@@ -7,6 +7,7 @@ become dead letters; and none of it stops the worker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,11 +15,14 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from asyncpg.exceptions._base import InternalClientError
 
+from service.adapters.kafka import connection_options
 from service.adapters.postgres import BatchStore
 from service.settings import Settings
-from service.worker import CommandWorker
+from service.worker import OffsetCommits
 from tests.support import (
     TopicReader,
     command,
@@ -253,10 +257,10 @@ async def test_redelivery_after_a_crash_between_database_and_offset_commit_appli
     class SimulatedCrashError(Exception):
         """The process dies after the database commit, before the offset commit."""
 
-    async def crash(self: CommandWorker, offsets: object) -> None:
+    def crash(self: OffsetCommits, offsets: object) -> None:
         raise SimulatedCrashError
 
-    monkeypatch.setattr(CommandWorker, "_commit", crash)
+    monkeypatch.setattr(OffsetCommits, "submit", crash)
     with pytest.raises(ExceptionGroup) as crashed:
         async with running_worker(settings) as task:
             await task
@@ -365,3 +369,49 @@ async def test_a_batch_slower_than_the_batch_timeout_is_rolled_back_and_retried(
     assert stalls.times == 0
     assert event.json()["causationid"] == sent["id"]
     assert await db.fetchval("SELECT version FROM customers WHERE id = 'cus_slow'") == 2
+
+
+async def test_batches_do_not_wait_for_kafka_commits_and_stopping_finishes_them(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Kafka offset commit is held back until the worker starts to stop. All the
+    commands are still processed meanwhile (the database positions are the fence, not
+    Kafka's offsets), and stopping waits for the held commit, so Kafka's offsets match
+    the database's positions once the worker is gone."""
+    gate = asyncio.Event()
+    commit, flush = AIOKafkaConsumer.commit, OffsetCommits.flush
+
+    async def commit_when_stopping(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        await gate.wait()
+        await commit(self, offsets)
+
+    async def open_the_gate_then_flush(self: OffsetCommits) -> None:
+        if self._sending is not None and not self._sending.done():
+            gate.set()  # not on the empty revocation before the first assignment
+        await flush(self)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", commit_when_stopping)
+    monkeypatch.setattr(OffsetCommits, "flush", open_the_gate_then_flush)
+    await insert_customer(db, "cus_off", invoice_prefix="OFF1")
+    commands = [command("cus_off", {"description": f"o{n}"}) for n in range(30)]
+    async with running_worker(settings) as worker:
+        produced = await produce_commands(settings, commands)
+        async with TopicReader(settings, event_topics(settings), worker) as reader:
+            await reader.wait_for_count(settings.topic_events, len(commands))
+        assert not gate.is_set()
+
+    expected: dict[int, int] = {}
+    for record in produced:
+        expected[record.partition] = max(expected.get(record.partition, 0), record.offset + 1)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.kafka_consumer_group)
+    finally:
+        await admin.close()
+    assert {tp.partition: meta.offset for tp, meta in committed.items()} == expected
+    positions = await db.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1",
+        settings.kafka_consumer_group,
+    )
+    assert {row["partition"]: row["next_offset"] for row in positions} == expected
