@@ -63,7 +63,11 @@ def build_relay(settings: Settings, metrics: Metrics | None = None) -> OutboxRel
             drain_timeout=settings.relay_drain_timeout,
         ),
         producer_factory=lambda: kafka.event_producer(
-            settings, transactional_id=settings.relay_transactional_id
+            settings,
+            transactional_id=settings.relay_transactional_id,
+            # The relay hands over whole record batches (all rows it read at once); a
+            # linger would only hold each of them back for its duration.
+            linger_ms=0,
         ),
         consumer_factory=lambda: AIOKafkaConsumer(
             **kafka.connection_options(settings),
