@@ -138,6 +138,10 @@ class OutboxRelay:
                 await producer.start()
                 await self._recover(connection)
                 while True:
+                    # Cleared before reading the outbox, not when going idle: a batch
+                    # committed while this one is read or published must still wake
+                    # the wait below.
+                    self._wakeup.clear()
                     published = await self._publish_batch(connection, producer)
                     await self._measure_backlog(connection)
                     if published:
@@ -172,7 +176,6 @@ class OutboxRelay:
             await connection.close(timeout=5)
 
     async def _idle(self, stopping: asyncio.Event) -> None:
-        self._wakeup.clear()
         waiters = [
             asyncio.ensure_future(self._wakeup.wait()),
             asyncio.ensure_future(stopping.wait()),

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from devstack.processes import free_port
 from service.app import build_relay
@@ -146,3 +147,42 @@ async def test_a_drain_that_cannot_reach_kafka_gives_up_in_time_and_keeps_the_ro
     assert retries >= 2
     assert relay.published == 0
     assert await outbox_size(db) == 1
+
+
+async def test_a_row_committed_as_the_relay_finds_the_outbox_empty_is_not_left_waiting(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch can commit, and wake the relay, between the relay's read of an empty
+    outbox and its idle wait. That wake must not be lost, or the event waits for the
+    idle interval (two minutes here) instead of going out at once."""
+    slow = settings.model_copy(update={"relay_idle_interval": 120.0})
+    await insert_customer(db, "cus_wake", invoice_prefix="WAK1")
+    commands = [command("cus_wake", {"description": f"w{n}"}) for n in range(2)]
+    await fill_outbox(slow, db, commands)
+    held_back = await db.fetchrow(
+        "DELETE FROM outbox WHERE id = (SELECT max(id) FROM outbox) "
+        "RETURNING topic, key, value, headers::text AS headers"
+    )
+    relay = build_relay(slow)
+    publish, measure = relay._publish_batch, relay._measure_backlog
+    last = {"published": -1}
+
+    async def publish_and_note(connection: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        last["published"] = await publish(connection, producer)
+        return last["published"]
+
+    async def measure_then_commit_a_batch(connection: asyncpg.Connection) -> None:
+        await measure(connection)
+        if last["published"] == 0 and held_back is not None:
+            await db.execute(
+                "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
+                *held_back.values(),
+            )
+            relay.wake()  # what the worker does after each batch commit
+
+    monkeypatch.setattr(relay, "_publish_batch", publish_and_note)
+    monkeypatch.setattr(relay, "_measure_backlog", measure_then_commit_a_batch)
+    async with running_relay(relay), TopicReader(slow, event_topics(slow)) as reader:
+        events = await reader.wait_for_count(slow.topic_events, 2, within=20)
+
+    assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]
