@@ -214,7 +214,7 @@ class Worker:
 # -- reading topics --------------------------------------------------------------------------
 
 
-def _session_name(slot: int) -> str:
+def _session_name(slot: int | str) -> str:
     return f"faults-worker-{slot}"
 
 
@@ -501,35 +501,25 @@ class ScenarioEnv:
         connection = await asyncpg.connect(self.database_url)
         try:
             while time.monotonic() < deadline:
-                found = await connection.fetchval(
-                    """
-                    SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = $1 AND pid <> pg_backend_pid()
-                      AND xact_start IS NOT NULL
-                      AND state IN ('active', 'idle in transaction')
-                      AND query LIKE ANY($2::text[])
-                    """,
-                    self.database,
-                    list(_BATCH_STATEMENTS),
-                )
-                if found:
+                if await self._in_batch(connection):
                     return True
                 await asyncio.sleep(0.002)
             return False
         finally:
             await connection.close()
 
-    async def _in_batch(self, connection: asyncpg.Connection, slot: int) -> bool:
+    async def _in_batch(self, connection: asyncpg.Connection, slot: int | None = None) -> bool:
+        """Whether the worker in ``slot`` (any worker, if None) has a batch transaction open."""
         found: int = await connection.fetchval(
             """
             SELECT count(*) FROM pg_stat_activity
-            WHERE datname = $1 AND application_name = $2
+            WHERE datname = $1 AND application_name LIKE $2
               AND xact_start IS NOT NULL
               AND state IN ('active', 'idle in transaction')
               AND query LIKE ANY($3::text[])
             """,
             self.database,
-            _session_name(slot),
+            _session_name("%" if slot is None else str(slot)),
             list(_BATCH_STATEMENTS),
         )
         return found > 0

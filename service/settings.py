@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/customer_service")
     database_pool_size: Annotated[int, Field(ge=2)] = 10
     database_command_timeout: Annotated[float, Field(gt=0)] = 30.0
-    database_idle_in_transaction_timeout: Annotated[float, Field(ge=0)] = 30.0
+    # PostgreSQL takes whole milliseconds up to 2^31 - 1.
+    database_idle_in_transaction_timeout: Annotated[float, Field(ge=0, le=2_147_483)] = 30.0
 
     # -- Worker ------------------------------------------------------------------------
     batch_max_records: Annotated[int, Field(ge=1, le=10_000)] = 500
@@ -105,6 +106,14 @@ class Settings(BaseSettings):
                 item.strip() for item in algorithms.split(",") if item.strip()
             ]
         return values
+
+    @field_validator("database_idle_in_transaction_timeout")
+    @classmethod
+    def _whole_milliseconds(cls, value: float) -> float:
+        # Below a millisecond the server would read 0, which turns the timeout off.
+        if 0 < value < 0.001:
+            raise ValueError("must be 0 (off) or at least 0.001 seconds")
+        return value
 
     @field_validator("failpoints")
     @classmethod

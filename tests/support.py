@@ -235,7 +235,7 @@ def freeze_until_session_ends(database_url: str, backend: int, *, within: float 
         connection = await asyncpg.connect(database_url)
         try:
             await eventually(
-                lambda: _session_gone(connection, backend),
+                lambda: session_gone(connection, backend),
                 within=within,
                 what=f"the server to end session {backend}",
             )
@@ -255,7 +255,8 @@ def freeze_until_session_ends(database_url: str, backend: int, *, within: float 
         raise failure[0]
 
 
-async def _session_gone(connection: asyncpg.Connection, backend: int) -> bool:
+async def session_gone(connection: asyncpg.Connection, backend: int) -> bool:
+    """Whether the server has ended session ``backend``."""
     count = await connection.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend
     )

@@ -8,7 +8,7 @@ import pytest
 
 from service.adapters.postgres import TRANSIENT_ERRORS, batch_transaction, create_pool
 from service.settings import Settings
-from tests.support import eventually, freeze_until_session_ends
+from tests.support import eventually, freeze_until_session_ends, session_gone
 
 
 async def test_the_pool_sets_the_configured_idle_in_transaction_timeout(
@@ -49,13 +49,11 @@ async def test_a_stalled_transaction_is_ended_and_the_client_error_is_transient(
             backend = await connection.fetchval("SELECT pg_backend_pid()")
             await connection.execute("SELECT id FROM customers FOR UPDATE")
 
-            async def ended() -> bool:
-                still = await db.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend
-                )
-                return bool(still == 0)
-
-            await eventually(ended, within=10, what="the server to end the idle transaction")
+            await eventually(
+                lambda: session_gone(db, backend),
+                within=10,
+                what="the server to end the idle transaction",
+            )
             # Usually asyncpg has seen the server close the session by then
             # (InterfaceError); a statement racing the timeout gets 25P03 instead.
             with pytest.raises(TRANSIENT_ERRORS):

@@ -47,6 +47,10 @@ def test_a_dotenv_file_is_read(tmp_path: Path) -> None:
         ("HTTP_PORT", "70000", "HTTP_PORT"),
         ("FAILPOINTS", "somewhere", "FAILPOINTS"),
         ("DATABASE_POOL_SIZE", "1", "DATABASE_POOL_SIZE"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "-1", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "0.0001", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3e6", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"),
+        ("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "nan", "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"),
     ],
 )
 def test_an_invalid_setting_fails_naming_its_variable(
