@@ -10,6 +10,10 @@ Two modes, chosen by configuration:
   JWT verified with that key. Its ``sub`` claim is the principal and its ``permissions``
   claim (a list) or ``scope`` claim (space-separated) must hold the action. The
   ``principal`` and ``permissions`` attributes are then ignored.
+
+Space-separated means ASCII space only (RFC 6749 section 3.3, ``scope-token`` lists are
+joined by %x20): ``str.split()`` would also split on a no-break space or an em space, so
+one token that merely looks like two would grant the action.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class UnsignedAuthorizer:
     def authorize(self, command: CustomerUpdateCommand) -> Principal | ErrorObject:
         if command.principal is None:
             return _denied("principal", "The command names no principal to act for")
-        if AUTHORIZATION_ACTION not in (command.permissions or "").split():
+        if AUTHORIZATION_ACTION not in space_separated(command.permissions or ""):
             return _denied(
                 "permissions",
                 f"Principal '{command.principal}' lacks the permission {AUTHORIZATION_ACTION}",
@@ -96,4 +100,9 @@ def _permissions(claims: dict[str, object]) -> set[str]:
     if isinstance(listed, list):
         return {item for item in listed if isinstance(item, str)}
     scope = claims.get("scope")
-    return set(scope.split()) if isinstance(scope, str) else set()
+    return space_separated(scope) if isinstance(scope, str) else set()
+
+
+def space_separated(tokens: str) -> set[str]:
+    """The tokens of a space-separated list; only U+0020 separates them."""
+    return {token for token in tokens.split(" ") if token}

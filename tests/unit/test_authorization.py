@@ -72,6 +72,20 @@ def test_unsigned_with_the_permission_acts_for_the_principal(permissions: str) -
     assert result == Principal("svc-a")
 
 
+@pytest.mark.parametrize("separator", ["\u00a0", "\u2003", "\t", "\n"])
+def test_unsigned_splits_permissions_on_ascii_space_only(separator: str) -> None:
+    permissions = f"pay:customers:read{separator}{AUTHORIZATION_ACTION}"
+    result = UnsignedAuthorizer().authorize(command(principal="svc-a", permissions=permissions))
+    denied(result, "permissions")
+
+
+@pytest.mark.parametrize("separator", ["\u00a0", "\u2003", "\t"])
+def test_a_scope_splits_on_ascii_space_only(separator: str) -> None:
+    scope = f"pay:customers:read{separator}{AUTHORIZATION_ACTION}"
+    result = SIGNED.authorize(command(authtoken=token(claims(permissions=None, scope=scope))))
+    denied(result, "authtoken")
+
+
 def test_unsigned_does_not_match_the_permission_as_a_substring() -> None:
     result = UnsignedAuthorizer().authorize(
         command(principal="svc-a", permissions=f"{AUTHORIZATION_ACTION}:all")
