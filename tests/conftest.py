@@ -17,7 +17,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from devstack.kcat import kcat_path
 from devstack.stack import Stack, open_stack
+from devstack.stack import home as devstack_home
 from service.adapters.kafka import create_topics
 from service.adapters.migrations import migrate
 from service.settings import Settings
@@ -41,6 +43,13 @@ def stack() -> Iterator[Stack]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(scope="session")
+def kcat() -> Path:
+    """Debian's kcat (librdkafka), for records our own client cannot produce: $KCAT, else
+    on PATH, else unpacked under .devstack/kcat on first use (see devstack/kcat.py)."""
+    return kcat_path(devstack_home())
 
 
 @pytest.fixture(scope="session")
