@@ -38,7 +38,7 @@ class ProducedCommand:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     #: The record key as text: the customer the record is for (None when unreadable).
     customer_id: str | None
     #: The command id a rejection would carry (None when the record has no usable id).
@@ -60,7 +60,7 @@ def produced_command(
     offset: int,
     key: bytes | None,
     value: bytes | None,
-    headers: Iterable[tuple[str, bytes]] = (),
+    headers: Iterable[tuple[str, bytes | None]] = (),
 ) -> ProducedCommand:
     """Read what the checker needs out of a raw command record."""
     customer_id = None

@@ -397,13 +397,39 @@ def _dead_letter_headers() -> Json:
         ),
         outbound.DLT_ERROR_MESSAGE: _text_header("A human-readable reason."),
     }
+    partial = {
+        outbound.DLT_TRUNCATED: {
+            "type": "string",
+            "enum": ["true"],
+            "description": (
+                "Set when the record did not fit the dead-letter topic: its key and value are "
+                "cut to fit and its own headers left out. The whole original is kept in the "
+                "service's database, where `customer-service dlq list` and `dlq replay` "
+                "find it."
+            ),
+        },
+        outbound.DLT_ORIGINAL_KEY_SIZE: _text_header("With truncated: the key's size in bytes."),
+        outbound.DLT_ORIGINAL_VALUE_SIZE: _text_header(
+            "With truncated: the value's size in bytes."
+        ),
+        outbound.DLT_ORIGINAL_SHA256: _text_header(
+            "With truncated: the SHA-256 of the original value, in hex."
+        ),
+        outbound.DLT_HEADERS_DROPPED: _text_header(
+            "How many of the record's headers were left out because their names are not "
+            "UTF-8 or contain NUL (the whole original is kept in the database)."
+        ),
+    }
     return {
         "type": "object",
         "description": (
             "Kafka record headers; values are UTF-8 text. The original record's own headers "
-            f"come first, unchanged, followed by the {outbound.DLT_PREFIX}* headers."
+            f"come first, followed by the {outbound.DLT_PREFIX}* headers. Headers of the "
+            f"service's own ({outbound.OUTBOX_ID}, {outbound.DLT_PREFIX}*) on the original "
+            "are renamed with the prefix "
+            f"{outbound.ORIGINAL_PREFIX}."
         ),
-        "properties": {**provenance, outbound.OUTBOX_ID: _outbox_header()},
+        "properties": {**provenance, **partial, outbound.OUTBOX_ID: _outbox_header()},
         "required": list(provenance),
         "additionalProperties": True,
     }

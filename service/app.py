@@ -22,6 +22,7 @@ from service.adapters.postgres import TRANSIENT_ERRORS, create_pool, prune_proce
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
 from service.http import Health, HttpServer, build_app
 from service.metrics import Metrics
+from service.outbox_health import OutboxMonitor
 from service.processing import BatchProcessor, ProcessorConfig
 from service.relay import OutboxRelay, RelayConfig
 from service.retrying import retrying
@@ -69,14 +70,10 @@ def build_relay(settings: Settings, metrics: Metrics | None = None) -> OutboxRel
             # linger would only hold each of them back for its duration.
             linger_ms=0,
         ),
-        consumer_factory=lambda: AIOKafkaConsumer(
-            **kafka.connection_options(settings),
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        ),
+        consumer_factory=lambda: kafka.reader(settings),
         partitions_of=lambda topics: kafka.partitions_of(settings, topics),
         metrics=metrics or Metrics(),
+        topic_limits=lambda topics: kafka.max_message_bytes(settings, topics),
     )
 
 
@@ -119,6 +116,10 @@ class WorkerProcess:
         if pool is None:
             return
         health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
+        monitor = OutboxMonitor(pool, self.metrics, stall_seconds=settings.relay_stall_seconds)
+        if settings.relay_enabled:
+            # Workers without a relay leave the outbox to the relay's own deployment.
+            health.outbox_problems = monitor.problems
         server = HttpServer(build_app(health, self.metrics), settings.http_host, settings.http_port)
         try:
             if settings.http_enabled:
@@ -130,6 +131,7 @@ class WorkerProcess:
                 tasks.create_task(self._consume(pool, health, relay, stopping, relay_stopping))
                 if settings.relay_enabled:
                     tasks.create_task(relay.run(relay_stopping))
+                    tasks.create_task(monitor.run(relay_stopping))
                 tasks.create_task(_prune_periodically(pool, settings, relay_stopping))
         finally:
             await server.stop()
@@ -149,17 +151,6 @@ class WorkerProcess:
         relay_stopping: asyncio.Event,
     ) -> None:
         settings = self.settings
-        processor = BatchProcessor(
-            pool,
-            ProcessorConfig(
-                consumer_group=settings.kafka_consumer_group,
-                source=settings.event_source,
-                topics=settings.topics,
-                limits=settings.limits,
-            ),
-            build_authorizer(settings),
-            tracing=self.tracing,
-        )
 
         async def started_consumer() -> AIOKafkaConsumer:
             consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
@@ -174,6 +165,19 @@ class WorkerProcess:
         if consumer is None:
             relay_stopping.set()
             return
+        dead_letter_limit = await kafka.max_message_bytes(settings, [settings.topic_dead_letters])
+        processor = BatchProcessor(
+            pool,
+            ProcessorConfig(
+                consumer_group=settings.kafka_consumer_group,
+                source=settings.event_source,
+                topics=settings.topics,
+                limits=settings.limits,
+                dead_letter_max_bytes=dead_letter_limit[settings.topic_dead_letters],
+            ),
+            build_authorizer(settings),
+            tracing=self.tracing,
+        )
         worker = CommandWorker(
             consumer,
             processor,
@@ -252,13 +256,22 @@ async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
     )
     if pool is None:
         return
-    health = Health(pool=pool, stuck_after=float("inf"), running=True, needs_partitions=False)
+    monitor = OutboxMonitor(pool, metrics, stall_seconds=settings.relay_stall_seconds)
+    health = Health(
+        pool=pool,
+        stuck_after=float("inf"),
+        running=True,
+        needs_partitions=False,
+        outbox_problems=monitor.problems,
+    )
     server = HttpServer(build_app(health, metrics), settings.http_host, settings.http_port)
     try:
         if settings.http_enabled:
             await server.start()
         log.info("relay_started", http_port=server.port)
-        await build_relay(settings, metrics).run(stopping)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(build_relay(settings, metrics).run(stopping))
+            tasks.create_task(monitor.run(stopping))
     finally:
         await server.stop()
         await pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -12,6 +13,7 @@ import uvloop
 
 from service.adapters import kafka
 from service.adapters.migrations import migrate as apply_migrations
+from service.adapters.postgres import OutboxStats, OutboxStore, ParkedRow
 from service.logging import configure_logging
 from service.seed import seed_customers
 from service.settings import Settings, SettingsError, load_settings
@@ -359,3 +361,118 @@ def dlq_replay(
 
     replayed = _run(main)
     typer.echo(f"replayed {replayed} dead letter(s) onto {settings.topic_commands}")
+
+
+outbox_app = typer.Typer(
+    help=(
+        "Inspect the outbox and deal with messages Kafka refused for good (parked): "
+        "retry them after fixing the cause, or discard them."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(outbox_app, name="outbox")
+
+
+def _with_outbox(settings: Settings, work: Callable[[OutboxStore], Awaitable[T]]) -> T:
+    async def main() -> T:
+        connection = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+            return await work(OutboxStore(connection))
+        finally:
+            await connection.close()
+
+    return _run(main)
+
+
+def _row_ids(ids: list[int] | None, every: bool) -> list[int] | None:
+    if bool(ids) == every:
+        typer.echo("name outbox ids (see `outbox list`), or pass --all", err=True)
+        raise typer.Exit(2)
+    return None if every else list(ids or [])
+
+
+@outbox_app.command("list")
+def outbox_list() -> None:
+    """List the parked messages: id, topic, key, size, when and why Kafka refused them,
+    and how many later messages of the same key wait behind each. Also prints how many
+    messages wait to be published and how old the oldest is.
+
+    Example: customer-service outbox list
+    """
+    from service.relay import shown_key
+
+    settings = _settings()
+
+    async def work(store: OutboxStore) -> tuple[OutboxStats, list[ParkedRow]]:
+        return await store.stats(), await store.parked()
+
+    stats, parked = _with_outbox(settings, work)
+    for row in parked:
+        typer.echo(
+            f"{row.id:<10} {row.topic:<28} key={shown_key(row.key)} {row.size} bytes "
+            f"parked {row.parked_at:%Y-%m-%d %H:%M:%S} waiting-behind={row.waiting} "
+            f"| {row.reason}"
+        )
+    typer.echo(
+        f"{stats.parked} parked; {stats.waiting} waiting, the oldest {stats.oldest_seconds:.0f}s",
+        err=True,
+    )
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox ids (see outbox list).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every parked message.")] = False,
+) -> None:
+    """Unpark messages, so that the relay publishes them again (and the messages of the
+    same key that waited behind them). Use it after fixing the cause, e.g. after raising
+    the topic's max.message.bytes; a message refused again is parked again.
+
+    Examples:
+
+    \b
+      customer-service outbox retry 1234
+      customer-service outbox retry --all
+    """
+    settings = _settings()
+    chosen = _row_ids(ids, every)
+
+    async def work(store: OutboxStore) -> int:
+        if chosen is None:
+            return await store.unpark(None)
+        done = 0
+        with typer.progressbar(chosen, label="retrying", file=sys.stderr) as progress:
+            for row_id in progress:
+                done += await store.unpark([row_id])
+        return done
+
+    typer.echo(f"unparked {_with_outbox(settings, work)} message(s)")
+
+
+@outbox_app.command("discard")
+def outbox_discard(
+    ids: Annotated[list[int], typer.Argument(help="Outbox ids of parked messages.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete parked messages for good: they are never published, and subscribers see a
+    gap in that customer's versions. The messages that waited behind them go out next.
+
+    Example: customer-service outbox discard 1234 --yes
+    """
+    settings = _settings()
+    if not yes:
+        typer.confirm(f"Discard {len(ids)} parked message(s) for good?", abort=True)
+
+    async def work(store: OutboxStore) -> int:
+        done = 0
+        with typer.progressbar(ids, label="discarding", file=sys.stderr) as progress:
+            for row_id in progress:
+                done += await store.discard([row_id])
+        return done
+
+    discarded = _with_outbox(settings, work)
+    typer.echo(f"discarded {discarded} message(s)")
+    if discarded < len(ids):
+        typer.echo("the others are not parked outbox messages", err=True)
+        raise typer.Exit(1)

@@ -2,7 +2,8 @@
 
 * ``GET /livez``: 200 while the consume loop runs and has polled recently; a stuck or
   dead loop answers 503, so the orchestrator restarts the process.
-* ``GET /readyz``: 200 when the worker holds partitions and PostgreSQL answers; 503 with
+* ``GET /readyz``: 200 when the worker holds partitions, PostgreSQL answers and the
+  outbox drains (no parked message, none older than ``RELAY_STALL_SECONDS``); 503 with
   the reasons otherwise.
 * ``GET /metrics``: Prometheus text format.
 """
@@ -35,6 +36,8 @@ class Health:
     assigned_partitions: Callable[[], int] = lambda: 0
     #: A relay-only process holds no partitions and is ready without them.
     needs_partitions: bool = True
+    #: Reasons the outbox gives for not being ready (a stalled relay, parked rows).
+    outbox_problems: Callable[[], list[str]] = list
 
     def polled(self) -> None:
         self.last_poll = time.monotonic()
@@ -56,6 +59,7 @@ class Health:
                 await self.pool.fetchval("SELECT 1")
         except Exception as exc:
             problems.append(f"database unreachable: {type(exc).__name__}")
+        problems.extend(self.outbox_problems())
         return not problems, problems
 
 

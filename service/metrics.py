@@ -59,7 +59,19 @@ class Metrics:
         )
         self.outbox_backlog = Gauge(
             "customer_outbox_backlog",
-            "Messages in the outbox waiting to be published.",
+            "Messages in the outbox waiting to be published (parked ones not counted).",
+            registry=self.registry,
+        )
+        self.outbox_oldest = Gauge(
+            "customer_outbox_oldest_seconds",
+            "Age of the oldest outbox message that is not parked; 0 when there is none.",
+            registry=self.registry,
+        )
+        self.outbox_parked = Gauge(
+            "customer_outbox_parked",
+            "Outbox messages Kafka refused for good, by topic and key (the customer); "
+            "later messages of that topic and key wait behind them.",
+            ["topic", "key"],
             registry=self.registry,
         )
         self.published = Counter(

@@ -30,9 +30,11 @@ from service.adapters.postgres import TRANSIENT_ERRORS, BatchStore, batch_transa
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
 from service.domain.events import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     EventContext,
     OutboundMessage,
     dead_letter_message,
+    is_partial_copy,
     rejected_message,
     updated_message,
 )
@@ -41,6 +43,9 @@ from service.tracing import PassThrough, Tracing
 
 log = structlog.get_logger(__name__)
 
+#: How much of a database error a ``processing_failed`` dead letter quotes.
+_FAILURE_MESSAGE_CHARS = 1000
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -48,6 +53,8 @@ class ProcessorConfig:
     source: str
     topics: Topics = field(default_factory=Topics)
     limits: Limits = field(default_factory=Limits)
+    #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
+    dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class BatchProcessor:
@@ -120,7 +127,8 @@ class BatchProcessor:
             offset=record.offset,
             error=repr(error),
         )
-        poison = Poison("processing_failed", f"{type(error).__name__}: {error}")
+        reason = f"{type(error).__name__}: {error}"[:_FAILURE_MESSAGE_CHARS]
+        poison = Poison("processing_failed", reason.replace("\x00", "\\x00"))
         return await self._in_transaction([(record, poison)])
 
     async def _in_transaction(
@@ -148,7 +156,9 @@ class BatchProcessor:
             decided = decide_batch(fresh, state)
             await store.save_customers(list(decided.changed.values()))
             await store.save_processed(decided.processed)
-            await store.save_outbox(await self._messages(decided.decisions, store, started_ns))
+            messages, partial = await self._messages(decided.decisions, store, started_ns)
+            await store.save_outbox(messages)
+            await store.save_dead_letter_originals(config.consumer_group, partial)
             next_offsets = dict(positions)
             for record, _ in fresh:
                 next_offsets[(record.topic, record.partition)] = record.offset + 1
@@ -157,7 +167,9 @@ class BatchProcessor:
 
     async def _messages(
         self, decisions: Sequence[Decision], store: BatchStore, started_ns: int
-    ) -> list[OutboundMessage]:
+    ) -> tuple[list[OutboundMessage], list[InboundRecord]]:
+        """The outbox messages of ``decisions``, and the records whose dead letters are
+        only partial copies (to be kept whole)."""
         config = self._config
         context = EventContext(source=config.source, time=self._clock(), topics=config.topics)
         expanded = await store.subscriptions(
@@ -168,6 +180,7 @@ class BatchProcessor:
             and decision.command.data.expands("subscriptions")
         )
         messages = []
+        partial = []
         for decision in decisions:
             # A duplicate has none of applied, error or poison: it publishes nothing new.
             traceparent = None
@@ -209,12 +222,14 @@ class BatchProcessor:
                     )
                 )
             elif decision.poison is not None:
-                messages.append(
-                    dead_letter_message(
-                        decision.record,
-                        decision.poison,
-                        consumer_group=config.consumer_group,
-                        topic=config.topics.dead_letters,
-                    )
+                dead_letter = dead_letter_message(
+                    decision.record,
+                    decision.poison,
+                    consumer_group=config.consumer_group,
+                    topic=config.topics.dead_letters,
+                    max_bytes=config.dead_letter_max_bytes,
                 )
-        return messages
+                messages.append(dead_letter)
+                if is_partial_copy(dead_letter):
+                    partial.append(decision.record)
+        return messages, partial

@@ -13,7 +13,23 @@ fences off a former leader that lost its lock but still runs.
 
 Crash recovery. If the relay dies after the Kafka commit but before deleting the rows,
 the next leader reads the tail of the topics back (``outbox-id`` header) and deletes the
-rows already published before publishing the rest, so no event is published twice.
+rows already published before publishing the rest, so no event is published twice. A
+row is deleted only when the record read back is that row (same topic, key, value and
+headers): anyone who may write to a topic can write an ``outbox-id`` header, and a row
+deleted on a forged one would be an event lost.
+
+Unknown outcomes. A transaction commit or abort that does not answer within
+``transaction_timeout`` may or may not have happened. The producer is then closed and a
+new one started with the same ``transactional.id`` (which completes or aborts what the
+old one left), and recovery decides from what the topics hold; aiokafka has no KIP-890,
+so reusing the old producer's transaction state is not safe.
+
+Refused rows. A row that Kafka refuses for good (larger than its topic's
+``max.message.bytes``, or refused by the broker with an error that names the record
+rather than the connection) is *parked* with the reason instead of being retried
+forever, and the relay goes on. Later rows of the same topic and key wait behind it, so
+a customer's events never go out of order; other customers flow. ``customer-service
+outbox retry`` unparks a row, ``outbox discard`` drops it.
 """
 
 from __future__ import annotations
@@ -21,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,23 +49,54 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 from tenacity import RetryCallState
 
 from schemas.headers import OUTBOX_ID
 from service import failpoints
 from service.adapters.kafka import read_range
-from service.adapters.postgres import OUTBOX_CHANNEL, TRANSIENT_ERRORS, decode_headers
+from service.adapters.postgres import (
+    OUTBOX_CHANNEL,
+    TRANSIENT_ERRORS,
+    OutboxRow,
+    OutboxStore,
+)
+from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from service.metrics import Metrics
 from service.retrying import retrying
 
 log = structlog.get_logger(__name__)
 
 PartitionsOf = Callable[[Sequence[str]], Awaitable[list[TopicPartition]]]
+TopicLimits = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
 
-#: Seconds between two counts of the outbox for the backlog gauge.
-BACKLOG_INTERVAL = 1.0
+#: Broker answers that refuse one record for good, whatever the connection: such a row is
+#: parked. Any other error (authorization, a fenced producer, the network) is about the
+#: relay, not the row, and is retried with the whole batch.
+RECORD_REFUSED: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+)
+#: An ``outbox-id`` header of ours: a decimal row id.
+_OUTBOX_ID_VALUE = re.compile(rb"[0-9]{1,19}")
+#: Room for the ``outbox-id`` header the relay adds to every row.
+_OUTBOX_HEADER_BYTES = 40
+#: The largest record batch the relay builds (the producer's ``max_batch_size``).
+RELAY_BATCH_BYTES = 256 * 1024
+#: What a record batch's own header takes out of ``max.message.bytes``, with some room.
+_BATCH_MARGIN = 128
+
 # Advisory lock key of the relay leader; any constant shared by all instances.
 _LEADER_LOCK = 0x6375_7374_7265_6C
 # How far before the oldest pending row the recovery scan starts, for clock skew between
@@ -65,6 +114,13 @@ class RelayConfig:
     retry_max_delay: float = 30.0
     #: Seconds a shutdown keeps retrying to publish what is left before giving up.
     drain_timeout: float = 30.0
+    #: Seconds a transaction commit or abort may take before its outcome counts as
+    #: unknown and the producer is replaced.
+    transaction_timeout: float = 30.0
+
+
+class _ProducerSpoiledError(Exception):
+    """The producer must be replaced before anything else is sent."""
 
 
 class OutboxRelay:
@@ -75,13 +131,17 @@ class OutboxRelay:
         consumer_factory: Callable[[], AIOKafkaConsumer],
         partitions_of: PartitionsOf,
         metrics: Metrics,
+        topic_limits: TopicLimits | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self._backlog_measured = 0.0
         self._producer_factory = producer_factory
         self._consumer_factory = consumer_factory
         self._partitions_of = partitions_of
+        self._topic_limits = topic_limits
+        self._limits: dict[str, int] = {}
+        #: Rows of a batch that Kafka refused, to be published one at a time.
+        self._suspects: set[int] = set()
         self._wakeup = asyncio.Event()
         #: "starting", then "standby" while another instance leads, or "leading".
         self.state: Literal["starting", "standby", "leading"] = "starting"
@@ -132,26 +192,42 @@ class OutboxRelay:
         async with self._leadership(stopping) as connection:
             if connection is None:
                 return
-            producer = self._producer_factory()
+            if self._topic_limits is not None:
+                self._limits = await self._topic_limits(self._config.topics)
+            recovered = False
             try:
-                # Inside the try: a producer whose start failed still holds a client.
-                await producer.start()
-                await self._recover(connection)
                 while True:
-                    # Cleared before reading the outbox, not when going idle: a batch
-                    # committed while this one is read or published must still wake
-                    # the wait below.
-                    self._wakeup.clear()
-                    published = await self._publish_batch(connection, producer)
-                    await self._measure_backlog(connection)
-                    if published:
-                        continue
-                    if stopping.is_set():
-                        return  # drained: the outbox is empty
-                    await self._idle(stopping)
+                    producer = self._producer_factory()
+                    try:
+                        # Inside the try: a producer whose start failed still holds a client.
+                        await producer.start()
+                        if not recovered:
+                            await self._recover(connection)
+                            recovered = True
+                        await self._publish_until_drained(connection, producer, stopping)
+                        return
+                    except _ProducerSpoiledError:
+                        continue  # a fresh producer, and on with the same leadership
+                    finally:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self._config.transaction_timeout):
+                                await producer.stop()
             finally:
                 self.state = "starting"
-                await producer.stop()
+
+    async def _publish_until_drained(
+        self, connection: asyncpg.Connection, producer: AIOKafkaProducer, stopping: asyncio.Event
+    ) -> None:
+        while True:
+            # Cleared before reading the outbox, not when going idle: a batch committed
+            # while this one is read or published must still wake the wait below.
+            self._wakeup.clear()
+            published = await self._publish_batch(connection, producer)
+            if published:
+                continue
+            if stopping.is_set():
+                return  # drained: nothing publishable is left
+            await self._idle(stopping)
 
     @contextlib.asynccontextmanager
     async def _leadership(
@@ -191,86 +267,187 @@ class OutboxRelay:
     async def _publish_batch(
         self, connection: asyncpg.Connection, producer: AIOKafkaProducer
     ) -> int:
-        rows = await connection.fetch(
-            "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
-            self._config.batch_size,
-        )
+        """Publish the next rows; return how many rows were dealt with (published or
+        parked), 0 when nothing is publishable.
+
+        Raises:
+            _ProducerSpoiledError: Kafka refused a record; the rows it may have been are
+                published one at a time from now on, by a fresh producer.
+        """
+        store = OutboxStore(connection)
+        rows = await store.publishable(1 if self._suspects else self._config.batch_size)
+        if rows and self._suspects and rows[0].id > max(self._suspects):
+            self._suspects.clear()
+            rows = await store.publishable(self._config.batch_size)
         if not rows:
+            self._suspects.clear()
             return 0
-        await producer.begin_transaction()
+        too_large = [row for row in rows if self._size(row) > self._limit(row.topic)]
+        if too_large and self._topic_limits is not None:
+            # Read the limits again first: an operator may have raised one since, and then
+            # retried the rows parked under the old one.
+            self._limits = await self._topic_limits(self._config.topics)
+            too_large = [row for row in rows if self._size(row) > self._limit(row.topic)]
+        if too_large:
+            # Parked before anything is sent, the first of each topic and key only: the next
+            # read leaves out the rows behind it, which wait for it whatever their size.
+            firsts = {(row.topic, row.key): row for row in reversed(too_large)}
+            for row in sorted(firsts.values(), key=lambda row: row.id):
+                await self._park(
+                    store,
+                    row,
+                    f"the record takes about {self._size(row)} bytes; max.message.bytes of "
+                    f"{row.topic} is {self._limit(row.topic)}",
+                )
+            return len(firsts)
         try:
-            await asyncio.gather(*await _send_in_batches(producer, rows))
-        except BaseException:
-            with contextlib.suppress(KafkaError):
-                await producer.abort_transaction()
-            raise
-        await producer.commit_transaction()
-        failpoints.reached(failpoints.AFTER_RELAY_PUBLISH)
-        await self._forget(connection, [row["id"] for row in rows])
-        self.published += len(rows)
-        for topic, count in Counter(row["topic"] for row in rows).items():
-            self._metrics.published.labels(topic).inc(count)
+            await self._in_transaction(producer, rows)
+        except RECORD_REFUSED as exc:
+            # The idempotent producer's sequence numbers no longer match the broker's after
+            # a refused batch, so it cannot go on; the next one finds the culprit alone.
+            if len(rows) == 1:
+                await self._park(store, rows[0], f"{type(exc).__name__}: {exc}")
+                self._suspects.discard(rows[0].id)
+            else:
+                log.warning("relay_batch_refused", rows=len(rows), error=repr(exc))
+                self._suspects = {row.id for row in rows}
+            raise _ProducerSpoiledError from exc
+        await self._published(store, rows)
+        self._suspects.difference_update(row.id for row in rows)
         return len(rows)
 
-    async def _measure_backlog(self, connection: asyncpg.Connection) -> None:
-        now = time.monotonic()
-        if now - self._backlog_measured >= BACKLOG_INTERVAL:
-            self._backlog_measured = now
-            self._metrics.outbox_backlog.set(
-                await connection.fetchval("SELECT count(*) FROM outbox")
-            )
+    async def _in_transaction(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> None:
+        await producer.begin_transaction()
+        try:
+            await asyncio.gather(*await _send_in_batches(producer, rows, self._limit))
+        except BaseException:
+            await self._end_transaction(producer.abort_transaction(), "abort")
+            raise
+        await self._end_transaction(producer.commit_transaction(), "commit")
+        failpoints.reached(failpoints.AFTER_RELAY_PUBLISH)
 
-    async def _forget(self, connection: asyncpg.Connection, ids: list[int]) -> None:
-        """Delete rows that are published."""
-        await connection.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+    async def _end_transaction(self, ending: Awaitable[None], what: str) -> None:
+        """Commit or abort, bounded: past ``transaction_timeout`` the outcome is unknown, and
+        the error raised makes ``_lead`` close this producer and start a new one."""
+        try:
+            async with asyncio.timeout(self._config.transaction_timeout):
+                await ending
+        except TimeoutError:
+            log.warning("relay_transaction_outcome_unknown", ending=what)
+            raise KafkaTimeoutError(f"transaction {what} did not answer") from None
+        except KafkaError:
+            if what == "commit":
+                raise
+            # The abort of a failed batch: the batch's own error is what propagates.
+
+    async def _park(self, store: OutboxStore, row: OutboxRow, reason: str) -> None:
+        log.error(
+            "outbox_row_parked",
+            outbox_id=row.id,
+            topic=row.topic,
+            key=shown_key(row.key),
+            reason=reason,
+        )
+        await store.park(row.id, reason)
+
+    async def _published(self, store: OutboxStore, rows: Sequence[OutboxRow]) -> None:
+        await store.forget([row.id for row in rows])
+        self.published += len(rows)
+        for topic, count in Counter(row.topic for row in rows).items():
+            self._metrics.published.labels(topic).inc(count)
+
+    def _limit(self, topic: str) -> int:
+        return self._limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
+
+    @staticmethod
+    def _size(row: OutboxRow) -> int:
+        return record_size(row.key, row.value, row.headers) + _OUTBOX_HEADER_BYTES
 
     async def _recover(self, connection: asyncpg.Connection) -> None:
         """Delete pending rows that a previous leader published but did not delete."""
-        oldest = await connection.fetchval(
-            "SELECT (extract(epoch FROM min(created)) * 1000)::bigint FROM outbox"
-        )
+        store = OutboxStore(connection)
+        oldest = await store.oldest_created_ms()
         if oldest is None:
             return
-        published = await published_outbox_ids(
+        published = await published_outbox_records(
             self._consumer_factory,
             await self._partitions_of(self._config.topics),
             since_ms=oldest - _RECOVERY_MARGIN_MS,
         )
         if not published:
             return
-        result = await connection.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", sorted(published)
-        )
-        removed = int(result.split()[-1])
+        pending = await store.rows(sorted(published))
+        matching = [row.id for row in pending if published[row.id] == fingerprint(row)]
+        forged = len(pending) - len(matching)
+        if forged:
+            log.warning("relay_recovery_ignored_records", records=forged)
+        removed = await store.forget(matching) if matching else 0
         if removed:
             log.warning("relay_recovered", already_published=removed)
 
 
+def fingerprint(row: OutboxRow) -> bytes:
+    """What makes a record read back the one published from ``row``: topic, key, value and
+    headers (but the ``outbox-id`` one), each length-prefixed so that no two differ only
+    in where one field ends."""
+    digest = hashlib.sha256()
+
+    def part(data: bytes | None) -> None:
+        if data is None:
+            digest.update(b"\xff" * 8)
+        else:
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+
+    part(row.topic.encode())
+    part(row.key)
+    part(row.value)
+    for name, value in row.headers:
+        part(name.encode("utf-8", "surrogateescape"))
+        part(value)
+    return digest.digest()
+
+
+def shown_key(key: bytes | None) -> str | None:
+    """A key for a log line or a health reason: short and printable."""
+    if key is None:
+        return None
+    text = key[:64].decode("utf-8", "replace")
+    return repr(text)[1:-1] + ("..." if len(key) > 64 else "")
+
+
 async def _send_in_batches(
-    producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]
+    producer: AIOKafkaProducer, rows: Sequence[OutboxRow], limit: Callable[[str], int]
 ) -> list[asyncio.Future[Any]]:
     """Queue ``rows``, in order, as one record batch per partition (a new one when full).
 
     Building the batches here instead of calling ``send`` per message saves a future and
     a partitioner call per message: the relay's main cost. A partition's records keep
-    their id order, since its batches are queued in the order they fill up.
+    their id order, since its batches are queued in the order they fill up. A topic's
+    ``max.message.bytes`` bounds a whole record batch, so no batch is built larger (but a
+    batch of one row, which ``_publish_batch`` has checked against it already).
     """
     deliveries: list[asyncio.Future[Any]] = []
-    builders: dict[tuple[str, int], Any] = {}
+    builders: dict[tuple[str, int], BatchBuilder] = {}
+
+    def new_batch(topic: str) -> BatchBuilder:
+        size = min(RELAY_BATCH_BYTES, limit(topic) - _BATCH_MARGIN)
+        return BatchBuilder(size, 0, is_transactional=True)
+
     for row in rows:
-        topic, key, value = row["topic"], row["key"], row["value"]
+        topic, key, value = row.topic, row.key, row.value
         partition = _partition(key, len(await producer.partitions_for(topic)))
-        headers = [*decode_headers(row["headers"]), (OUTBOX_ID, str(row["id"]).encode())]
+        headers = [*row.headers, (OUTBOX_ID, str(row.id).encode())]
         builder = builders.get((topic, partition))
         if builder is None:
-            builder = builders[(topic, partition)] = producer.create_batch()
+            builder = builders[(topic, partition)] = new_batch(topic)
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is not None:
             continue
         # Full: queue it and start the next one for this partition.
         deliveries.append(await producer.send_batch(builder, topic, partition=partition))
-        builder = builders[(topic, partition)] = producer.create_batch()
+        builder = builders[(topic, partition)] = new_batch(topic)
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
-            raise ValueError(f"outbox row {row['id']} is larger than the producer's batch size")
+            raise ValueError(f"outbox row {row.id} does not fit an empty record batch")
     for (topic, partition), builder in builders.items():
         deliveries.append(await producer.send_batch(builder, topic, partition=partition))
     return deliveries
@@ -291,16 +468,17 @@ def _keyed_partition(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-async def published_outbox_ids(
+async def published_outbox_records(
     consumer_factory: Callable[[], AIOKafkaConsumer],
     partitions: Sequence[TopicPartition],
     *,
     since_ms: int,
-) -> set[int]:
-    """The ``outbox-id`` of every committed record in ``partitions`` published at or
-    after ``since_ms``."""
+) -> dict[int, bytes]:
+    """The ``fingerprint`` of every committed record in ``partitions`` published at or
+    after ``since_ms`` that carries one ``outbox-id`` header holding a decimal id, by that
+    id. A record with any other ``outbox-id`` is not one of ours and is left out."""
     if not partitions:
-        return set()
+        return {}
     consumer = consumer_factory()
     try:
         await consumer.start()
@@ -310,11 +488,14 @@ async def published_outbox_ids(
         starts = {
             tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions
         }
-        ids: set[int] = set()
+        published: dict[int, bytes] = {}
         async for record in read_range(consumer, starts, ends):
-            for name, value in record.headers:
-                if name == OUTBOX_ID:
-                    ids.add(int(value))
-        return ids
+            ids = [value for name, value in record.headers if name == OUTBOX_ID]
+            if len(ids) != 1 or ids[0] is None or not _OUTBOX_ID_VALUE.fullmatch(ids[0]):
+                continue
+            others = [(name, value) for name, value in record.headers if name != OUTBOX_ID]
+            row = OutboxRow(int(ids[0]), record.topic, record.key, record.value, others)
+            published[row.id] = fingerprint(row)
+        return published
     finally:
         await consumer.stop()

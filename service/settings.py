@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     batch_timeout: Annotated[float, Field(gt=0, le=240)] = 60.0
     max_record_bytes: Annotated[int, Field(ge=1024)] = Limits().max_record_bytes
     max_json_depth: Annotated[int, Field(ge=4, le=256)] = Limits().max_depth
+    max_key_bytes: Annotated[int, Field(ge=64, le=65536)] = Limits().max_key_bytes
+    max_headers: Annotated[int, Field(ge=1, le=1024)] = Limits().max_headers
+    max_header_name_bytes: Annotated[int, Field(ge=16, le=4096)] = Limits().max_header_name_bytes
+    max_header_value_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = (
+        Limits().max_header_value_bytes
+    )
     idempotency_retention_days: Annotated[int, Field(ge=1)] = 7
     retry_initial_delay: Annotated[float, Field(gt=0)] = 0.1
     retry_max_delay: Annotated[float, Field(gt=0)] = 30.0
@@ -71,6 +77,7 @@ class Settings(BaseSettings):
     relay_idle_interval: Annotated[float, Field(gt=0)] = 1.0
     relay_transactional_id: Annotated[str, Field(min_length=1)] = "customer-service-relay"
     relay_drain_timeout: Annotated[float, Field(ge=0)] = 30.0
+    relay_stall_seconds: Annotated[float, Field(gt=0)] = 60.0
 
     # -- Authorization -----------------------------------------------------------------
     auth_jwt_key: SecretStr | None = None
@@ -150,7 +157,14 @@ class Settings(BaseSettings):
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_record_bytes=self.max_record_bytes, max_depth=self.max_json_depth)
+        return Limits(
+            max_record_bytes=self.max_record_bytes,
+            max_depth=self.max_json_depth,
+            max_key_bytes=self.max_key_bytes,
+            max_headers=self.max_headers,
+            max_header_name_bytes=self.max_header_name_bytes,
+            max_header_value_bytes=self.max_header_value_bytes,
+        )
 
     def environment(self) -> dict[str, str]:
         """The variables that give a child process these settings (those set explicitly,

@@ -5,25 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka import connection_options, partitions_of
+from service.adapters.kafka import partitions_of, reader
 from service.dead_letters import DeadLetter
 from service.settings import Settings
 
 
-def describe(
-    topic: str,
-    key: bytes | None,
-    value: bytes | None,
-    headers: tuple[tuple[str, bytes], ...],
-    settings: Settings,
-) -> str:
+def describe(record: ConsumerRecord[bytes, bytes], settings: Settings) -> str:
     """A one-line summary of a message from one of the service's topics."""
+    topic, value = record.topic, record.value
     if value is None or topic == settings.topic_dead_letters:
-        return "dead-letter " + DeadLetter(0, 0, 0, key, value, headers).describe()
+        return "dead-letter " + DeadLetter.of(record).describe()
     try:
         if topic == settings.topic_events:
             event = CustomerUpdatedEvent.model_validate_json(value)
@@ -63,12 +58,7 @@ async def follow(
     if include_dead_letters:
         topics.append(settings.topic_dead_letters)
     partitions = await partitions_of(settings, topics)
-    consumer = AIOKafkaConsumer(
-        **connection_options(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
+    consumer = reader(settings)
     seen = 0
     try:
         await consumer.start()
@@ -88,15 +78,7 @@ async def follow(
                     ):
                         emit(record.value.decode())
                     else:
-                        emit(
-                            describe(
-                                record.topic,
-                                record.key,
-                                record.value,
-                                tuple(record.headers),
-                                settings,
-                            )
-                        )
+                        emit(describe(record, settings))
                     seen += 1
                     if count is not None and seen >= count:
                         return

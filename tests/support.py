@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import os
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,9 +16,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from devstack.kcat import kcat_path
-from devstack.stack import home as devstack_home
-from service.adapters.kafka import connection_options, partitions_of
+from service.adapters.kafka import connection_options, partitions_of, reader
 from service.app import run_worker
 from service.settings import Settings
 
@@ -123,12 +117,7 @@ class TopicReader:
     _consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> TopicReader:
-        consumer = AIOKafkaConsumer(
-            **connection_options(self.settings),
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
+        consumer = reader(self.settings)
         partitions = await partitions_of(self.settings, self.topics)
         assert {tp.topic for tp in partitions} == set(self.topics), "unknown topic"
         await consumer.start()
@@ -189,6 +178,33 @@ class TopicReader:
             what=f"{count} records on {topic}",
         )
         return self.on(topic)
+
+
+async def read_everything(
+    settings: Settings, topics: Sequence[str], *, within: float = 30.0
+) -> dict[str, list[Received]]:
+    """Every committed record of ``topics`` up to their current end, by topic, in
+    partition order: for exact counts once nothing more is being written."""
+    consumer = reader(settings)
+    partitions = await partitions_of(settings, topics)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        found: dict[str, list[Received]] = {topic: [] for topic in topics}
+        deadline = time.monotonic() + within
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            assert time.monotonic() < deadline, f"could not read {topics} to their end"
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                found[tp.topic].extend(
+                    Received(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+                    for r in records
+                )
+    finally:
+        await consumer.stop()
+    return found
 
 
 def event_topics(settings: Settings) -> list[str]:
@@ -309,120 +325,3 @@ class TcpForwarder:
             pass
         finally:
             sink.close()
-
-
-#: Longest a kcat run may take; a produce gives up on delivery after 30s (see produce_raw).
-KCAT_TIMEOUT = 60.0
-
-
-async def produce_raw(
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    partition: int | None = None,
-    kcat: Path | None = None,
-) -> None:
-    """Produce exactly one record with kcat (librdkafka, not our client), byte for byte as
-    given: for records aiokafka cannot make, such as a header name that is not UTF-8.
-
-    The key and the headers travel in kcat's argv, which carries any byte but NUL, and kcat
-    splits ``-H`` at the first ``=``: so no NUL in them and no ``=`` in a header name. The
-    value goes in a file (kcat sends one file as one message) and may hold any bytes; None
-    sends a null value. kcat skips an empty file, so an empty, non-null value cannot be
-    sent. ``produce`` (aiokafka) makes those. Without ``partition`` a keyed record goes
-    where aiokafka's (and Java's) murmur2 partitioner would put it. ``kcat`` is the binary
-    (the ``kcat`` fixture); without it, ``kcat_path`` finds or installs one.
-    """
-    _require_loopback(bootstrap_servers)
-    if key is not None and b"\0" in key:
-        raise ValueError("kcat cannot send a key with a NUL byte; use produce() (aiokafka)")
-    for name, header_value in headers:
-        if not name or b"\0" in name or b"=" in name:
-            raise ValueError(
-                f"kcat cannot send the header name {name!r} (empty, NUL or '='); "
-                "use produce() (aiokafka)"
-            )
-        if b"\0" in header_value:
-            raise ValueError(
-                f"kcat cannot send a header value with a NUL byte ({name!r}); "
-                "use produce() (aiokafka)"
-            )
-    if value == b"":
-        raise ValueError("kcat cannot send an empty, non-null value; use produce() (aiokafka)")
-    if partition is not None and partition < 0:
-        raise ValueError(f"partition must be 0 or more, not {partition}")
-    binary = kcat if kcat is not None else await asyncio.to_thread(kcat_path, devstack_home())
-
-    argv: list[bytes] = [
-        # No configuration from $HOME/.config/kcat.conf (nor $KCAT_CONFIG, see run_kcat).
-        *(b"-F", b"none"),
-        *(b"-P", b"-b", bootstrap_servers.encode(), b"-t", topic.encode()),
-        # Fail in seconds, not librdkafka's five minutes, when the broker is not there.
-        *(b"-m", b"10", b"-X", b"message.timeout.ms=30000"),
-        *(b"-X", b"partitioner=murmur2_random"),
-    ]
-    if partition is not None:
-        argv += [b"-p", str(partition).encode()]
-    if key is not None:
-        argv += [b"-k", key]
-    for name, header_value in headers:
-        argv += [b"-H", name + b"=" + header_value]
-
-    if value is None:
-        # One message from stdin, ":", split at the key delimiter into an empty key and an
-        # empty value, which -Z sends as NULL; the -k key, if any, replaces the null key.
-        await run_kcat(binary, [*argv, b"-Z", b"-K", b":"], stdin=b":")
-        return
-    path = await asyncio.to_thread(_value_file, value)
-    try:
-        await run_kcat(binary, [*argv, os.fsencode(path)])
-    finally:
-        await asyncio.to_thread(path.unlink)
-
-
-def _require_loopback(bootstrap_servers: str) -> None:
-    """Only the local test brokers: kcat here never talks to anything else."""
-    for server in bootstrap_servers.split(","):
-        host = server.strip().rsplit(":", 1)[0].strip("[]")
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"produce_raw talks only to a loopback broker, not {server!r}")
-
-
-def _value_file(value: bytes) -> Path:
-    descriptor, name = tempfile.mkstemp(prefix="kcat-value-")
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(value)
-    return Path(name)
-
-
-async def run_kcat(binary: Path, argv: Sequence[bytes], *, stdin: bytes | None = None) -> bytes:
-    """Run kcat with ``argv`` (bytes: any but NUL); its stdout, or an error with its stderr."""
-    ignored = ("KCAT_CONFIG", "KAFKACAT_CONFIG")  # configuration files kcat would read
-    env = {name: value for name, value in os.environ.items() if name not in ignored}
-    process = await asyncio.create_subprocess_exec(
-        binary,
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        async with asyncio.timeout(KCAT_TIMEOUT):
-            out, err = await process.communicate(stdin)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(f"kcat did not finish within {KCAT_TIMEOUT:.0f}s") from None
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"kcat exited with {process.returncode}: {err.decode(errors='replace').strip()}"
-        )
-    return out

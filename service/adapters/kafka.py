@@ -7,13 +7,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError, for_code
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
+from service.adapters import kafka_records
+from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
 from service.domain.inbound import InboundRecord
 from service.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 TOPIC_READY_TIMEOUT = 30.0
 
@@ -56,7 +62,20 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         **overrides,
     }
+    kafka_records.install()
     return AIOKafkaConsumer(**options)
+
+
+def reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer outside any group, reading committed records of assigned partitions:
+    for the relay's recovery and the operator verbs."""
+    kafka_records.install()
+    return AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
 
 
 def event_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -134,6 +153,38 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> No
         if time.monotonic() > deadline:
             raise KafkaTimeoutError(f"topics {topics} have no leaders after {TOPIC_READY_TIMEOUT}s")
         await asyncio.sleep(0.1)
+
+
+async def max_message_bytes(settings: Settings, topics: Sequence[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``: the largest record batch the broker takes.
+
+    A topic whose configuration cannot be read (the principal may lack DescribeConfigs)
+    gets Kafka's default, which is logged.
+    """
+    limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    try:
+        await admin.start()
+        responses = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+                for topic in topics
+            ]
+        )
+    except KafkaError as exc:
+        log.warning("topic_limits_unknown", topics=list(topics), error=repr(exc))
+        return limits
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code != 0:
+                log.warning("topic_limits_unknown", topics=[name], error_code=error_code)
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    limits[name] = int(entry[1])
+    return limits
 
 
 async def partitions_of(settings: Settings, topics: Sequence[str]) -> list[TopicPartition]:

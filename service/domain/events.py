@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,19 +17,36 @@ from schemas.event import REJECTED_TYPE, UPDATED_TYPE, format_sequence
 from schemas.headers import (
     DLT_ERROR_CODE,
     DLT_ERROR_MESSAGE,
+    DLT_HEADERS_DROPPED,
     DLT_ORIGINAL_CONSUMER_GROUP,
+    DLT_ORIGINAL_KEY_SIZE,
     DLT_ORIGINAL_OFFSET,
     DLT_ORIGINAL_PARTITION,
+    DLT_ORIGINAL_SHA256,
     DLT_ORIGINAL_TIMESTAMP,
     DLT_ORIGINAL_TIMESTAMP_TYPE,
     DLT_ORIGINAL_TOPIC,
+    DLT_ORIGINAL_VALUE_SIZE,
+    DLT_TRUNCATED,
+    ORIGINAL_PREFIX,
     TRACEPARENT,
+    is_reserved,
 )
 from schemas.topics import Topics
-from service.domain.inbound import InboundRecord, Poison
+from service.domain.inbound import Headers, InboundRecord, Poison, valid_header_name
 from service.domain.update import Applied
 
-Headers = tuple[tuple[str, bytes], ...]
+#: Kafka's default ``max.message.bytes`` of a topic (1 MiB and a batch header).
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: A record batch's own header (v2), and what one record costs beyond its key, value and
+#: headers at most (length, attributes, timestamp and offset deltas, the lengths as varints).
+_BATCH_OVERHEAD = 61
+_RECORD_OVERHEAD = 36
+_HEADER_OVERHEAD = 10
+#: A truncated dead letter keeps at most this much of an over-long key.
+_TRUNCATED_KEY_BYTES = 1024
+#: Room kept free in a dead letter for the header the relay adds (``outbox-id``).
+_RELAY_HEADROOM = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +153,46 @@ def _trace_headers(traceparent: str | None) -> Headers:
     return () if traceparent is None else ((TRACEPARENT, traceparent.encode()),)
 
 
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    """An upper bound of the bytes a record takes alone in a record batch: what a topic's
+    ``max.message.bytes`` is compared with."""
+    size = _BATCH_OVERHEAD + _RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+    for name, header_value in headers:
+        size += _HEADER_OVERHEAD + len(name.encode("utf-8", "surrogateescape"))
+        size += len(header_value or b"")
+    return size
+
+
 def dead_letter_message(
-    record: InboundRecord, poison: Poison, *, consumer_group: str, topic: str
+    record: InboundRecord,
+    poison: Poison,
+    *,
+    consumer_group: str,
+    topic: str,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> OutboundMessage:
-    """The original record, bytes untouched, with headers saying where it came from and why."""
-    provenance = (
+    """The original record with headers saying where it came from and why.
+
+    The key, value and headers are kept as they came, but for three things no dead letter
+    may carry: a header of our own namespace (``schemas.headers.is_reserved``) is renamed
+    with ``original-``, so that nothing on an output topic is forged; a header whose name
+    is not UTF-8 or holds NUL is left out (counted in ``kafka_dlt-headers-dropped``); and a
+    record that would not fit ``max_bytes`` (the dead-letter topic's ``max.message.bytes``)
+    is cut to fit, its original headers left out, with its sizes and the value's SHA-256.
+    A dead letter for which ``is_partial_copy`` holds must be stored whole elsewhere.
+    """
+    kept: list[tuple[str, bytes | None]] = []
+    dropped = 0
+    for name, value in record.headers:
+        if not valid_header_name(name):
+            dropped += 1
+        elif is_reserved(name):
+            kept.append((ORIGINAL_PREFIX + name, value))
+        else:
+            kept.append((name, value))
+    provenance = [
         (DLT_ORIGINAL_TOPIC, record.topic),
         (DLT_ORIGINAL_PARTITION, str(record.partition)),
         (DLT_ORIGINAL_OFFSET, str(record.offset)),
@@ -150,6 +204,34 @@ def dead_letter_message(
         (DLT_ORIGINAL_CONSUMER_GROUP, consumer_group),
         (DLT_ERROR_CODE, poison.code),
         (DLT_ERROR_MESSAGE, poison.message),
+    ]
+    if dropped:
+        provenance.append((DLT_HEADERS_DROPPED, str(dropped)))
+    added = tuple((name, value.encode()) for name, value in provenance)
+    headers = (*kept, *added)
+    if record_size(record.key, record.value, headers) + _RELAY_HEADROOM <= max_bytes:
+        return OutboundMessage(topic, record.key, record.value, headers)
+    return _truncated(record, added, topic=topic, max_bytes=max_bytes)
+
+
+def _truncated(
+    record: InboundRecord, provenance: Headers, *, topic: str, max_bytes: int
+) -> OutboundMessage:
+    key = None if record.key is None else record.key[:_TRUNCATED_KEY_BYTES]
+    value = record.value or b""
+    headers = (
+        *provenance,
+        (DLT_TRUNCATED, b"true"),
+        (DLT_ORIGINAL_KEY_SIZE, str(len(record.key or b"")).encode()),
+        (DLT_ORIGINAL_VALUE_SIZE, str(len(value)).encode()),
+        (DLT_ORIGINAL_SHA256, hashlib.sha256(value).hexdigest().encode()),
     )
-    headers = record.headers + tuple((name, value.encode()) for name, value in provenance)
-    return OutboundMessage(topic, record.key, record.value, headers)
+    room = max_bytes - _RELAY_HEADROOM - record_size(key, b"", headers)
+    return OutboundMessage(
+        topic, key, None if record.value is None else value[: max(room, 0)], headers
+    )
+
+
+def is_partial_copy(message: OutboundMessage) -> bool:
+    """A dead letter that left out part of its original record."""
+    return any(name in (DLT_TRUNCATED, DLT_HEADERS_DROPPED) for name, _ in message.headers)

@@ -1,9 +1,10 @@
 """From a Kafka record's bytes to a command, a rejection, or a dead letter.
 
-Records that cannot be read as a command at all (no key, not UTF-8, not JSON, not an
-object, too large, too deeply nested) are *poison*: they go to the dead-letter topic
-with their original bytes. A readable object that breaks the contract is *invalid*: the
-producer gets a ``customer.update.rejected`` event saying which field and why.
+Records that cannot be read as a command at all (no key, a key or headers too large or
+too many, a header name that is not UTF-8 or holds NUL, a value that is not UTF-8, not
+JSON, not an object, too large or too deeply nested) are *poison*: they go to the
+dead-letter topic with their original bytes. A readable object that breaks the contract
+is *invalid*: the producer gets a ``customer.update.rejected`` event saying which field and why.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from service.domain.authorization import Authorizer, Principal
 
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 DEFAULT_MAX_DEPTH = 16
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_HEADERS = 64
+DEFAULT_MAX_HEADER_NAME_BYTES = 256
+DEFAULT_MAX_HEADER_VALUE_BYTES = 16 * 1024
+#: How much of an offending header name a poison message quotes.
+_QUOTED_NAME_BYTES = 64
+
+Headers = tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +45,19 @@ class InboundRecord:
     timestamp_type: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    #: A name that was not UTF-8 on the wire holds surrogates (see ``valid_header_name``);
+    #: a value may be null.
+    headers: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    max_header_name_bytes: int = DEFAULT_MAX_HEADER_NAME_BYTES
+    max_header_value_bytes: int = DEFAULT_MAX_HEADER_VALUE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,15 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         return Poison(
             "record_key_missing", "The record has no key; the key must be the customer id"
         )
+    if len(record.key) > limits.max_key_bytes:
+        return Poison(
+            "record_key_too_large",
+            f"The record key is {len(record.key)} bytes; the limit is {limits.max_key_bytes}",
+        )
+    if record.headers:
+        refused = _check_headers(record.headers, limits)
+        if refused is not None:
+            return refused
     try:
         customer_id = record.key.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,6 +170,56 @@ def _parse(
     return Valid(command, principal, fingerprint(document), traceparent)
 
 
+def _check_headers(record_headers: Headers, limits: Limits) -> Poison | None:
+    if len(record_headers) > limits.max_headers:
+        return Poison(
+            "record_headers_too_many",
+            f"The record has {len(record_headers)} headers; the limit is {limits.max_headers}",
+        )
+    for name, value in record_headers:
+        if not valid_header_name(name):
+            return Poison(
+                "record_header_invalid",
+                f"The header name {_quoted(name)} is not valid UTF-8 or contains NUL",
+            )
+        size = len(name.encode())
+        if size > limits.max_header_name_bytes:
+            return Poison(
+                "record_header_too_large",
+                f"The header name {_quoted(name)} is {size} bytes; the limit is "
+                f"{limits.max_header_name_bytes}",
+            )
+        if value is not None and len(value) > limits.max_header_value_bytes:
+            return Poison(
+                "record_header_too_large",
+                f"The value of header {_quoted(name)} is {len(value)} bytes; the limit is "
+                f"{limits.max_header_value_bytes}",
+            )
+    return None
+
+
+def valid_header_name(name: str) -> bool:
+    """A header name that other clients can read and PostgreSQL can store: UTF-8 (not read
+    back with ``surrogateescape``, as the Kafka adapter does for one that is not) and
+    without NUL."""
+    if "\x00" in name:
+        return False
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(name: str) -> str:
+    """The name's bytes as a Python literal, shortened: printable, and safe in any log."""
+    raw = name.encode("utf-8", "surrogateescape")
+    quoted = repr(raw[:_QUOTED_NAME_BYTES])
+    return quoted + "..." if len(raw) > _QUOTED_NAME_BYTES else quoted
+
+
 def _is_traceparent(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and TRACEPARENT.fullmatch(value) is not None
 
@@ -154,7 +228,7 @@ def _header_traceparent(record: InboundRecord) -> str | None:
     """A ``traceparent`` record header, as OpenTelemetry's Kafka instrumentation sets it;
     an invalid one is ignored, as W3C Trace Context asks."""
     for name, value in record.headers:
-        if name == headers.TRACEPARENT:
+        if name == headers.TRACEPARENT and value is not None:
             text = value.decode("ascii", errors="replace")
             return text if _is_traceparent(text) else None
     return None

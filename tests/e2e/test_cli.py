@@ -29,6 +29,7 @@ from tests.support import (
 CLI = str(Path(sys.executable).parent / "customer-service")
 VERBS = [
     "migrate", "create-topics", "seed", "worker", "relay", "send", "tail", "dlq list", "dlq replay",
+    "outbox list", "outbox retry", "outbox discard",
 ]  # fmt: skip
 
 
@@ -213,3 +214,47 @@ async def test_the_relay_runs_on_its_own_beside_workers_without_one(
         code = await asyncio.wait_for(relay.wait(), timeout=60)
     assert event.json()["data"]["object"]["name"] == "Relayed"
     assert code == 0
+
+
+async def park(db: asyncpg.Connection, key: bytes, reason: str) -> int:
+    row_id: int = await db.fetchval(
+        "INSERT INTO outbox (topic, key, value, parked_at, parked_reason) "
+        "VALUES ('customer.updated', $1, 'v', now(), $2) RETURNING id",
+        key,
+        reason,
+    )
+    return row_id
+
+
+async def test_outbox_lists_retries_and_discards_parked_messages(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    first = await park(db, b"cus_parked_1", "MessageSizeTooLargeError: too big")
+    second = await park(db, b"cus_parked_2", "the record takes about 9000 bytes")
+    await db.execute(
+        "INSERT INTO outbox (topic, key, value) VALUES ('customer.updated', 'cus_parked_1', 'w')"
+    )
+
+    listed = await cli(settings, "outbox", "list")
+    retried = await cli(settings, "outbox", "retry", str(first))
+    no_ids = await cli(settings, "outbox", "retry")
+    discarded = await cli(settings, "outbox", "discard", str(second), "--yes")
+    not_parked = await cli(settings, "outbox", "discard", str(first), "--yes")
+
+    assert listed.code == 0, listed.err
+    lines = listed.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(str(first))
+    assert "key=cus_parked_1" in lines[0]
+    assert "waiting-behind=1" in lines[0]
+    assert "MessageSizeTooLargeError: too big" in lines[0]
+    assert "2 parked; 1 waiting" in listed.err
+    assert (retried.code, retried.out.strip()) == (0, "unparked 1 message(s)")
+    assert no_ids.code == 2
+    assert "--all" in no_ids.err
+    assert (discarded.code, discarded.out.strip()) == (0, "discarded 1 message(s)")
+    assert not_parked.code == 1
+    remaining = await db.fetch("SELECT id, parked_at FROM outbox ORDER BY id")
+    assert [row["id"] for row in remaining][:1] == [first]
+    assert second not in [row["id"] for row in remaining]
+    assert all(row["parked_at"] is None for row in remaining)

@@ -11,13 +11,12 @@ name fails, and the set-based batch statement that carries it fails with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from schemas.headers import (
     DLT_ERROR_CODE,
@@ -27,7 +26,7 @@ from schemas.headers import (
     DLT_ORIGINAL_PARTITION,
     DLT_ORIGINAL_TOPIC,
 )
-from service.adapters.kafka import connection_options, partitions_of
+from service.adapters.kafka import connection_options
 from service.domain.inbound import InboundRecord
 from service.processing import BatchProcessor
 from service.settings import Settings
@@ -39,6 +38,7 @@ from tests.support import (
     encode,
     event_topics,
     insert_customer,
+    read_everything,
     running_worker,
 )
 
@@ -78,38 +78,6 @@ async def produce_to_one_partition(
     finally:
         await producer.stop()
     return sent
-
-
-async def read_everything(
-    settings: Settings, topics: Sequence[str], *, within: float = 30.0
-) -> dict[str, list[Received]]:
-    """Every committed record of ``topics`` up to their current end, by topic, in
-    partition order: for exact counts once nothing more is being written."""
-    consumer = AIOKafkaConsumer(
-        **connection_options(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    partitions = await partitions_of(settings, topics)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: dict[str, list[Received]] = {topic: [] for topic in topics}
-        deadline = time.monotonic() + within
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            assert time.monotonic() < deadline, f"could not read {topics} to their end"
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                found[tp.topic].extend(
-                    Received(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
-                    for r in records
-                )
-    finally:
-        await consumer.stop()
-    return found
 
 
 def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from devstack.kcat import produce_raw, run_kcat
 from service.settings import Settings
-from tests.support import produce_raw, run_kcat
 
 BAD_NAME = b"\xff\xfebad"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -11,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack.processes import free_port
+from service.adapters.postgres import OutboxRow, OutboxStore
 from service.app import build_relay
 from service.metrics import Metrics
 from service.relay import OutboxRelay
@@ -22,6 +24,7 @@ from tests.support import (
     eventually,
     insert_customer,
     produce_commands,
+    read_everything,
     running_worker,
 )
 
@@ -87,10 +90,10 @@ async def test_a_relay_that_dies_after_publishing_does_not_publish_twice(
     class SimulatedCrashError(Exception):
         """The relay dies after the Kafka commit, before deleting the rows."""
 
-    async def die(self: OutboxRelay, connection: asyncpg.Connection, ids: list[int]) -> None:
+    async def die(self: OutboxRelay, store: OutboxStore, rows: list[OutboxRow]) -> None:
         raise SimulatedCrashError
 
-    monkeypatch.setattr(OutboxRelay, "_forget", die)
+    monkeypatch.setattr(OutboxRelay, "_published", die)
     with pytest.raises(SimulatedCrashError):
         await build_relay(settings).run(asyncio.Event())
     monkeypatch.undo()
@@ -164,25 +167,68 @@ async def test_a_row_committed_as_the_relay_finds_the_outbox_empty_is_not_left_w
         "RETURNING topic, key, value, headers::text AS headers"
     )
     relay = build_relay(slow)
-    publish, measure = relay._publish_batch, relay._measure_backlog
-    last = {"published": -1}
+    publish = relay._publish_batch
 
-    async def publish_and_note(connection: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        last["published"] = await publish(connection, producer)
-        return last["published"]
-
-    async def measure_then_commit_a_batch(connection: asyncpg.Connection) -> None:
-        await measure(connection)
-        if last["published"] == 0 and held_back is not None:
+    async def publish_then_commit_a_batch(
+        connection: asyncpg.Connection, producer: AIOKafkaProducer
+    ) -> int:
+        published = await publish(connection, producer)
+        if published == 0 and held_back is not None:
+            # Right after the read found nothing, before the relay goes idle.
             await db.execute(
                 "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
                 *held_back.values(),
             )
             relay.wake()  # what the worker does after each batch commit
+        return published
 
-    monkeypatch.setattr(relay, "_publish_batch", publish_and_note)
-    monkeypatch.setattr(relay, "_measure_backlog", measure_then_commit_a_batch)
+    monkeypatch.setattr(relay, "_publish_batch", publish_then_commit_a_batch)
     async with running_relay(relay), TopicReader(slow, event_topics(slow)) as reader:
         events = await reader.wait_for_count(slow.topic_events, 2, within=20)
 
     assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]
+
+
+async def test_a_commit_whose_outcome_is_unknown_gets_a_fresh_producer_and_no_duplicate(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The first commit goes through but never answers (as after a lost response): the
+    relay must not reuse that producer's transaction state. It starts a new producer with
+    the same transactional.id, and recovery finds the rows already published."""
+    await insert_customer(db, "cus_unknown")
+    commands = [command("cus_unknown", {"description": f"u{n}"}) for n in range(4)]
+    await fill_outbox(settings, db, commands)
+    relay = build_relay(settings)
+    relay._config = dataclasses.replace(relay._config, transaction_timeout=1.0)
+    real_factory = relay._producer_factory
+    made: list[AIOKafkaProducer] = []
+
+    def factory() -> AIOKafkaProducer:
+        producer = real_factory()
+        if not made:
+            commit = producer.commit_transaction
+
+            async def commit_then_hang() -> None:
+                await commit()
+                await asyncio.Event().wait()
+
+            producer.commit_transaction = commit_then_hang
+        made.append(producer)
+        return producer
+
+    relay._producer_factory = factory
+    async with (
+        running_relay(relay) as task,
+        TopicReader(settings, event_topics(settings), task) as reader,
+    ):
+        await reader.wait_for_count(settings.topic_events, len(commands))
+        await eventually(lambda: _outbox_empty(db), what="an empty outbox", within=60)
+
+    assert len(made) >= 2
+    published = await read_everything(settings, [settings.topic_events])
+    events = published[settings.topic_events]
+    assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]
+
+
+async def _outbox_empty(db: asyncpg.Connection) -> bool:
+    return await outbox_size(db) == 0

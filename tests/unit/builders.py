@@ -62,7 +62,7 @@ def record(
     *,
     key: bytes | None = CUSTOMER_ID.encode(),
     offset: int = 0,
-    headers: tuple[tuple[str, bytes], ...] = (),
+    headers: tuple[tuple[str, bytes | None], ...] = (),
 ) -> InboundRecord:
     return InboundRecord(
         topic="customer.update",

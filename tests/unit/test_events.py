@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,10 +17,12 @@ from service.domain.customer import Address, CustomerState
 from service.domain.events import (
     EventContext,
     dead_letter_message,
+    is_partial_copy,
+    record_size,
     rejected_message,
     updated_message,
 )
-from service.domain.inbound import InboundRecord, Poison
+from service.domain.inbound import Headers, InboundRecord, Poison
 from service.domain.update import Applied, apply_update
 from tests.unit.builders import CUSTOMER_ID, command, customer, no_owner, value_of
 
@@ -245,16 +248,24 @@ def test_the_rejected_error_round_trips() -> None:
 # Dead letters
 
 
-def poisoned(timestamp_type: int = 0, value: bytes | None = b"[1]") -> InboundRecord:
+def poisoned(
+    timestamp_type: int = 0,
+    value: bytes | None = b"[1]",
+    *,
+    key: bytes = b"cus_1",
+    headers: Headers | None = None,
+) -> InboundRecord:
     return InboundRecord(
         topic="customer.update",
         partition=2,
         offset=41,
         timestamp=1_714_564_800_000,
         timestamp_type=timestamp_type,
-        key=b"cus_1",
+        key=key,
         value=value,
-        headers=(("traceparent", TRACEPARENT.encode()), ("x-origin", b"\x00\xff")),
+        headers=headers
+        if headers is not None
+        else (("traceparent", TRACEPARENT.encode()), ("x-origin", b"\x00\xff")),
     )
 
 
@@ -319,3 +330,72 @@ def test_the_relay_puts_each_customer_where_kafkas_default_partitioner_does() ->
         for partitions in (1, 3, 6, 12):
             expected = DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
             assert _partition(key, partitions) == expected
+
+
+def test_our_own_headers_on_the_original_are_renamed_on_its_dead_letter() -> None:
+    original = poisoned(
+        headers=(("outbox-id", b"42"), ("kafka_dlt-original-offset", b"9"), ("x-a", b"1"))
+    )
+    message = dead_letter_message(original, POISON, consumer_group="g", topic="dlq")
+    names = [name for name, _ in message.headers]
+    assert message.headers[:3] == (
+        ("original-outbox-id", b"42"),
+        ("original-kafka_dlt-original-offset", b"9"),
+        ("x-a", b"1"),
+    )
+    assert "outbox-id" not in names
+    assert names.count("kafka_dlt-original-offset") == 1
+    assert dict(message.headers)["kafka_dlt-original-offset"] == b"41"
+    assert not is_partial_copy(message)
+
+
+def test_headers_no_client_can_read_are_left_out_and_counted() -> None:
+    original = poisoned(headers=(("x-\x00", b"1"), ("\udcffbad", None), ("x-ok", None)))
+    message = dead_letter_message(original, POISON, consumer_group="g", topic="dlq")
+    assert message.headers[0] == ("x-ok", None)
+    assert dict(message.headers)["kafka_dlt-headers-dropped"] == b"2"
+    assert is_partial_copy(message)
+
+
+def test_a_dead_letter_that_would_not_fit_is_cut_to_fit_with_its_size_and_digest() -> None:
+    value = b"v" * 50_000
+    original = poisoned(value=value, headers=(("x-big", b"h" * 20_000),))
+    message = dead_letter_message(
+        original, POISON, consumer_group="g", topic="dlq", max_bytes=10_000
+    )
+    headers = dict(message.headers)
+    assert record_size(message.key, message.value, message.headers) + 64 <= 10_000
+    assert message.key == original.key
+    assert message.value is not None
+    assert value.startswith(message.value)
+    assert len(message.value) > 8_000
+    assert "x-big" not in headers
+    assert headers["kafka_dlt-truncated"] == b"true"
+    assert headers["kafka_dlt-original-value-size"] == b"50000"
+    assert headers["kafka_dlt-original-key-size"] == b"5"
+    assert headers["kafka_dlt-original-sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert headers["kafka_dlt-exception-cause-fqcn"] == POISON.code.encode()
+    assert is_partial_copy(message)
+
+
+def test_an_over_long_key_is_cut_too() -> None:
+    original = poisoned(key=b"k" * 50_000)
+    message = dead_letter_message(
+        original, POISON, consumer_group="g", topic="dlq", max_bytes=10_000
+    )
+    assert message.key == b"k" * 1024
+    assert dict(message.headers)["kafka_dlt-original-key-size"] == b"50000"
+
+
+def test_a_dead_letter_that_fits_exactly_is_kept_whole() -> None:
+    original = poisoned(value=b"v" * 5000)
+    whole = dead_letter_message(original, POISON, consumer_group="g", topic="dlq")
+    limit = record_size(whole.key, whole.value, whole.headers) + 64
+    assert (
+        dead_letter_message(original, POISON, consumer_group="g", topic="dlq", max_bytes=limit)
+        == whole
+    )
+    cut = dead_letter_message(
+        original, POISON, consumer_group="g", topic="dlq", max_bytes=limit - 1
+    )
+    assert is_partial_copy(cut)

@@ -266,3 +266,62 @@ def test_the_fingerprint_changes_with_what_the_command_asks(change: dict[str, An
 
 def test_the_fingerprint_is_a_sha256_digest() -> None:
     assert len(fingerprint(command_document())) == 32
+
+
+# Keys and headers: bounded and readable, or the record is poison.
+
+
+def test_a_key_larger_than_the_limit_is_poison() -> None:
+    limits = Limits(max_key_bytes=64)
+    assert poison_code(record_of(command_document(), key=b"k" * 65), limits) == (
+        "record_key_too_large"
+    )
+
+
+def test_a_key_at_the_limit_is_read_on() -> None:
+    key = b"c" * 64
+    item = record_of(command_document(subject=key.decode()), key=key)
+    assert isinstance(classified(item, Limits(max_key_bytes=64)), Valid)
+
+
+def test_more_headers_than_the_limit_is_poison() -> None:
+    item = record(orjson.dumps(command_document()), headers=(("h", b"v"),) * 3)
+    assert poison_code(item, Limits(max_headers=2)) == "record_headers_too_many"
+    assert isinstance(classified(item, Limits(max_headers=3)), Valid)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x-\x00", "\x00", "\udcff\udcfebad"],
+    ids=["nul-inside", "nul-alone", "not-utf8"],
+)
+def test_a_header_name_that_is_not_utf8_or_holds_nul_is_poison(name: str) -> None:
+    poison = classified(record(orjson.dumps(command_document()), headers=((name, b"v"),)))
+    assert isinstance(poison, Poison)
+    assert poison.code == "record_header_invalid"
+    # The message quotes the name's bytes, printable whatever they are.
+    assert poison.message.isprintable()
+    assert "\\x" in poison.message
+
+
+def test_a_header_name_longer_than_the_limit_is_poison() -> None:
+    item = record(orjson.dumps(command_document()), headers=(("n" * 17, b"v"),))
+    assert poison_code(item, Limits(max_header_name_bytes=16)) == "record_header_too_large"
+
+
+def test_a_header_value_longer_than_the_limit_is_poison() -> None:
+    item = record(orjson.dumps(command_document()), headers=(("n", b"v" * 65),))
+    assert poison_code(item, Limits(max_header_value_bytes=64)) == "record_header_too_large"
+
+
+def test_a_null_header_value_is_allowed_and_a_null_traceparent_ignored() -> None:
+    item = record(
+        orjson.dumps(command_document()), headers=(("traceparent", None), ("x-empty", None))
+    )
+    result = valid(item)
+    assert result.traceparent is None
+
+
+def test_a_non_ascii_utf8_header_name_is_allowed() -> None:
+    item = record(orjson.dumps(command_document()), headers=(("x-größe", b"1"),))
+    assert isinstance(classified(item), Valid)
