@@ -31,6 +31,7 @@ from faults.checker import ConsumedRecord, History, Violation, accounting
 from faults.load import LoadPlan, LoadProducer
 from faults.model import produced_command
 from faults.stack import FaultStack
+from service.adapters import kafka_records
 from service.adapters.kafka import create_topics, partitions_of, read_range
 from service.adapters.migrations import migrate
 from service.adapters.postgres import customer_from_row
@@ -226,6 +227,8 @@ def _with_application_name(url: str, name: str) -> str:
 
 
 def _consumer(bootstrap_servers: str) -> AIOKafkaConsumer:
+    # The load holds header names that are not UTF-8; read them as the worker does.
+    kafka_records.install()
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         client_id="faults-reader",

@@ -3,7 +3,11 @@
 ``build_load`` draws, from one seed, a sequence of records for the seeded customers:
 valid updates of several fields (address merges included), commands refused for every
 kind of reason, resends of earlier records, ``expectedversion`` commands that match or
-conflict, and (for the poison scenario) records that cannot be read as commands at all.
+conflict, (for the poison scenario) records that cannot be read as commands at all, and
+(for the hostile-records scenario) records built to break a consumer rather than a
+rule: header names with NUL or not UTF-8 (sent with kcat, since our client cannot write
+them), forged ``outbox-id`` and ``kafka_dlt-*`` headers, too many headers, a key and a value
+near Kafka's own size limit, and permissions split by a no-break space.
 
 Two rules keep the reference model exact (see ``faults.model``): a command id is only
 ever sent under one key, and an invoice prefix is only ever asked for by one customer
@@ -32,10 +36,11 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from devstack.kcat import produce_raw
 from faults.model import ReferenceModel, produced_command
 from schemas.command import AUTHORIZATION_ACTION
 from service.domain.customer import CustomerState
-from service.domain.inbound import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES
+from service.domain.inbound import DEFAULT_MAX_DEPTH, DEFAULT_MAX_HEADERS, DEFAULT_MAX_RECORD_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +72,8 @@ MIX: dict[str, int] = {
 }
 #: Share of poison records when the load includes poison.
 POISON_SHARE = 0.04
+#: Share of hostile records when the load includes them.
+HOSTILE_SHARE = 0.06
 
 INVALID_KINDS = (
     "bad_country",
@@ -94,12 +101,32 @@ POISON_KINDS = (
 )
 
 
+HOSTILE_KINDS = (
+    "header_name_nul",
+    "header_name_not_utf8",
+    "forged_outbox_id",
+    "forged_outbox_id_text",
+    "forged_dead_letter_header",
+    "too_many_headers",
+    "permissions_nbsp",
+    "value_near_kafka_limit",
+    "key_too_large",
+)
+#: Kinds sent at most once per load: each is about a megabyte, or a third of one.
+_HOSTILE_ONCE = ("value_near_kafka_limit", "key_too_large")
+#: The largest value that still fits Kafka's default max.message.bytes in a batch of its own.
+NEAR_KAFKA_LIMIT = 1_048_400
+
+
 @dataclass(frozen=True, slots=True)
 class LoadRecord:
     key: bytes | None
     value: bytes | None
     #: What the record is meant to exercise (for the summary only).
     kind: str
+    headers: tuple[tuple[str, bytes], ...] = ()
+    #: Headers whose names our client cannot write: the record is sent with kcat.
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,18 +149,30 @@ class _Generator:
     #: Earlier valid-looking commands per customer: (id, data).
     commands: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     counter: int = 0
+    #: Hostile kinds sent so far.
+    sent_once: set[str] = field(default_factory=set)
 
     def next_id(self) -> str:
         self.counter += 1
         return f"cmd-{self.seed}-{self.counter:06d}"
 
-    def emit(self, key: bytes | None, value: bytes | None, kind: str) -> None:
-        record = LoadRecord(key, value, kind)
+    def emit(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        kind: str,
+        *,
+        headers: tuple[tuple[str, bytes], ...] = (),
+        raw_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        record = LoadRecord(key, value, kind, headers, raw_headers)
         self.records.append(record)
+        # As a consumer reads them (see service.adapters.kafka_records).
+        read = headers + tuple((n.decode("utf-8", "surrogateescape"), v) for n, v in raw_headers)
         # The model only needs the order of each key's records, which a single
         # producer keeps; the partition and offset here are placeholders.
-        self.model.step(produced_command(0, len(self.records), key, value))
-        if key is not None and kind not in POISON_KINDS:
+        self.model.step(produced_command(0, len(self.records), key, value, read))
+        if key is not None and kind not in POISON_KINDS and kind not in HOSTILE_KINDS:
             self.sent.setdefault(key.decode("utf-8", errors="replace"), []).append(record)
 
     def command(
@@ -144,6 +183,8 @@ class _Generator:
         kind: str,
         key: str | None = None,
         command_id: str | None = "",
+        headers: tuple[tuple[str, bytes], ...] = (),
+        raw_headers: tuple[tuple[bytes, bytes], ...] = (),
         **attributes: Any,
     ) -> None:
         document: dict[str, Any] = {
@@ -163,7 +204,13 @@ class _Generator:
             del document["id"]
         if kind in ("update", "expected_version"):
             self.commands.setdefault(customer_id, []).append((document["id"], data))
-        self.emit((key or customer_id).encode(), orjson.dumps(document), kind)
+        self.emit(
+            (key or customer_id).encode(),
+            orjson.dumps(document),
+            kind,
+            headers=headers,
+            raw_headers=raw_headers,
+        )
 
     # -- kinds of record -----------------------------------------------------------------
 
@@ -309,6 +356,41 @@ class _Generator:
                 value = orjson.dumps({"id": self.next_id(), "data": {}})
         self.emit(key, value, kind)
 
+    def hostile(self) -> None:
+        rng = self.rng
+        customer_id = rng.choice(self.customers)
+        # Every kind once, in order, then the repeatable ones at random.
+        unsent = [kind for kind in HOSTILE_KINDS if kind not in self.sent_once]
+        repeatable = [kind for kind in HOSTILE_KINDS if kind not in _HOSTILE_ONCE]
+        kind = unsent[0] if unsent else rng.choice(repeatable)
+        self.sent_once.add(kind)
+        data = {"description": f"hostile {kind}"}
+        label = f"hostile:{kind}"
+        match kind:
+            case "header_name_nul":
+                self.command(customer_id, data, kind=label, headers=(("x-\x00-name", b"v"),))
+            case "header_name_not_utf8":
+                self.command(customer_id, data, kind=label, raw_headers=((b"x-\xff\xfe", b"v"),))
+            case "forged_outbox_id":
+                forged = str(rng.randint(1, 20_000)).encode()
+                self.emit(customer_id.encode(), b"[1]", label, headers=(("outbox-id", forged),))
+            case "forged_outbox_id_text":
+                self.emit(customer_id.encode(), b"[1]", label, headers=(("outbox-id", b"x1"),))
+            case "forged_dead_letter_header":
+                forged_code = ("kafka_dlt-exception-cause-fqcn", b"forged")
+                self.emit(customer_id.encode(), b"{oops", label, headers=(forged_code,))
+            case "too_many_headers":
+                many = tuple((f"x-{n}", b"v") for n in range(DEFAULT_MAX_HEADERS + 1))
+                self.command(customer_id, data, kind=label, headers=many)
+            case "permissions_nbsp":
+                sneaky = f"pay:customers:read\u00a0{AUTHORIZATION_ACTION}"
+                self.command(customer_id, data, kind=label, permissions=sneaky)
+            case "value_near_kafka_limit":
+                self.emit(customer_id.encode(), b"x" * NEAR_KAFKA_LIMIT, label)
+            case _:
+                document = {"id": self.next_id(), "subject": customer_id, "data": data}
+                self.emit(b"k" * 340_000, orjson.dumps(document), label)
+
 
 def build_load(
     *,
@@ -317,6 +399,7 @@ def build_load(
     seeded: Mapping[str, CustomerState],
     topic: str,
     poison: bool = False,
+    hostile: bool = False,
 ) -> LoadPlan:
     """``commands`` records for the customers in ``seeded``, the same for the same seed."""
     customers = sorted(seeded)
@@ -333,6 +416,8 @@ def build_load(
     while len(generator.records) < commands:
         if poison and generator.rng.random() < POISON_SHARE:
             generator.poison()
+        elif hostile and generator.rng.random() < HOSTILE_SHARE:
+            generator.hostile()
         else:
             generator.add(generator.rng.choices(kinds, weights)[0])
     return LoadPlan(generator.records[:commands])
@@ -373,7 +458,12 @@ class LoadProducer:
         self.abandoned: list[int] = []
         self._queue: list[tuple[int, int]] = []
         self._outstanding = 0
+        self._kcat_sends: list[asyncio.Task[None]] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def plan(self) -> LoadPlan:
+        return self._plan
 
     @property
     def total(self) -> int:
@@ -437,12 +527,36 @@ class LoadProducer:
     async def _send(self, producer: AIOKafkaProducer, index: int, attempt: int) -> None:
         record = self._plan.records[index]
         self._outstanding += 1
+        if record.raw_headers:
+            self._kcat_sends.append(asyncio.create_task(self._send_with_kcat(index)))
+            return
         try:
-            future = await producer.send(self._topic, record.value, key=record.key)
+            future = await producer.send(
+                self._topic, record.value, key=record.key, headers=list(record.headers)
+            )
         except KafkaError as exc:
             self._failed(index, attempt, exc)
             return
         future.add_done_callback(functools.partial(self._delivered, index, attempt))
+
+    async def _send_with_kcat(self, index: int) -> None:
+        """A record our client cannot write, sent by librdkafka's kcat. kcat reports no
+        offset, so the durability cross-check leaves it out; the checker still finds it."""
+        record = self._plan.records[index]
+        try:
+            await produce_raw(
+                self._bootstrap_servers,
+                self._topic,
+                key=record.key,
+                value=record.value,
+                headers=[*((n.encode(), v) for n, v in record.headers), *record.raw_headers],
+            )
+        except (RuntimeError, OSError) as exc:
+            self.failures.append(f"record {index} (kcat): {exc!r}")
+            self.abandoned.append(index)
+            log.warning("load_record_abandoned", index=index, error=repr(exc))
+        finally:
+            self._outstanding -= 1
 
     def _delivered(self, index: int, attempt: int, future: asyncio.Future[Any]) -> None:
         if future.cancelled():

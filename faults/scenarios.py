@@ -18,7 +18,7 @@ from pathlib import Path
 
 from faults.checker import CheckResult, Violation, check
 from faults.harness import Progress, RunConfig, ScenarioEnv
-from faults.load import LoadProducer, build_load
+from faults.load import HOSTILE_KINDS, LoadProducer, build_load
 from faults.stack import FaultStack, default_home
 
 #: The consumer's session timeout (``service.adapters.kafka.command_consumer``).
@@ -46,6 +46,10 @@ class Scenario:
     backlog: float = 0.0
     #: Settings (environment variables) of every worker, on top of the harness's.
     worker_settings: tuple[tuple[str, str], ...] = ()
+    hostile: bool = False
+    #: A worker exiting on its own is a violation, not only a note (the worker is
+    #: supposed to survive everything this scenario sends it).
+    no_crash: bool = False
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -239,6 +243,22 @@ async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
     env.fault("poison records mixed into the load")
 
 
+async def _hostile_records(env: ScenarioEnv, load: LoadProducer) -> None:
+    kinds = load.plan.kinds()
+    missing = [kind for kind in HOSTILE_KINDS if kinds[f"hostile:{kind}"] == 0]
+    if missing:
+        env.violation("fault_not_injected", f"the load holds no hostile record of {missing}")
+    env.fault(f"{sum(kinds[f'hostile:{kind}'] for kind in HOSTILE_KINDS)} hostile records")
+    # A relay takeover reads the dead-letter topic back, where the forged headers went.
+    await load.reached(0.5)
+    worker = env.workers[0]
+    worker.kill()
+    await worker.wait_exit(within=10)
+    env.fault(f"SIGKILL {worker.name} at {load.progress:.0%}, so the next relay recovers")
+    await env.launch(0)
+    await load.reached(1.0)
+
+
 async def _graceful(env: ScenarioEnv, load: LoadProducer) -> None:
     await load.reached(0.5)
     worker = env.workers[0]
@@ -344,6 +364,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         inject=_poison,
         short=True,
         poison=True,
+    ),
+    Scenario(
+        "hostile-records",
+        "records built to break a consumer (header names with NUL or not UTF-8, forged "
+        "outbox-id and kafka_dlt headers, 65 headers, a 340 KB key, a 1 MiB value, "
+        "permissions split by a no-break space) in the load, and a relay takeover",
+        partitions=3,
+        inject=_hostile_records,
+        short=True,
+        hostile=True,
+        no_crash=True,
     ),
     Scenario(
         "graceful-sigterm",
@@ -482,6 +513,7 @@ async def run_scenario(
             seeded=env.seeded,
             topic=env.settings.topic_commands,
             poison=scenario.poison,
+            hostile=scenario.hostile,
         )
         rate = config.rate * scenario.rate_scale
         load = LoadProducer(stack.bootstrap_servers, env.settings.topic_commands, plan, rate=rate)
@@ -500,6 +532,11 @@ async def run_scenario(
         await scenario.inject(env, load)
         await env.settle(load)
         codes = await env.stop_workers()
+        if scenario.no_crash and env.unplanned_exits:
+            env.violation(
+                "worker_crashed",
+                f"a worker exited on its own {env.unplanned_exits} time(s); see the notes",
+            )
         for name, code in codes.items():
             if code != 0:
                 env.violation("unclean_shutdown", f"{name} exited {code} on the final SIGTERM")
