@@ -419,6 +419,7 @@ async def produce_raw(
     headers: Sequence[tuple[bytes, bytes]] = (),
     partition: int | None = None,
     kcat: Path | None = None,
+    compression: str | None = None,
 ) -> None:
     """Produce exactly one record with kcat (librdkafka, not our client), byte for byte as
     given: for records aiokafka cannot make, such as a header name that is not UTF-8.
@@ -461,6 +462,8 @@ async def produce_raw(
     ]
     if partition is not None:
         argv += [b"-p", str(partition).encode()]
+    if compression is not None:
+        argv += [b"-z", compression.encode()]
     if key is not None:
         argv += [b"-k", key]
     for name, header_value in headers:

@@ -117,15 +117,17 @@ class WorkerProcess:
             return
         health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
         monitor = OutboxMonitor(pool, self.metrics, stall_seconds=settings.relay_stall_seconds)
+        relay = build_relay(settings, self.metrics)
         if settings.relay_enabled:
-            # Workers without a relay leave the outbox to the relay's own deployment.
-            health.outbox_problems = monitor.problems
+            # Only the leading relay answers for the outbox, so that a parked row keeps one
+            # process unready, not every replica; workers without a relay leave it to the
+            # relay's own deployment.
+            health.outbox_problems = lambda: monitor.problems() if relay.state == "leading" else []
         server = HttpServer(build_app(health, self.metrics), settings.http_host, settings.http_port)
         try:
             if settings.http_enabled:
                 await server.start()
                 self.http_port = server.port
-            relay = build_relay(settings, self.metrics)
             relay_stopping = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._consume(pool, health, relay, stopping, relay_stopping))
@@ -257,12 +259,13 @@ async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
     if pool is None:
         return
     monitor = OutboxMonitor(pool, metrics, stall_seconds=settings.relay_stall_seconds)
+    relay = build_relay(settings, metrics)
     health = Health(
         pool=pool,
         stuck_after=float("inf"),
         running=True,
         needs_partitions=False,
-        outbox_problems=monitor.problems,
+        outbox_problems=lambda: monitor.problems() if relay.state == "leading" else [],
     )
     server = HttpServer(build_app(health, metrics), settings.http_host, settings.http_port)
     try:
@@ -270,7 +273,7 @@ async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
             await server.start()
         log.info("relay_started", http_port=server.port)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(build_relay(settings, metrics).run(stopping))
+            tasks.create_task(relay.run(stopping))
             tasks.create_task(monitor.run(stopping))
     finally:
         await server.stop()

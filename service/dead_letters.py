@@ -141,11 +141,13 @@ class Original:
     def writable_headers(self) -> list[tuple[str, bytes | None]]:
         """The headers a Kafka client can write again: those whose names are UTF-8."""
         kept = []
-        for name, value in self.headers:
+        for raw, value in self.headers:
             try:
-                kept.append((name.decode("utf-8"), value))
+                name = raw.decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            if name != OUTBOX_ID and not name.startswith(DLT_PREFIX):
+                kept.append((name, value))
         return kept
 
 

@@ -16,6 +16,7 @@ the batch, and nothing of it was committed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -45,6 +46,10 @@ log = structlog.get_logger(__name__)
 
 #: How much of a database error a ``processing_failed`` dead letter quotes.
 _FAILURE_MESSAGE_CHARS = 1000
+#: The most of a dead letter's original value kept in PostgreSQL. A compressed record
+#: can unpack to far more than it took on the wire; the dead letter's headers still give
+#: the whole value's size and SHA-256.
+MAX_KEPT_ORIGINAL_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,17 @@ class BatchProcessor:
         )
         reason = f"{type(error).__name__}: {error}"[:_FAILURE_MESSAGE_CHARS]
         poison = Poison("processing_failed", reason.replace("\x00", "\\x00"))
-        return await self._in_transaction([(record, poison)])
+        try:
+            return await self._in_transaction([(record, poison)])
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as third:
+            # Even the dead letter failed: last, one that carries nothing of the record
+            # but where it was, so that the partition still moves on.
+            log.error("dead_letter_failed", offset=record.offset, error=repr(third))
+            bare = dataclasses.replace(record, key=None, value=None, headers=())
+            message = f"{reason}; its dead letter failed too: {type(third).__name__}"
+            return await self._in_transaction([(bare, Poison("processing_failed", message))])
 
     async def _in_transaction(
         self, items: Sequence[tuple[InboundRecord, Classified]]
@@ -231,5 +246,11 @@ class BatchProcessor:
                 )
                 messages.append(dead_letter)
                 if is_partial_copy(dead_letter):
-                    partial.append(decision.record)
+                    partial.append(_bounded(decision.record))
         return messages, partial
+
+
+def _bounded(record: InboundRecord) -> InboundRecord:
+    if record.value is None or len(record.value) <= MAX_KEPT_ORIGINAL_BYTES:
+        return record
+    return dataclasses.replace(record, value=record.value[:MAX_KEPT_ORIGINAL_BYTES])

@@ -56,6 +56,7 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
+    UnknownError,
 )
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -87,9 +88,13 @@ RECORD_REFUSED: tuple[type[KafkaError], ...] = (
     RecordListTooLargeError,
     CorruptRecordException,
     InvalidTimestampError,
+    # What aiokafka makes of an error code it has no class for; on a produce that is
+    # above all INVALID_RECORD (87: a null key on a compacted topic, say).
+    UnknownError,
 )
-#: An ``outbox-id`` header of ours: a decimal row id.
+#: An ``outbox-id`` header of ours: a decimal row id (a bigint).
 _OUTBOX_ID_VALUE = re.compile(rb"[0-9]{1,19}")
+_MAX_ROW_ID = 2**63 - 1
 #: Room for the ``outbox-id`` header the relay adds to every row.
 _OUTBOX_HEADER_BYTES = 40
 #: The largest record batch the relay builds (the producer's ``max_batch_size``).
@@ -319,7 +324,10 @@ class OutboxRelay:
     async def _in_transaction(self, producer: AIOKafkaProducer, rows: Sequence[OutboxRow]) -> None:
         await producer.begin_transaction()
         try:
-            await asyncio.gather(*await _send_in_batches(producer, rows, self._limit))
+            # Bounded too: aiokafka's transactional producer never expires a batch, so a
+            # partition without a leader would hold the relay here for good.
+            async with asyncio.timeout(self._config.transaction_timeout):
+                await asyncio.gather(*await _send_in_batches(producer, rows, self._limit))
         except BaseException:
             await self._end_transaction(producer.abort_transaction(), "abort")
             raise
@@ -377,7 +385,7 @@ class OutboxRelay:
         if not published:
             return
         pending = await store.rows(sorted(published))
-        matching = [row.id for row in pending if published[row.id] == fingerprint(row)]
+        matching = [row.id for row in pending if fingerprint(row) in published[row.id]]
         forged = len(pending) - len(matching)
         if forged:
             log.warning("relay_recovery_ignored_records", records=forged)
@@ -473,10 +481,11 @@ async def published_outbox_records(
     partitions: Sequence[TopicPartition],
     *,
     since_ms: int,
-) -> dict[int, bytes]:
+) -> dict[int, set[bytes]]:
     """The ``fingerprint`` of every committed record in ``partitions`` published at or
-    after ``since_ms`` that carries one ``outbox-id`` header holding a decimal id, by that
-    id. A record with any other ``outbox-id`` is not one of ours and is left out."""
+    after ``since_ms`` that carries one ``outbox-id`` header holding a row id, by that id
+    (a set: a forged record may claim the id of a real one). A record with any other
+    ``outbox-id`` is not one of ours and is left out."""
     if not partitions:
         return {}
     consumer = consumer_factory()
@@ -488,14 +497,16 @@ async def published_outbox_records(
         starts = {
             tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions
         }
-        published: dict[int, bytes] = {}
+        published: dict[int, set[bytes]] = {}
         async for record in read_range(consumer, starts, ends):
             ids = [value for name, value in record.headers if name == OUTBOX_ID]
             if len(ids) != 1 or ids[0] is None or not _OUTBOX_ID_VALUE.fullmatch(ids[0]):
                 continue
+            if int(ids[0]) > _MAX_ROW_ID:
+                continue
             others = [(name, value) for name, value in record.headers if name != OUTBOX_ID]
             row = OutboxRow(int(ids[0]), record.topic, record.key, record.value, others)
-            published[row.id] = fingerprint(row)
+            published.setdefault(row.id, set()).add(fingerprint(row))
         return published
     finally:
         await consumer.stop()

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from service.adapters.kafka import connection_options, partitions_of, reader
 from service.app import run_worker
+from service.relay import OutboxRelay
 from service.settings import Settings
 
 UPDATE_PERMISSION = "pay:customers:update"
@@ -325,3 +326,35 @@ class TcpForwarder:
             pass
         finally:
             sink.close()
+
+
+@contextlib.asynccontextmanager
+async def running_relay(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    try:
+        yield task
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+async def outbox_size(db: asyncpg.Connection) -> int:
+    size: int = await db.fetchval("SELECT count(*) FROM outbox")
+    return size
+
+
+async def _outbox_reaches(db: asyncpg.Connection, size: int) -> bool:
+    return await outbox_size(db) >= size
+
+
+async def fill_outbox(
+    settings: Settings, db: asyncpg.Connection, commands: list[dict[str, object]]
+) -> None:
+    """Process ``commands`` with the relay switched off, so their events stay in the outbox."""
+    before = await outbox_size(db)
+    async with running_worker(settings.model_copy(update={"relay_enabled": False})):
+        await produce_commands(settings, commands)
+        await eventually(
+            lambda: _outbox_reaches(db, before + len(commands)), what="the events in the outbox"
+        )

@@ -30,6 +30,8 @@ from aiokafka.record.default_records import (
 from aiokafka.record.legacy_records import LegacyRecordBatch
 from aiokafka.record.util import decode_varint
 
+from service.domain.inbound import UNREADABLE_BATCH_HEADER
+
 _LENGTH_OFFSET = struct.calcsize(">q")
 _LOG_OVERHEAD = struct.calcsize(">qi")
 _MAGIC_OFFSET = struct.calcsize(">qii")
@@ -102,8 +104,29 @@ class _TolerantBatch:
         try:
             records = list(self._batch)
         except UnicodeDecodeError:
-            records = list(_LenientBatch(self._piece))
+            records = self._leniently()
+        except Exception as exc:  # an unknown codec, corrupt or truncated compressed data
+            records = self._unreadable(exc)
         return iter(records)
+
+    def _leniently(self) -> list[Any]:
+        try:
+            return list(_LenientBatch(self._piece))
+        except Exception as exc:
+            return self._unreadable(exc)
+
+    def _unreadable(self, error: Exception) -> list[Any]:
+        """One made-up record standing for the whole batch, at its first offset, so that
+        the consumer moves past the batch and the worker dead-letters it (reason
+        ``record_batch_unreadable``, with the offsets it covered)."""
+        batch = self._batch
+        reason = (
+            f"offsets {batch.base_offset} to {batch.next_offset - 1}: "
+            f"{type(error).__name__}: {error}"
+        )[:1000]
+        header = (UNREADABLE_BATCH_HEADER, reason.encode("utf-8", "replace"))
+        timestamp = batch.first_timestamp
+        return [_DefaultRecordPy(batch.base_offset, timestamp, 0, None, None, [header])]
 
     def __next__(self) -> Any:
         # Only control batches are read with next(); their records have no headers.

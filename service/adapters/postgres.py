@@ -354,11 +354,15 @@ def encode_raw_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
     """Any headers, names too as base64 of their bytes (a name read with
     ``surrogateescape`` turns back into the bytes it came as)."""
     return orjson.dumps(
-        [
-            [_b64(name.encode("utf-8", "surrogateescape")), None if value is None else _b64(value)]
-            for name, value in headers
-        ]
+        [[_b64(_raw(name)), None if value is None else _b64(value)] for name, value in headers]
     ).decode()
+
+
+def _raw(name: str) -> bytes:
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding made, such as the adapter's own
+        return name.encode("utf-8", "surrogatepass")
 
 
 def decode_raw_headers(stored: str | list[list[str | None]]) -> list[tuple[bytes, bytes | None]]:
@@ -514,8 +518,11 @@ class OutboxStore:
         return OutboxStats(row["waiting"], row["parked"], row["oldest"])
 
     async def oldest_created_ms(self) -> int | None:
+        """When the oldest row that may have been published was written: parked rows were
+        refused, so they do not widen the recovery scan however long they wait."""
         oldest: int | None = await self._connection.fetchval(
-            "SELECT (extract(epoch FROM min(created)) * 1000)::bigint FROM outbox"
+            "SELECT (extract(epoch FROM min(created)) * 1000)::bigint FROM outbox "
+            "WHERE parked_at IS NULL"
         )
         return oldest
 

@@ -33,7 +33,13 @@ from schemas.headers import (
     is_reserved,
 )
 from schemas.topics import Topics
-from service.domain.inbound import Headers, InboundRecord, Poison, valid_header_name
+from service.domain.inbound import (
+    UNREADABLE_BATCH_HEADER,
+    Headers,
+    InboundRecord,
+    Poison,
+    valid_header_name,
+)
 from service.domain.update import Applied
 
 #: Kafka's default ``max.message.bytes`` of a topic (1 MiB and a batch header).
@@ -186,6 +192,8 @@ def dead_letter_message(
     kept: list[tuple[str, bytes | None]] = []
     dropped = 0
     for name, value in record.headers:
+        if name == UNREADABLE_BATCH_HEADER:
+            continue  # made up by the adapter; the error headers say why
         if not valid_header_name(name):
             dropped += 1
         elif is_reserved(name):

@@ -28,6 +28,11 @@ DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_HEADERS = 64
 DEFAULT_MAX_HEADER_NAME_BYTES = 256
 DEFAULT_MAX_HEADER_VALUE_BYTES = 16 * 1024
+#: The one header of a record that the Kafka adapter made up because the record batch it
+#: came in could not be read at all (an unknown codec, corrupt compressed data): its
+#: value says why. No name read off the wire can equal it, since a lone surrogate of the
+#: high range comes out of no UTF-8 decoding, strict or ``surrogateescape``.
+UNREADABLE_BATCH_HEADER = "\ud800unreadable-batch"
 #: How much of an offending header name a poison message quotes.
 _QUOTED_NAME_BYTES = 64
 
@@ -94,6 +99,9 @@ Classified = Poison | Invalid | Valid
 
 def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> Classified:
     """Decide what ``record`` is. Pure: no I/O, no clock."""
+    if record.headers and record.headers[0][0] == UNREADABLE_BATCH_HEADER:
+        reason = (record.headers[0][1] or b"").decode("utf-8", "replace")
+        return Poison("record_batch_unreadable", f"The record batch cannot be read: {reason}")
     if not record.key:
         return Poison(
             "record_key_missing", "The record has no key; the key must be the customer id"

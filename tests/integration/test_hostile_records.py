@@ -9,9 +9,7 @@ checks that every one of those is answered exactly once and in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from service.adapters.kafka import connection_options
 from service.adapters.postgres import decode_raw_headers
 from service.app import WorkerProcess, build_relay
 from service.dead_letters import read_dead_letters, replay
-from service.relay import OutboxRelay
 from service.settings import Settings
 from tests.support import (
     Received,
@@ -44,10 +41,13 @@ from tests.support import (
     encode,
     event_topics,
     eventually,
+    fill_outbox,
     insert_customer,
+    outbox_size,
     produce,
     produce_commands,
     read_everything,
+    running_relay,
     running_worker,
 )
 
@@ -83,6 +83,22 @@ def header(record: Received, name: str) -> bytes | None:
     return values[0] if values else None
 
 
+async def dead_letter_then_answers(
+    settings: Settings, later: list[dict[str, Any]], *, answered: list[dict[str, Any]] | None = None
+) -> tuple[Received, TopicReader]:
+    """Run the worker over what was produced and ``later``: every command of ``answered``
+    (default ``later``) gets its event once and in order, and the one hostile record is the
+    only dead letter."""
+    await produce_commands(settings, later)
+    async with (
+        running_worker(settings) as worker,
+        TopicReader(settings, event_topics(settings), worker) as reader,
+    ):
+        await answered_in_order(reader, later if answered is None else answered)
+        [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
+    return letter, reader
+
+
 async def test_a_header_name_with_nul_is_a_dead_letter_and_the_worker_goes_on(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -92,14 +108,7 @@ async def test_a_header_name_with_nul_is_a_dead_letter_and_the_worker_goes_on(
         [(b"cus_nul", b"not json")],
         headers=[("x-\x00-name", b"v"), ("x-kept", b"kept")],
     )
-    later = later_commands("cus_nul")
-    await produce_commands(settings, later)
-    async with (
-        running_worker(settings) as worker,
-        TopicReader(settings, event_topics(settings), worker) as reader,
-    ):
-        await answered_in_order(reader, later)
-        [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
+    letter, _ = await dead_letter_then_answers(settings, later_commands("cus_nul"))
 
     assert header(letter, DLT_ERROR_CODE) == b"record_header_invalid"
     assert header(letter, DLT_HEADERS_DROPPED) == b"1"
@@ -124,13 +133,7 @@ async def test_a_header_name_that_is_not_utf8_does_not_crash_the_consumer(
         kcat=kcat,
     )
     later = later_commands("cus_utf")
-    await produce_commands(settings, later)
-    async with (
-        running_worker(settings) as worker,
-        TopicReader(settings, event_topics(settings), worker) as reader,
-    ):
-        await answered_in_order(reader, [before, *later])
-        [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
+    letter, _ = await dead_letter_then_answers(settings, later, answered=[before, *later])
 
     assert header(letter, DLT_ERROR_CODE) == b"record_header_invalid"
     assert b"\\xff\\xfebad" in (header(letter, "kafka_dlt-exception-message") or b"")
@@ -160,27 +163,6 @@ async def test_our_own_headers_on_a_record_are_kept_only_renamed_on_its_dead_let
     assert header(letter, OUTBOX_ID) != b"987654"  # the relay's own id, the only one
 
 
-@contextlib.asynccontextmanager
-async def relay_running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(relay.run(stopping))
-    try:
-        yield task
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=60)
-
-
-async def fill_outbox(settings: Settings, db: asyncpg.Connection, commands: list[Any]) -> None:
-    async with running_worker(settings.model_copy(update={"relay_enabled": False})):
-        await produce_commands(settings, commands)
-        await eventually(lambda: _outbox_holds(db, len(commands)), what="the events in the outbox")
-
-
-async def _outbox_holds(db: asyncpg.Connection, count: int) -> bool:
-    return bool(await db.fetchval("SELECT count(*) >= $1 FROM outbox", count))
-
-
 async def test_forged_outbox_ids_on_a_topic_never_delete_unpublished_rows(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -193,20 +175,26 @@ async def test_forged_outbox_ids_on_a_topic_never_delete_unpublished_rows(
     forged = [(OUTBOX_ID, str(row_id).encode()) for row_id in pending]
     for topic in (settings.topic_events, settings.topic_dead_letters):
         await produce(settings, [(b"cus_rows", b"{}")], topic=topic, headers=forged[:1])
-        for name_value in [*forged, (OUTBOX_ID, b"not-a-number"), (OUTBOX_ID, b"-1")]:
+        beyond_bigint = (OUTBOX_ID, b"9999999999999999999")
+        for name_value in [
+            *forged,
+            (OUTBOX_ID, b"not-a-number"),
+            (OUTBOX_ID, b"-1"),
+            beyond_bigint,
+        ]:
             await produce(settings, [(b"cus_rows", b"{}")], topic=topic, headers=[name_value])
 
     async with (
-        relay_running(build_relay(settings)) as relay,
+        running_relay(build_relay(settings)) as relay,
         TopicReader(settings, event_topics(settings), relay) as reader,
     ):
         await answered_in_order(reader, commands)
-        await eventually(lambda: _outbox_holds_none(db), what="an empty outbox")
+        await eventually(lambda: _outbox_is_empty(db), what="an empty outbox")
         assert not relay.done()
 
 
-async def _outbox_holds_none(db: asyncpg.Connection) -> bool:
-    return bool(await db.fetchval("SELECT count(*) = 0 FROM outbox"))
+async def _outbox_is_empty(db: asyncpg.Connection) -> bool:
+    return await outbox_size(db) == 0
 
 
 async def test_a_record_too_large_to_dead_letter_whole_is_cut_to_fit(
@@ -220,14 +208,7 @@ async def test_a_record_too_large_to_dead_letter_whole_is_cut_to_fit(
         await producer.send_and_wait(settings.topic_commands, value, key=b"cus_big")
     finally:
         await producer.stop()
-    later = later_commands("cus_big")
-    await produce_commands(settings, later)
-    async with (
-        running_worker(settings) as worker,
-        TopicReader(settings, event_topics(settings), worker) as reader,
-    ):
-        await answered_in_order(reader, later)
-        [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
+    letter, _ = await dead_letter_then_answers(settings, later_commands("cus_big"))
 
     assert header(letter, DLT_ERROR_CODE) == b"record_too_large"
     assert header(letter, DLT_TRUNCATED) == b"true"
@@ -251,15 +232,8 @@ async def test_a_key_too_large_is_a_dead_letter(settings: Settings, db: asyncpg.
     await insert_customer(db, "cus_key")
     big_key = b"k" * 340_000
     await produce(settings, [(big_key, encode(command("cus_key")))])
-    later = later_commands("cus_key")
-    await produce_commands(settings, later)
-    async with (
-        running_worker(settings) as worker,
-        TopicReader(settings, event_topics(settings), worker) as reader,
-    ):
-        await answered_in_order(reader, later)
-        [letter] = await reader.wait_for_count(settings.topic_dead_letters, 1)
-        assert reader.on(settings.topic_rejections) == []
+    letter, reader = await dead_letter_then_answers(settings, later_commands("cus_key"))
+    assert reader.on(settings.topic_rejections) == []
 
     assert header(letter, DLT_ERROR_CODE) == b"record_key_too_large"
     assert letter.key == big_key
@@ -372,3 +346,28 @@ async def test_permissions_split_on_a_no_break_space_do_not_authorise(
 
     assert rejection.json()["data"]["error"]["code"] == "permission_denied"
     assert await db.fetchval("SELECT name FROM customers WHERE id = 'cus_nbsp'") == "Kept"
+
+
+async def test_a_compressed_command_is_read_whatever_the_codec(
+    settings: Settings, db: asyncpg.Connection, kcat: Path
+) -> None:
+    """Java clients often compress with lz4 or zstd; without the codec aiokafka raised
+    inside getmany on every poll."""
+    await insert_customer(db, "cus_codec")
+    commands = [
+        command("cus_codec", {"description": codec}) for codec in ("lz4", "zstd", "snappy", "gzip")
+    ]
+    for codec, document in zip(("lz4", "zstd", "snappy", "gzip"), commands, strict=True):
+        await produce_raw(
+            settings.kafka_bootstrap_servers,
+            settings.topic_commands,
+            key=b"cus_codec",
+            value=encode(document),
+            compression=codec,
+            kcat=kcat,
+        )
+    async with (
+        running_worker(settings) as worker,
+        TopicReader(settings, event_topics(settings), worker) as reader,
+    ):
+        await answered_in_order(reader, commands)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -22,43 +20,14 @@ from tests.support import (
     command,
     event_topics,
     eventually,
+    fill_outbox,
     insert_customer,
+    outbox_size,
     produce_commands,
     read_everything,
+    running_relay,
     running_worker,
 )
-
-
-@contextlib.asynccontextmanager
-async def running_relay(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
-    stopping = asyncio.Event()
-    task = asyncio.create_task(relay.run(stopping))
-    try:
-        yield task
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=60)
-
-
-async def outbox_size(db: asyncpg.Connection) -> int:
-    size: int = await db.fetchval("SELECT count(*) FROM outbox")
-    return size
-
-
-async def _outbox_reaches(db: asyncpg.Connection, size: int) -> bool:
-    return await outbox_size(db) >= size
-
-
-async def fill_outbox(
-    settings: Settings, db: asyncpg.Connection, commands: list[dict[str, object]]
-) -> None:
-    """Process ``commands`` with the relay switched off, so their events stay in the outbox."""
-    before = await outbox_size(db)
-    async with running_worker(settings.model_copy(update={"relay_enabled": False})):
-        await produce_commands(settings, commands)
-        await eventually(
-            lambda: _outbox_reaches(db, before + len(commands)), what="the events in the outbox"
-        )
 
 
 async def test_rows_left_in_the_outbox_are_published_on_restart_in_order(

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
 from service.adapters.kafka_records import TolerantMemoryRecords
-from service.domain.inbound import valid_header_name
+from service.domain.authorization import UnsignedAuthorizer
+from service.domain.events import dead_letter_message
+from service.domain.inbound import (
+    UNREADABLE_BATCH_HEADER,
+    InboundRecord,
+    Limits,
+    Poison,
+    classify,
+    valid_header_name,
+)
 
 # v2 record batch layout: the CRC at byte 17 covers everything from byte 21 on.
 _CRC_AT, _CRC_FROM = 17, 21
@@ -62,3 +72,26 @@ def test_a_valid_batch_is_read_as_aiokafka_reads_it() -> None:
     expected = [(r.offset, r.key, r.value, r.headers) for r in DefaultRecordBatch(data)]
     got = [(r.offset, r.key, r.value, r.headers) for r in TolerantMemoryRecords(data).next_batch()]
     assert got == expected
+
+
+def test_a_batch_that_cannot_be_decompressed_stands_as_one_unreadable_record() -> None:
+    data = bytearray(batch_with_header_name(b"fine"))
+    # Attributes (bytes 21-22): gzip, whose payload is then not gzip at all.
+    struct.pack_into(">h", data, 21, 1)
+    struct.pack_into(">I", data, _CRC_AT, calc_crc32c(bytes(data[_CRC_FROM:])))
+    [record] = list(TolerantMemoryRecords(bytes(data)).next_batch())
+    assert (record.offset, record.key, record.value) == (0, None, None)
+    [(name, reason)] = record.headers
+    assert name == UNREADABLE_BATCH_HEADER
+    assert reason.startswith(b"offsets 0 to 1: ")
+    poison = classify(inbound_of(record), Limits(), UnsignedAuthorizer())
+    assert isinstance(poison, Poison)
+    assert poison.code == "record_batch_unreadable"
+    letter = dead_letter_message(inbound_of(record), poison, consumer_group="g", topic="dlq")
+    assert all(name != UNREADABLE_BATCH_HEADER for name, _ in letter.headers)
+
+
+def inbound_of(record: Any) -> InboundRecord:
+    return InboundRecord(
+        "customer.update", 0, record.offset, 0, 0, None, None, tuple(record.headers)
+    )
