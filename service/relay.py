@@ -147,6 +147,10 @@ class OutboxRelay:
         self._limits: dict[str, int] = {}
         #: Rows of a batch that Kafka refused, to be published one at a time.
         self._suspects: set[int] = set()
+        #: Whether any row may be parked. Only a leading relay parks rows, so it is read
+        #: when taking the lead, set when parking, and read again whenever the outbox
+        #: runs dry (an operator may have retried or discarded them).
+        self._parked = True
         self._wakeup = asyncio.Event()
         #: "starting", then "standby" while another instance leads, or "leading".
         self.state: Literal["starting", "standby", "leading"] = "starting"
@@ -199,6 +203,7 @@ class OutboxRelay:
                 return
             if self._topic_limits is not None:
                 self._limits = await self._topic_limits(self._config.topics)
+            self._parked = await OutboxStore(connection).any_parked()
             recovered = False
             try:
                 while True:
@@ -280,12 +285,15 @@ class OutboxRelay:
                 published one at a time from now on, by a fresh producer.
         """
         store = OutboxStore(connection)
-        rows = await store.publishable(1 if self._suspects else self._config.batch_size)
+        size = 1 if self._suspects else self._config.batch_size
+        rows = await store.publishable(size, parked=self._parked)
         if rows and self._suspects and rows[0].id > max(self._suspects):
             self._suspects.clear()
-            rows = await store.publishable(self._config.batch_size)
+            rows = await store.publishable(self._config.batch_size, parked=self._parked)
         if not rows:
             self._suspects.clear()
+            if self._parked:
+                self._parked = await store.any_parked()
             return 0
         too_large = [row for row in rows if self._size(row) > self._limit(row.topic)]
         if too_large and self._topic_limits is not None:
@@ -357,6 +365,7 @@ class OutboxRelay:
             reason=reason,
         )
         await store.park(row.id, reason)
+        self._parked = True
 
     async def _published(self, store: OutboxStore, rows: Sequence[OutboxRow]) -> None:
         await store.forget([row.id for row in rows])

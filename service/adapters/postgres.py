@@ -413,23 +413,25 @@ class OutboxStore:
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
 
-    async def publishable(self, limit: int) -> list[OutboxRow]:
+    async def publishable(self, limit: int, *, parked: bool = True) -> list[OutboxRow]:
         """The oldest rows that may go out now, in id order: not parked, and not behind a
         parked row of the same topic and key (which keeps a customer's events in order
-        while a row of theirs is parked)."""
-        rows = await self._connection.fetch(
+        while a row of theirs is parked). ``parked=False`` says no row is parked, which
+        spares the database the check (the relay's usual case)."""
+        if parked:
+            query = """
+                SELECT o.id, o.topic, o.key, o.value, o.headers FROM outbox o
+                WHERE o.parked_at IS NULL
+                  AND NOT EXISTS (
+                    SELECT 1 FROM outbox p
+                    WHERE p.parked_at IS NOT NULL AND p.topic = o.topic AND p.key = o.key
+                      AND p.id < o.id
+                  )
+                ORDER BY o.id LIMIT $1
             """
-            SELECT o.id, o.topic, o.key, o.value, o.headers FROM outbox o
-            WHERE o.parked_at IS NULL
-              AND NOT EXISTS (
-                SELECT 1 FROM outbox p
-                WHERE p.parked_at IS NOT NULL AND p.topic = o.topic AND p.key = o.key
-                  AND p.id < o.id
-              )
-            ORDER BY o.id LIMIT $1
-            """,
-            limit,
-        )
+        else:
+            query = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
+        rows = await self._connection.fetch(query, limit)
         return [
             OutboxRow(
                 row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"])
@@ -503,6 +505,12 @@ class OutboxStore:
             )
             for row in rows
         ]
+
+    async def any_parked(self) -> bool:
+        found: bool = await self._connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE parked_at IS NOT NULL)"
+        )
+        return found
 
     async def stats(self) -> OutboxStats:
         row = await self._connection.fetchrow(
