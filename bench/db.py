@@ -6,8 +6,8 @@ from typing import Any
 
 import asyncpg
 
-from service.adapters.migrations import migrate
-from service.seed import seed_customers
+from service.adapters.postgres.migrations import migrate
+from service.adapters.postgres.seed import seed_customers
 
 SEED_CHUNK = 5000
 
@@ -21,8 +21,8 @@ def database_url_for(url: str, database: str) -> str:
 
 async def create_template(admin_url: str, name: str, *, customers: int) -> None:
     """A new database with every migration applied and ``customers`` demo customers
-    (``service.seed``: one subscription each), analysed so that every copy starts with
-    the same planner statistics."""
+    (``service.adapters.postgres.seed``: one subscription each), analysed so that every
+    copy starts with the same planner statistics."""
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

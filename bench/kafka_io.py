@@ -15,8 +15,8 @@ from aiokafka.errors import KafkaError
 
 from bench.load import Command
 from bench.outputs import OutcomeLog, parse_output
-from service.adapters.kafka import connection_options, partitions_of
-from service.settings import Settings
+from service.adapters.kafka.clients import connection_options, partitions_of
+from service.infrastructure.settings import Settings
 
 
 class BenchmarkError(RuntimeError):
@@ -238,7 +238,7 @@ async def wait_until_consuming(
 
 
 async def create_topics(settings: Settings, partitions: int) -> None:
-    from service.adapters.kafka import create_topics as create
+    from service.adapters.kafka.clients import create_topics as create
 
     await create(settings, partitions=partitions)
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import orjson
 
 from schemas.command import AUTHORIZATION_ACTION
-from service.seed import demo_id
+from service.adapters.postgres.seed import demo_id
 
 Kind = Literal["valid", "invalid", "conflict", "missing", "poison"]
 Outcome = Literal["applied", "rejected", "dead_lettered"]
@@ -115,7 +115,8 @@ class Command:
     key: bytes
     value: bytes
     kind: Kind
-    #: The seeded customer's number (``service.seed.demo_id``), 0 when it does not exist.
+    #: The seeded customer's number (``service.adapters.postgres.seed.demo_id``), 0 when it
+    #: does not exist.
     customer: int
     headers: tuple[tuple[str, bytes], ...] = ()
 

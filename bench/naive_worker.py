@@ -30,9 +30,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from schemas.errors import ErrorObject
-from service.adapters.kafka import connection_options, inbound
-from service.adapters.postgres import BatchStore, customer_from_row
-from service.app import build_authorizer
+from service.adapters.kafka.clients import connection_options, inbound
+from service.adapters.postgres.batch_store import BatchStore, customer_from_row
+from service.bootstrap import build_authorizer
 from service.domain.authorization import Authorizer
 from service.domain.batch import reused_id_error
 from service.domain.customer import Address, CustomerState
@@ -45,8 +45,8 @@ from service.domain.events import (
 )
 from service.domain.inbound import InboundRecord, Invalid, Poison, Valid, classify
 from service.domain.update import Applied, apply_update
-from service.logging import configure_logging
-from service.settings import Settings, SettingsError, load_settings
+from service.infrastructure.logging import configure_logging
+from service.infrastructure.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("bench.naive_worker")
 

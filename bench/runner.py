@@ -52,7 +52,7 @@ from bench.workers import (
     worker_env,
 )
 from devstack.stack import Stack
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 Progress = Callable[[str], None]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from bench.kafka_io import BenchmarkError
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +33,11 @@ def worker_argv(kind: WorkerKind, *, profile: Path | None = None) -> list[str]:
     script = cli_script()
     if profile is not None:
         # The console script is a plain Python file, so cProfile can run it as a script;
-        # ``-m service.cli`` would not work: the module has no ``__main__`` block.
+        # ``-m service.entrypoints.cli`` would not work: the module has no ``__main__`` block.
         return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), "worker"]
     if script.exists():
         return [str(script), "worker"]
-    return [sys.executable, "-c", "from service.cli import app; app()", "worker"]
+    return [sys.executable, "-c", "from service.entrypoints.cli import app; app()", "worker"]
 
 
 def worker_env(

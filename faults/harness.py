@@ -31,13 +31,13 @@ from faults.checker import ConsumedRecord, History, Violation, accounting
 from faults.load import LoadPlan, LoadProducer
 from faults.model import produced_command
 from faults.stack import FaultStack
-from service.adapters import kafka_records
-from service.adapters.kafka import create_topics, partitions_of, read_range
-from service.adapters.migrations import migrate
-from service.adapters.postgres import customer_from_row
+from service.adapters.kafka import records as kafka_records
+from service.adapters.kafka.clients import create_topics, partitions_of, read_range
+from service.adapters.postgres.batch_store import customer_from_row
+from service.adapters.postgres.migrations import migrate
+from service.adapters.postgres.seed import seed_customers
 from service.domain.customer import CustomerState
-from service.seed import seed_customers
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 Progress = Callable[[str], None]
 

@@ -167,7 +167,7 @@ class _Generator:
     ) -> None:
         record = LoadRecord(key, value, kind, headers, raw_headers)
         self.records.append(record)
-        # As a consumer reads them (see service.adapters.kafka_records).
+        # As a consumer reads them (see service.adapters.kafka.records).
         read = headers + tuple((n.decode("utf-8", "surrogateescape"), v) for n, v in raw_headers)
         # The model only needs the order of each key's records, which a single
         # producer keeps; the partition and offset here are placeholders.

@@ -21,7 +21,7 @@ from faults.harness import Progress, RunConfig, ScenarioEnv
 from faults.load import HOSTILE_KINDS, LoadProducer, build_load
 from faults.stack import FaultStack, default_home
 
-#: The consumer's session timeout (``service.adapters.kafka.command_consumer``).
+#: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
 SESSION_TIMEOUT = 10.0
 
 Inject = Callable[[ScenarioEnv, LoadProducer], Awaitable[None]]

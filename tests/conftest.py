@@ -20,9 +20,9 @@ import pytest
 from devstack.kcat import kcat_path
 from devstack.stack import Stack, open_stack
 from devstack.stack import home as devstack_home
-from service.adapters.kafka import create_topics
-from service.adapters.migrations import migrate
-from service.settings import Settings
+from service.adapters.kafka.clients import create_topics
+from service.adapters.postgres.migrations import migrate
+from service.infrastructure.settings import Settings
 from tests.support import database_url_for
 
 TESTS = Path(__file__).parent

@@ -16,10 +16,10 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from service.adapters.kafka import connection_options, partitions_of, reader
-from service.app import run_worker
-from service.relay import OutboxRelay
-from service.settings import Settings
+from service.adapters.kafka.clients import connection_options, partitions_of, reader
+from service.application.relay import OutboxRelay
+from service.bootstrap import run_worker
+from service.infrastructure.settings import Settings
 
 UPDATE_PERMISSION = "pay:customers:update"
 

@@ -30,12 +30,12 @@ from bench.runner import Options
 from bench.stats import latency_summary, percentile, slope
 from bench.svg import bucket_series, nice_step, render_latency_svg
 from bench.workers import parse_vm_rss, passed_through_settings, worker_argv, worker_env
+from service.adapters.postgres.seed import demo_id
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import BatchState, decide_batch
 from service.domain.customer import CustomerState
 from service.domain.inbound import InboundRecord, Invalid, Limits, Poison, Valid, classify
-from service.seed import demo_id
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 # -- the load ---------------------------------------------------------------------------
 
@@ -47,7 +47,7 @@ def _record(command: Command) -> InboundRecord:
 
 
 def _seeded(customers: int) -> dict[str, CustomerState]:
-    """The customers as ``service.seed`` creates them."""
+    """The customers as ``service.adapters.postgres.seed`` creates them."""
     return {
         demo_id(number): CustomerState(
             id=demo_id(number),

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from devstack.stack import Stack
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 from tests.support import TopicReader, command, insert_customer, produce_commands
 
 CLI = str(Path(sys.executable).parent / "customer-service")

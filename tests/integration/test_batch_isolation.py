@@ -26,10 +26,10 @@ from schemas.headers import (
     DLT_ORIGINAL_PARTITION,
     DLT_ORIGINAL_TOPIC,
 )
-from service.adapters.kafka import connection_options
+from service.adapters.kafka.clients import connection_options
+from service.application.process_batch import BatchProcessor
 from service.domain.inbound import InboundRecord
-from service.processing import BatchProcessor
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 from tests.support import (
     Produced,
     Received,

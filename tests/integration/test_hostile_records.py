@@ -29,11 +29,11 @@ from schemas.headers import (
     DLT_TRUNCATED,
     OUTBOX_ID,
 )
-from service.adapters.kafka import connection_options
-from service.adapters.postgres import decode_raw_headers
-from service.app import WorkerProcess, build_relay
-from service.dead_letters import read_dead_letters, replay
-from service.settings import Settings
+from service.adapters.kafka.clients import connection_options
+from service.adapters.postgres.batch_store import decode_raw_headers
+from service.bootstrap import WorkerProcess, build_relay
+from service.entrypoints.operator.dead_letters import read_dead_letters, replay
+from service.infrastructure.settings import Settings
 from tests.support import (
     Received,
     TopicReader,
@@ -276,7 +276,7 @@ async def test_a_row_kafka_refuses_is_parked_and_the_others_flow(
     await shrink_topic(settings, settings.topic_events, 3000)
     if not limits_known:
         monkeypatch.setattr(
-            "service.adapters.kafka.max_message_bytes",
+            "service.adapters.kafka.clients.max_message_bytes",
             lambda _settings, topics: _unknown(topics),
         )
     for customer_id in ("cus_park", "cus_flow"):

@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import asyncpg
 
-from service.app import WorkerProcess
-from service.settings import Settings
+from service.bootstrap import WorkerProcess
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,
@@ -81,8 +81,8 @@ async def test_probes_and_metrics_follow_the_worker(
 async def test_readiness_fails_without_partitions_and_liveness_without_a_loop(
     settings: Settings,
 ) -> None:
-    from service.http import Health, HttpServer, build_app
-    from service.metrics import Metrics
+    from service.adapters.http import Health, HttpServer, build_app
+    from service.infrastructure.metrics import Metrics
 
     pool = await asyncpg.create_pool(
         settings.database_url.get_secret_value(), min_size=1, max_size=2

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 
 from devstack.stack import Stack, native_kafka
 from schemas.event import CustomerUpdatedEvent
-from service.client import CommandSender, build_command
-from service.settings import Settings
+from service.entrypoints.client import CommandSender, build_command
+from service.infrastructure.settings import Settings
 from tests.support import insert_customer, running_worker
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from devstack.kcat import produce_raw, run_kcat
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 BAD_NAME = b"\xff\xfebad"
 

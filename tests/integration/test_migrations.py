@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from devstack.stack import Stack
-from service.adapters import migrations
-from service.adapters.migrations import Migration, MigrationError, load_migrations, migrate
+from service.adapters.postgres import migrations
+from service.adapters.postgres.migrations import Migration, MigrationError, load_migrations, migrate
 from tests.support import database_url_for
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from service.adapters.postgres import TRANSIENT_ERRORS, batch_transaction, create_pool
-from service.settings import Settings
+from service.adapters.postgres.batch_store import TRANSIENT_ERRORS, batch_transaction, create_pool
+from service.infrastructure.settings import Settings
 from tests.support import eventually, freeze_until_session_ends, session_gone
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from service.app import WorkerProcess
-from service.settings import Settings
+from service.bootstrap import WorkerProcess
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

@@ -10,11 +10,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack.processes import free_port
-from service.adapters.postgres import OutboxRow, OutboxStore
-from service.app import build_relay
-from service.metrics import Metrics
-from service.relay import OutboxRelay
-from service.settings import Settings
+from service.adapters.postgres.batch_store import OutboxRow, OutboxStore
+from service.application.relay import OutboxRelay
+from service.bootstrap import build_relay
+from service.infrastructure.metrics import Metrics
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

@@ -8,7 +8,7 @@ import asyncpg
 import jwt
 from pydantic import SecretStr
 
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

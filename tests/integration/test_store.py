@@ -7,7 +7,7 @@ import dataclasses
 import asyncpg
 import pytest
 
-from service.adapters.postgres import BatchStore
+from service.adapters.postgres.batch_store import BatchStore
 from service.domain.customer import Address, CustomerState
 from tests.support import insert_customer
 

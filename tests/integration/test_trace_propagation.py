@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

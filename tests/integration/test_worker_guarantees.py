@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from asyncpg.exceptions._base import InternalClientError
 
-from service.adapters.kafka import connection_options
-from service.adapters.postgres import BatchStore
-from service.settings import Settings
-from service.worker import OffsetCommits
+from service.adapters.kafka.clients import connection_options
+from service.adapters.postgres.batch_store import BatchStore
+from service.entrypoints.kafka_consumer import OffsetCommits
+from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
     command,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from devstack.containers import KAFKA_IMAGE, POSTGRES_IMAGE
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("create-topics", "migrate", "seed", "worker")

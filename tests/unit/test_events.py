@@ -323,7 +323,7 @@ def test_a_dead_lettered_tombstone_stays_a_tombstone() -> None:
 def test_the_relay_puts_each_customer_where_kafkas_default_partitioner_does() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from service.relay import _partition
+    from service.application.relay import _partition
 
     for number in range(2000):
         key = f"cus_{number}".encode()

@@ -9,7 +9,7 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
-from service.adapters.kafka_records import TolerantMemoryRecords
+from service.adapters.kafka.records import TolerantMemoryRecords
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.events import dead_letter_message
 from service.domain.inbound import (

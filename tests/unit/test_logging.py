@@ -9,7 +9,7 @@ import orjson
 import pytest
 import structlog
 
-from service.logging import REDACTED, configure_logging, redact_text
+from service.infrastructure.logging import REDACTED, configure_logging, redact_text
 
 
 @pytest.fixture
@@ -25,7 +25,9 @@ def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
 
 
 def test_the_service_logs_one_json_object_per_line(json_logs: pytest.CaptureFixture[str]) -> None:
-    structlog.get_logger("service.worker").info("command_applied", command_id="c1", partition=2)
+    structlog.get_logger("service.entrypoints.kafka_consumer").info(
+        "command_applied", command_id="c1", partition=2
+    )
     [line] = lines(json_logs)
     assert line["event"] == "command_applied"
     assert line["command_id"] == "c1"

@@ -7,7 +7,7 @@ import asyncio
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from service.worker import OffsetCommits
+from service.entrypoints.kafka_consumer import OffsetCommits
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from service.adapters.postgres import OutboxStats, ParkedRow
-from service.metrics import Metrics
-from service.outbox_health import OutboxMonitor
+from service.adapters.postgres.batch_store import OutboxStats, ParkedRow
+from service.application.outbox_health import OutboxMonitor
+from service.infrastructure.metrics import Metrics
 
 
 def parked_row(**overrides: Any) -> ParkedRow:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.adapters.kafka import connection_options
-from service.settings import Settings, SettingsError, load_settings
+from service.adapters.kafka.clients import connection_options
+from service.infrastructure.settings import Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import ConsumerRecord
 
-from service.settings import Settings
-from service.tail import describe
+from service.entrypoints.operator.tail import describe
+from service.infrastructure.settings import Settings
 
 SETTINGS = Settings(_env_file=None)
 

@@ -13,8 +13,8 @@ from schemas.errors import from_validation_error
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import Decision
 from service.domain.inbound import Invalid, Limits, Valid, classify
-from service.tracing import OpenTelemetryTracing, PassThrough
-from service.worker import _log_outcomes
+from service.entrypoints.kafka_consumer import _log_outcomes
+from service.infrastructure.tracing import OpenTelemetryTracing, PassThrough
 from tests.unit.builders import command_document, record
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -24,13 +24,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
-from service import failpoints
-from service.adapters.kafka import inbound
-from service.adapters.postgres import TRANSIENT_ERRORS
+from service.adapters.kafka.clients import inbound
+from service.adapters.postgres.batch_store import TRANSIENT_ERRORS
+from service.application.process_batch import BatchProcessor
 from service.domain.batch import Decision
-from service.metrics import Metrics
-from service.processing import BatchProcessor
-from service.retrying import retrying
+from service.infrastructure import failpoints
+from service.infrastructure.metrics import Metrics
+from service.infrastructure.retrying import retrying
 
 log = structlog.get_logger(__name__)
 

@@ -11,12 +11,12 @@ import asyncpg
 import typer
 import uvloop
 
-from service.adapters import kafka
-from service.adapters.migrations import migrate as apply_migrations
-from service.adapters.postgres import OutboxStats, OutboxStore, ParkedRow
-from service.logging import configure_logging
-from service.seed import seed_customers
-from service.settings import Settings, SettingsError, load_settings
+from service.adapters.kafka import clients as kafka
+from service.adapters.postgres.batch_store import OutboxStats, OutboxStore, ParkedRow
+from service.adapters.postgres.migrations import migrate as apply_migrations
+from service.adapters.postgres.seed import seed_customers
+from service.infrastructure.logging import configure_logging
+from service.infrastructure.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ def worker() -> None:
 
     Example: customer-service worker
     """
-    from service.app import run_worker, stop_on_signals
+    from service.bootstrap import run_worker, stop_on_signals
 
     settings = _settings()
 
@@ -144,7 +144,7 @@ def relay() -> None:
 
     Example: RELAY_ENABLED=true customer-service relay
     """
-    from service.app import run_relay, stop_on_signals
+    from service.bootstrap import run_relay, stop_on_signals
 
     settings = _settings()
 
@@ -208,7 +208,7 @@ def send(
       customer-service send cus_demo_000001 --clear phone --expand subscriptions
       customer-service send cus_demo_000001 --name "Ada" --expected-version 3 --no-wait
     """
-    from service.client import CommandInvalidError, CommandSender, build_command
+    from service.entrypoints.client import CommandInvalidError, CommandSender, build_command
 
     settings = _settings()
     changes: dict[str, object] = {}
@@ -287,7 +287,7 @@ def tail(
       customer-service tail
       customer-service tail --from-beginning --dlq --count 20
     """
-    from service.tail import follow
+    from service.entrypoints.operator.tail import follow
 
     settings = _settings()
     _run(
@@ -316,7 +316,7 @@ def dlq_list() -> None:
 
     Example: customer-service dlq list
     """
-    from service.dead_letters import read_dead_letters
+    from service.entrypoints.operator.dead_letters import read_dead_letters
 
     settings = _settings()
     letters = _run(lambda: read_dead_letters(settings))
@@ -342,7 +342,7 @@ def dlq_replay(
       customer-service dlq replay 0:12 2:40
       customer-service dlq replay --all
     """
-    from service.dead_letters import read_dead_letters, replay, select
+    from service.entrypoints.operator.dead_letters import read_dead_letters, replay, select
 
     settings = _settings()
     if not positions and not replay_all:
@@ -400,7 +400,7 @@ def outbox_list() -> None:
 
     Example: customer-service outbox list
     """
-    from service.relay import shown_key
+    from service.application.relay import shown_key
 
     settings = _settings()
 

@@ -14,8 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.topics import Topics
-from service import failpoints
 from service.domain.inbound import Limits
+from service.infrastructure import failpoints
 
 
 class SettingsError(ValueError):

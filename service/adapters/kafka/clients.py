@@ -14,10 +14,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
-from service.adapters import kafka_records
+from service.adapters.kafka import records as kafka_records
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
 from service.domain.inbound import InboundRecord
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 log = structlog.get_logger(__name__)
 

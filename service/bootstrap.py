@@ -16,19 +16,23 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from service import failpoints
-from service.adapters import kafka
-from service.adapters.postgres import TRANSIENT_ERRORS, create_pool, prune_processed_commands
+from service.adapters.http import Health, HttpServer, build_app
+from service.adapters.kafka import clients as kafka
+from service.adapters.postgres.batch_store import (
+    TRANSIENT_ERRORS,
+    create_pool,
+    prune_processed_commands,
+)
+from service.application.outbox_health import OutboxMonitor
+from service.application.process_batch import BatchProcessor, ProcessorConfig
+from service.application.relay import OutboxRelay, RelayConfig
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
-from service.http import Health, HttpServer, build_app
-from service.metrics import Metrics
-from service.outbox_health import OutboxMonitor
-from service.processing import BatchProcessor, ProcessorConfig
-from service.relay import OutboxRelay, RelayConfig
-from service.retrying import retrying
-from service.settings import Settings
-from service.tracing import configure_tracing
-from service.worker import CommandWorker, WorkerConfig
+from service.entrypoints.kafka_consumer import CommandWorker, WorkerConfig
+from service.infrastructure import failpoints
+from service.infrastructure.metrics import Metrics
+from service.infrastructure.retrying import retrying
+from service.infrastructure.settings import Settings
+from service.infrastructure.tracing import configure_tracing
 
 T = TypeVar("T")
 

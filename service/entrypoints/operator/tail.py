@@ -9,9 +9,9 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka import partitions_of, reader
-from service.dead_letters import DeadLetter
-from service.settings import Settings
+from service.adapters.kafka.clients import partitions_of, reader
+from service.entrypoints.operator.dead_letters import DeadLetter
+from service.infrastructure.settings import Settings
 
 
 def describe(record: ConsumerRecord[bytes, bytes], settings: Settings) -> str:

@@ -29,10 +29,10 @@ from schemas.headers import (
     OUTBOX_ID,
     REPLAYED_FROM,
 )
-from service.adapters.kafka import connection_options, partitions_of, read_range, reader
-from service.adapters.postgres import decode_raw_headers
+from service.adapters.kafka.clients import connection_options, partitions_of, read_range, reader
+from service.adapters.postgres.batch_store import decode_raw_headers
 from service.domain.inbound import Headers
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 PREVIEW_BYTES = 60
 

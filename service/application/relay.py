@@ -63,17 +63,17 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from tenacity import RetryCallState
 
 from schemas.headers import OUTBOX_ID
-from service import failpoints
-from service.adapters.kafka import read_range
-from service.adapters.postgres import (
+from service.adapters.kafka.clients import read_range
+from service.adapters.postgres.batch_store import (
     OUTBOX_CHANNEL,
     TRANSIENT_ERRORS,
     OutboxRow,
     OutboxStore,
 )
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
-from service.metrics import Metrics
-from service.retrying import retrying
+from service.infrastructure import failpoints
+from service.infrastructure.metrics import Metrics
+from service.infrastructure.retrying import retrying
 
 log = structlog.get_logger(__name__)
 

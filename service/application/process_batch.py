@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 
 from schemas.topics import Topics
-from service.adapters.postgres import TRANSIENT_ERRORS, BatchStore, batch_transaction
+from service.adapters.postgres.batch_store import TRANSIENT_ERRORS, BatchStore, batch_transaction
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
 from service.domain.events import (
@@ -40,7 +40,7 @@ from service.domain.events import (
     updated_message,
 )
 from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
-from service.tracing import PassThrough, Tracing
+from service.infrastructure.tracing import PassThrough, Tracing
 
 log = structlog.get_logger(__name__)
 

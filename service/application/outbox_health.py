@@ -13,9 +13,14 @@ import contextlib
 import asyncpg
 import structlog
 
-from service.adapters.postgres import TRANSIENT_ERRORS, OutboxStats, OutboxStore, ParkedRow
-from service.metrics import Metrics
-from service.relay import shown_key
+from service.adapters.postgres.batch_store import (
+    TRANSIENT_ERRORS,
+    OutboxStats,
+    OutboxStore,
+    ParkedRow,
+)
+from service.application.relay import shown_key
+from service.infrastructure.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.settings import Settings
+from service.infrastructure.settings import Settings
 
 
 class Tracing(Protocol):

@@ -19,7 +19,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.metrics import Metrics
+from service.infrastructure.metrics import Metrics
 
 DATABASE_CHECK_TIMEOUT = 2.0
 

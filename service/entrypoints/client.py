@@ -27,8 +27,8 @@ from pydantic import ValidationError
 from schemas.command import AUTHORIZATION_ACTION, CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka import connection_options, partitions_of
-from service.settings import Settings
+from service.adapters.kafka.clients import connection_options, partitions_of
+from service.infrastructure.settings import Settings
 
 Outcome = CustomerUpdatedEvent | CustomerUpdateRejectedEvent
 

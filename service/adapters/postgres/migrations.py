@@ -1,4 +1,4 @@
-"""Versioned SQL migrations from ``service/migrations/NNNN_name.sql``.
+"""Versioned SQL migrations from ``service/adapters/postgres/sql/NNNN_name.sql``.
 
 Each file runs once, in its own transaction, and is recorded in ``schema_migrations``
 with a checksum. Running again applies only what is new; an applied file whose text
@@ -36,7 +36,7 @@ class Migration:
 
 def load_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("service.migrations").iterdir():
+    for entry in resources.files("service.adapters.postgres.sql").iterdir():
         match = _NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

@@ -1,0 +1,1 @@
+"""Kafka: the clients built from the settings, and reading fetched batches."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the batch and outbox statements, migrations, demo seed."""

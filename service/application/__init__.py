@@ -1,0 +1,1 @@
+"""Use cases: the batch transaction, the outbox relay, outbox health."""

@@ -1,0 +1,1 @@
+"""What a process runs: the consume loop, the command line, the client."""

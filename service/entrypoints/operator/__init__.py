@@ -1,0 +1,1 @@
+"""The operator verbs: reading and replaying dead letters, following the topics."""

@@ -1,0 +1,1 @@
+"""Settings, logging, metrics, tracing, retrying and failpoints: used by every layer."""
