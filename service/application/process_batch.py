@@ -178,6 +178,7 @@ class BatchProcessor:
             for record, _ in fresh:
                 next_offsets[(record.topic, record.partition)] = record.offset + 1
             await store.save_positions(config.consumer_group, next_offsets)
+            await store.commit()
         return decided.decisions
 
     async def _messages(

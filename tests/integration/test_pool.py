@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 
 from service.adapters.postgres.batch_store import TRANSIENT_ERRORS, batch_transaction, create_pool
+from service.domain.events import OutboundMessage
 from service.infrastructure.settings import Settings
 from tests.support import eventually, freeze_until_session_ends, session_gone
 
@@ -82,3 +83,26 @@ async def test_the_batchs_own_error_propagates_when_the_rollback_fails_too(
             await frozen_past_the_timeout_then_fail()
     finally:
         pool.terminate()
+
+
+async def test_a_batch_transaction_rolls_back_unless_committed(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """An early exit from the block (a ``return`` added one day) commits nothing."""
+    pool = await create_pool(database_url, size=2, command_timeout=5, idle_in_transaction_timeout=0)
+    message = OutboundMessage("customer.updated", b"cus_uow", b"{}")
+
+    async def write(*, commit: bool) -> None:
+        async with batch_transaction(pool) as unit:
+            await unit.save_outbox([message])
+            if not commit:
+                return
+            await unit.commit()
+
+    try:
+        await write(commit=False)
+        assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+        await write(commit=True)
+        assert await db.fetchval("SELECT count(*) FROM outbox") == 1
+    finally:
+        await pool.close()

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import asyncpg
 import orjson
+from asyncpg.transaction import Transaction
 
 from schemas.customer import Subscription, SubscriptionList
 from service.domain.batch import ProcessedCommand
@@ -556,9 +557,23 @@ async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> i
             return removed
 
 
+class BatchUnitOfWork(BatchStore):
+    """A ``BatchStore`` whose transaction commits only when told to (``commit()``)."""
+
+    def __init__(self, connection: asyncpg.Connection, transaction: Transaction) -> None:
+        super().__init__(connection)
+        self._transaction = transaction
+        self.committed = False
+
+    async def commit(self) -> None:
+        await self._transaction.commit()
+        self.committed = True
+
+
 @asynccontextmanager
-async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
-    """One transaction: committed if the block finishes, rolled back if it raises.
+async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchUnitOfWork]:
+    """One transaction, rolled back when the block ends without ``await uow.commit()``:
+    an early ``return`` or an error commits nothing of a half-done batch.
 
     The block's own error is what propagates, since it is what tells a transient failure
     from a permanent one. When the server has ended the session the rollback fails too
@@ -568,10 +583,10 @@ async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchStore]:
     async with pool.acquire() as connection:
         transaction = connection.transaction()
         await transaction.start()
+        unit = BatchUnitOfWork(connection, transaction)
         try:
-            yield BatchStore(connection)
-        except BaseException:
-            with suppress(Exception):
-                await transaction.rollback()
-            raise
-        await transaction.commit()
+            yield unit
+        finally:
+            if not unit.committed:
+                with suppress(Exception):
+                    await transaction.rollback()
