@@ -66,6 +66,14 @@ _UPDATE_CUSTOMER = """
     WHERE id = $1
 """
 
+#: The log event of each outcome, as the service names them.
+OUTCOME_EVENTS = {
+    "applied": "command_applied",
+    "rejected": "command_rejected",
+    "duplicate": "command_duplicate",
+    "dead_lettered": "command_dead_lettered",
+}
+
 
 class NaiveHandler:
     """Handles one record: database work, then the one message it publishes (if any)."""
@@ -232,7 +240,7 @@ async def _handle_one(
         )
     await consumer.commit({tp: received.offset + 1})
     log.info(
-        "command_" + outcome,
+        OUTCOME_EVENTS[outcome],
         partition=record.partition,
         offset=record.offset,
         customer_id=record.key.decode(errors="replace") if record.key else None,

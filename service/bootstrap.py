@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import asyncpg
 import structlog
@@ -212,8 +212,16 @@ class WorkerProcess:
             log.info("worker_stopped")
 
 
+#: The log event of each thing the process waits for at start, written out so that a
+#: search for the name finds it.
+WAITING_EVENTS = {"database": "waiting_for_database", "kafka": "waiting_for_kafka"}
+
+
 async def until_reachable(
-    what: str, connect: Callable[[], Awaitable[T]], settings: Settings, stopping: asyncio.Event
+    what: Literal["database", "kafka"],
+    connect: Callable[[], Awaitable[T]],
+    settings: Settings,
+    stopping: asyncio.Event,
 ) -> T | None:
     """``connect()``, retried with backoff while ``what`` is unreachable, so that a worker
     started before its database or broker waits for them instead of crashing. None when
@@ -224,7 +232,7 @@ async def until_reachable(
         max_delay=settings.retry_max_delay,
         stopping=stopping,
         before_sleep=lambda state: log.warning(
-            f"waiting_for_{what}",
+            WAITING_EVENTS[what],
             attempt=state.attempt_number,
             error=repr(state.outcome.exception()) if state.outcome else None,
         ),

@@ -232,8 +232,15 @@ def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
             fields["error_param"] = decision.error.param
         if decision.poison is not None:
             fields["error_code"] = decision.poison.code
-        level = "warning" if decision.outcome == "dead_lettered" else "info"
-        getattr(log, level)("command_" + decision.outcome, **fields)
+        match decision.outcome:
+            case "applied":
+                log.info("command_applied", **fields)
+            case "rejected":
+                log.info("command_rejected", **fields)
+            case "duplicate":
+                log.info("command_duplicate", **fields)
+            case "dead_lettered":
+                log.warning("command_dead_lettered", **fields)
 
 
 def _log_dead_letters(decisions: Sequence[Decision]) -> None:
