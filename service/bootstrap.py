@@ -99,8 +99,6 @@ class WorkerProcess:
         self.tracing = configure_tracing(settings)
         #: The bound HTTP port once serving (useful when HTTP_PORT is 0).
         self.http_port: int | None = None
-        #: Partitions of the command topic this process holds right now.
-        self.assigned_partitions = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Run until ``stopping`` is set; then finish the batch in flight, leave the
@@ -143,10 +141,6 @@ class WorkerProcess:
             await server.stop()
             await pool.close()
             self.tracing.shutdown()
-
-    def _polled(self, health: Health, worker: CommandWorker) -> None:
-        health.polled()
-        self.assigned_partitions = len(worker.assignment)
 
     async def _consume(
         self,
@@ -196,7 +190,7 @@ class WorkerProcess:
             ),
             metrics=self.metrics,
             on_committed=relay.wake,
-            on_poll=lambda: self._polled(health, worker),
+            on_poll=health.polled,
         )
         health.assigned_partitions = lambda: len(worker.assignment)
         try:

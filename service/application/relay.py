@@ -154,7 +154,6 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
         #: "starting", then "standby" while another instance leads, or "leading".
         self.state: Literal["starting", "standby", "leading"] = "starting"
-        self.published = 0
 
     def wake(self) -> None:
         """Tell the relay there is new work (called after a batch commits)."""
@@ -369,7 +368,6 @@ class OutboxRelay:
 
     async def _published(self, store: OutboxStore, rows: Sequence[OutboxRow]) -> None:
         await store.forget([row.id for row in rows])
-        self.published += len(rows)
         for topic, count in Counter(row.topic for row in rows).items():
             self._metrics.published.labels(topic).inc(count)
 

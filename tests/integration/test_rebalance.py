@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from service.bootstrap import WorkerProcess
@@ -49,8 +50,9 @@ async def test_a_worker_joining_and_one_leaving_keep_every_customer_exactly_once
             await reader.wait_for_count(settings.topic_events, 60)
 
             second_task = asyncio.create_task(second.run(stop_second))
+            # Ready means holding partitions (and a database that answers).
             await eventually(
-                lambda: second.assigned_partitions > 0 and first.assigned_partitions > 0,
+                lambda: _both_ready(first, second),
                 what="the group to split the partitions between both workers",
             )
             await produce_commands(settings, waves[1])
@@ -80,3 +82,15 @@ async def test_a_worker_joining_and_one_leaving_keep_every_customer_exactly_once
         )
         assert row is not None
         assert (row["description"], row["version"]) == ("wave 2 step 4", 16)
+
+
+async def _ready(process: WorkerProcess) -> bool:
+    if process.http_port is None:
+        return False
+    url = f"http://127.0.0.1:{process.http_port}/readyz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status == 200
+
+
+async def _both_ready(first: WorkerProcess, second: WorkerProcess) -> bool:
+    return await _ready(first) and await _ready(second)
