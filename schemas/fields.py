@@ -106,7 +106,7 @@ def _valid_domain(domain: str) -> None:
     )
 
 
-def _plain_email_is_valid(value: str) -> bool:
+def plain_email_is_valid(value: str) -> bool:
     """email-validator's verdict on a plain ASCII address, from its own local-part and
     domain checks with the domain's verdict cached (``check_email`` in the tests compares
     this with ``validate_email`` over thousands of addresses)."""
@@ -128,7 +128,7 @@ def _plain_email_is_valid(value: str) -> bool:
 
 
 def _email(value: str) -> str:
-    if _plain_email_is_valid(value):
+    if plain_email_is_valid(value):
         return value
     try:
         # Everything else, and every refusal (for the library's own message).

@@ -451,7 +451,7 @@ async def _send_in_batches(
 
     for row in rows:
         topic, key, value = row.topic, row.key, row.value
-        partition = _partition(key, len(await producer.partitions_for(topic)))
+        partition = partition_for(key, len(await producer.partitions_for(topic)))
         headers = [*row.headers, (OUTBOX_ID, str(row.id).encode())]
         builder = builders.get((topic, partition))
         if builder is None:
@@ -468,7 +468,7 @@ async def _send_in_batches(
     return deliveries
 
 
-def _partition(key: bytes | None, partitions: int) -> int:
+def partition_for(key: bytes | None, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java's and aiokafka's) picks for ``key``:
     murmur2, so that subscribers and other producers agree on where a customer lives; a
     record without a key (a dead letter) goes anywhere."""

@@ -122,7 +122,7 @@ class CommandWorker:
         seconds = time.monotonic() - started
         self._metrics.record_batch(decisions, seconds=seconds, now_ms=time.time() * 1000)
         self._update_lag(next_offsets)
-        _log_outcomes(decisions, duration_ms=seconds * 1000)
+        log_outcomes(decisions, duration_ms=seconds * 1000)
 
     def _update_lag(self, next_offsets: dict[TopicPartition, int]) -> None:
         lag = self._metrics.consumer_lag
@@ -207,7 +207,9 @@ def _names(partitions: Sequence[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
-def _log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
+def log_outcomes(decisions: Sequence[Decision], *, duration_ms: float) -> None:
+    """One line per decision (``command_applied``, ``command_rejected``, ...), with its
+    ids, position, timing and trace id; above INFO only dead letters are logged."""
     if not log.is_enabled_for(logging.INFO):
         _log_dead_letters(decisions)
         return

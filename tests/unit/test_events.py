@@ -323,13 +323,13 @@ def test_a_dead_lettered_tombstone_stays_a_tombstone() -> None:
 def test_the_relay_puts_each_customer_where_kafkas_default_partitioner_does() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from service.application.relay import _partition
+    from service.application.relay import partition_for
 
     for number in range(2000):
         key = f"cus_{number}".encode()
         for partitions in (1, 3, 6, 12):
             expected = DefaultPartitioner()(key, list(range(partitions)), list(range(partitions)))
-            assert _partition(key, partitions) == expected
+            assert partition_for(key, partitions) == expected
 
 
 def test_our_own_headers_on_the_original_are_renamed_on_its_dead_letter() -> None:

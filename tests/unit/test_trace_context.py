@@ -13,7 +13,7 @@ from schemas.errors import from_validation_error
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import Decision
 from service.domain.inbound import Invalid, Limits, Valid, classify
-from service.entrypoints.kafka_consumer import _log_outcomes
+from service.entrypoints.kafka_consumer import log_outcomes
 from service.infrastructure.tracing import OpenTelemetryTracing, PassThrough
 from tests.unit.builders import command_document, record
 
@@ -90,7 +90,7 @@ def test_with_tracing_each_command_gets_a_child_span_whose_context_the_event_car
 def test_the_outcome_log_line_names_the_trace() -> None:
     decision = Decision(record(b"{}"), "rejected", customer_id="cus_1", traceparent=PARENT)
     with capture_logs() as logs:
-        _log_outcomes([decision], duration_ms=1.0)
+        log_outcomes([decision], duration_ms=1.0)
     assert logs[0]["trace_id"] == TRACE_ID
     assert logs[0]["outcome"] == "rejected"
 
