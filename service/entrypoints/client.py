@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas.command import AUTHORIZATION_ACTION, CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka.clients import connection_options, partitions_of
+from service.adapters.kafka.clients import connection_options, partitions_of, reader
 from service.infrastructure.settings import Settings
 
 Outcome = CustomerUpdatedEvent | CustomerUpdateRejectedEvent
@@ -137,12 +137,7 @@ class CommandSender:
                 was used before: a duplicate publishes nothing new).
         """
         settings = self._settings
-        watcher = AIOKafkaConsumer(
-            **connection_options(settings),
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
+        watcher = reader(settings)
         partitions = await partitions_of(
             settings, [settings.topic_events, settings.topic_rejections]
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import aiokafka.consumer.fetcher
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
@@ -95,3 +96,22 @@ def inbound_of(record: Any) -> InboundRecord:
     return InboundRecord(
         "customer.update", 0, record.offset, 0, 0, None, None, tuple(record.headers)
     )
+
+
+@pytest.mark.parametrize("build", ["reader", "command_consumer"])
+async def test_every_consumer_built_by_the_adapter_reads_tolerantly(
+    build: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap is process-wide: a process whose only consumer is the client's or an
+    operator verb's must get it as well as the worker (they all use these builders)."""
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from service.adapters.kafka import clients
+    from service.infrastructure.settings import Settings
+
+    monkeypatch.setattr(aiokafka.consumer.fetcher, "MemoryRecords", MemoryRecords)
+    consumer = getattr(clients, build)(Settings(_env_file=None))
+    try:
+        assert aiokafka.consumer.fetcher.MemoryRecords is TolerantMemoryRecords
+    finally:
+        await consumer.stop()

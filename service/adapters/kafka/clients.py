@@ -68,7 +68,9 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
 
 def reader(settings: Settings) -> AIOKafkaConsumer:
     """A consumer outside any group, reading committed records of assigned partitions:
-    for the relay's recovery and the operator verbs."""
+    for the relay's recovery, the operator verbs and the client's wait for an outcome.
+    Like every consumer built here it reads batches tolerantly (``records.install``), so
+    a record anyone wrote to a topic cannot make it raise."""
     kafka_records.install()
     return AIOKafkaConsumer(
         **connection_options(settings),
