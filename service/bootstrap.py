@@ -18,11 +18,8 @@ from aiokafka.errors import KafkaError
 
 from service.adapters.http import Health, HttpServer, build_app
 from service.adapters.kafka import clients as kafka
-from service.adapters.postgres.batch_store import (
-    TRANSIENT_ERRORS,
-    create_pool,
-    prune_processed_commands,
-)
+from service.adapters.postgres.pool import TRANSIENT_ERRORS, create_pool
+from service.adapters.postgres.retention import prune_processed_commands
 from service.application.outbox_health import OutboxMonitor
 from service.application.process_batch import BatchProcessor, ProcessorConfig
 from service.application.relay import OutboxRelay, RelayConfig

@@ -13,12 +13,8 @@ import contextlib
 import asyncpg
 import structlog
 
-from service.adapters.postgres.batch_store import (
-    TRANSIENT_ERRORS,
-    OutboxStats,
-    OutboxStore,
-    ParkedRow,
-)
+from service.adapters.postgres.outbox import OutboxStats, OutboxStore, ParkedRow
+from service.adapters.postgres.pool import TRANSIENT_ERRORS
 from service.application.relay import shown_key
 from service.infrastructure.metrics import Metrics
 

@@ -27,7 +27,8 @@ import asyncpg
 import structlog
 
 from schemas.topics import Topics
-from service.adapters.postgres.batch_store import TRANSIENT_ERRORS, BatchStore, batch_transaction
+from service.adapters.postgres.batch_store import BatchStore, batch_transaction
+from service.adapters.postgres.pool import TRANSIENT_ERRORS
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
 from service.domain.events import (

@@ -64,12 +64,8 @@ from tenacity import RetryCallState
 
 from schemas.headers import OUTBOX_ID
 from service.adapters.kafka.clients import read_range
-from service.adapters.postgres.batch_store import (
-    OUTBOX_CHANNEL,
-    TRANSIENT_ERRORS,
-    OutboxRow,
-    OutboxStore,
-)
+from service.adapters.postgres.outbox import OUTBOX_CHANNEL, OutboxRow, OutboxStore
+from service.adapters.postgres.pool import TRANSIENT_ERRORS
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from service.infrastructure import failpoints
 from service.infrastructure.metrics import Metrics

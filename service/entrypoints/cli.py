@@ -12,8 +12,8 @@ import typer
 import uvloop
 
 from service.adapters.kafka import clients as kafka
-from service.adapters.postgres.batch_store import OutboxStats, OutboxStore, ParkedRow
 from service.adapters.postgres.migrations import migrate as apply_migrations
+from service.adapters.postgres.outbox import OutboxStats, OutboxStore, ParkedRow
 from service.adapters.postgres.seed import seed_customers
 from service.infrastructure.logging import configure_logging
 from service.infrastructure.settings import Settings, SettingsError, load_settings

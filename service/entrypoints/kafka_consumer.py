@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
 from service.adapters.kafka.clients import inbound
-from service.adapters.postgres.batch_store import TRANSIENT_ERRORS
+from service.adapters.postgres.pool import TRANSIENT_ERRORS
 from service.application.process_batch import BatchProcessor
 from service.domain.batch import Decision
 from service.infrastructure import failpoints

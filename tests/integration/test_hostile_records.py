@@ -30,7 +30,7 @@ from schemas.headers import (
     OUTBOX_ID,
 )
 from service.adapters.kafka.clients import connection_options
-from service.adapters.postgres.batch_store import decode_raw_headers
+from service.adapters.postgres.outbox import decode_raw_headers
 from service.bootstrap import WorkerProcess, build_relay
 from service.entrypoints.operator.dead_letters import read_dead_letters, replay
 from service.infrastructure.settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from service.adapters.postgres.batch_store import prune_processed_commands
+from service.adapters.postgres.retention import prune_processed_commands
 
 
 async def test_ids_older_than_the_retention_are_pruned_and_newer_ones_kept(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from service.adapters.postgres.batch_store import TRANSIENT_ERRORS, batch_transaction, create_pool
+from service.adapters.postgres.batch_store import batch_transaction
+from service.adapters.postgres.pool import TRANSIENT_ERRORS, create_pool
 from service.domain.events import OutboundMessage
 from service.infrastructure.settings import Settings
 from tests.support import eventually, freeze_until_session_ends, session_gone

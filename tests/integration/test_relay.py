@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack.processes import free_port
-from service.adapters.postgres.batch_store import OutboxRow, OutboxStore
+from service.adapters.postgres.outbox import OutboxRow, OutboxStore
 from service.application.relay import OutboxRelay
 from service.bootstrap import build_relay
 from service.infrastructure.metrics import Metrics

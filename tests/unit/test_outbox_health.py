@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.adapters.postgres.batch_store import OutboxStats, ParkedRow
+from service.adapters.postgres.outbox import OutboxStats, ParkedRow
 from service.application.outbox_health import OutboxMonitor
 from service.infrastructure.metrics import Metrics
 

@@ -1,67 +1,25 @@
-"""PostgreSQL access through asyncpg: the pool, and the set-based statements of a batch."""
+"""The set-based statements of a batch, in one transaction that commits only when told to."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 import orjson
 from asyncpg.transaction import Transaction
 
 from schemas.customer import Subscription, SubscriptionList
+from service.adapters.postgres.outbox import OUTBOX_CHANNEL, encode_headers, encode_raw_headers
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import Address, CustomerState
 from service.domain.events import OutboundMessage
 from service.domain.inbound import InboundRecord
 
-OUTBOX_CHANNEL = "outbox"
 #: Expanded subscriptions per customer, as the public API's list default.
 SUBSCRIPTIONS_PAGE = 10
 
 TopicPartition = tuple[str, int]
-
-#: Errors after which the same work may succeed if tried again: the connection or the
-#: server went away, or the transaction lost a conflict. Anything else is permanent.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    # Raised client-side when a connection is unusable (closed under us, or left busy by
-    # an interrupted operation); a fresh connection is the cure.
-    asyncpg.InterfaceError,
-    # Raised for a statement caught half-way when the session ended under it (a worker
-    # waking from a freeze past the idle-in-transaction timeout).
-    asyncpg.exceptions._base.InternalClientError,
-    asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.LockNotAvailableError,
-    # The server ends a session that sits idle inside a transaction (see create_pool); a
-    # statement sent just as it does gets this, a later one finds the connection closed.
-    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
-    OSError,
-    TimeoutError,
-)
-
-
-async def create_pool(
-    url: str, *, size: int, command_timeout: float, idle_in_transaction_timeout: float
-) -> asyncpg.Pool:
-    """``idle_in_transaction_timeout`` bounds how long a stalled client (a frozen process,
-    a paused VM) can keep a batch transaction, and the row locks its successor needs,
-    open: PostgreSQL ends such a session, and the worker retries on a new one."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        url,
-        min_size=1,
-        max_size=size,
-        command_timeout=command_timeout,
-        server_settings={
-            "idle_in_transaction_session_timeout": str(round(idle_in_transaction_timeout * 1000))
-        },
-    )
-    return pool
 
 
 _CUSTOMER_COLUMNS = """
@@ -334,227 +292,6 @@ class BatchStore:
                 for record in records
             ],
         )
-
-
-def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
-    """Headers as jsonb text, ``[[name, base64 value or null], ...]``. Names must be valid
-    UTF-8 without NUL (``inbound.valid_header_name``), which jsonb can hold."""
-    return orjson.dumps(
-        [[name, None if value is None else _b64(value)] for name, value in headers]
-    ).decode()
-
-
-def decode_headers(stored: str | list[list[str | None]]) -> list[tuple[str, bytes | None]]:
-    pairs = orjson.loads(stored) if isinstance(stored, str) else stored
-    return [
-        (str(name), None if value is None else base64.b64decode(value)) for name, value in pairs
-    ]
-
-
-def encode_raw_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
-    """Any headers, names too as base64 of their bytes (a name read with
-    ``surrogateescape`` turns back into the bytes it came as)."""
-    return orjson.dumps(
-        [[_b64(_raw(name)), None if value is None else _b64(value)] for name, value in headers]
-    ).decode()
-
-
-def _raw(name: str) -> bytes:
-    try:
-        return name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate no decoding made, such as the adapter's own
-        return name.encode("utf-8", "surrogatepass")
-
-
-def decode_raw_headers(stored: str | list[list[str | None]]) -> list[tuple[bytes, bytes | None]]:
-    pairs = orjson.loads(stored) if isinstance(stored, str) else stored
-    return [
-        (base64.b64decode(str(name)), None if value is None else base64.b64decode(value))
-        for name, value in pairs
-    ]
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    id: int
-    topic: str
-    key: bytes | None
-    size: int
-    parked_at: datetime
-    reason: str
-    #: Rows of the same topic and key that wait behind it.
-    waiting: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    #: Rows the relay still has to publish (waiting behind a parked row included).
-    waiting: int
-    parked: int
-    #: Age of the oldest row that is not parked; 0 when there is none.
-    oldest_seconds: float
-
-
-class OutboxStore:
-    """The outbox statements of the relay and the ``outbox`` verbs, on one connection."""
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-    async def publishable(self, limit: int, *, parked: bool = True) -> list[OutboxRow]:
-        """The oldest rows that may go out now, in id order: not parked, and not behind a
-        parked row of the same topic and key (which keeps a customer's events in order
-        while a row of theirs is parked). ``parked=False`` says no row is parked, which
-        spares the database the check (the relay's usual case)."""
-        if parked:
-            query = """
-                SELECT o.id, o.topic, o.key, o.value, o.headers FROM outbox o
-                WHERE o.parked_at IS NULL
-                  AND NOT EXISTS (
-                    SELECT 1 FROM outbox p
-                    WHERE p.parked_at IS NOT NULL AND p.topic = o.topic AND p.key = o.key
-                      AND p.id < o.id
-                  )
-                ORDER BY o.id LIMIT $1
-            """
-        else:
-            query = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
-        rows = await self._connection.fetch(query, limit)
-        return [
-            OutboxRow(
-                row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"])
-            )
-            for row in rows
-        ]
-
-    async def rows(self, ids: Sequence[int]) -> list[OutboxRow]:
-        found = await self._connection.fetch(
-            "SELECT id, topic, key, value, headers FROM outbox WHERE id = ANY($1::bigint[])",
-            list(ids),
-        )
-        return [
-            OutboxRow(
-                row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"])
-            )
-            for row in found
-        ]
-
-    async def forget(self, ids: Sequence[int]) -> int:
-        """Delete published rows; returns how many there were."""
-        status = await self._connection.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids)
-        )
-        return int(status.split()[-1])
-
-    async def park(self, row_id: int, reason: str) -> None:
-        await self._connection.execute(
-            "UPDATE outbox SET parked_at = clock_timestamp(), parked_reason = $2 WHERE id = $1",
-            row_id,
-            reason,
-        )
-
-    async def unpark(self, ids: Sequence[int] | None) -> int:
-        """Let parked rows (all of them with None) be published again."""
-        status = await self._connection.execute(
-            "UPDATE outbox SET parked_at = NULL, parked_reason = NULL "
-            "WHERE parked_at IS NOT NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))",
-            None if ids is None else list(ids),
-        )
-        return int(status.split()[-1])
-
-    async def discard(self, ids: Sequence[int]) -> int:
-        """Delete parked rows: they will never be published."""
-        status = await self._connection.execute(
-            "DELETE FROM outbox WHERE parked_at IS NOT NULL AND id = ANY($1::bigint[])",
-            list(ids),
-        )
-        return int(status.split()[-1])
-
-    async def parked(self, limit: int | None = None) -> list[ParkedRow]:
-        rows = await self._connection.fetch(
-            """
-            SELECT p.id, p.topic, p.key, p.parked_at, p.parked_reason,
-                   octet_length(p.value) AS size,
-                   (SELECT count(*) FROM outbox o
-                    WHERE o.topic = p.topic AND o.key = p.key AND o.id > p.id) AS waiting
-            FROM outbox p WHERE p.parked_at IS NOT NULL ORDER BY p.id LIMIT $1
-            """,
-            limit,
-        )
-        return [
-            ParkedRow(
-                row["id"],
-                row["topic"],
-                row["key"],
-                row["size"] or 0,
-                row["parked_at"],
-                row["parked_reason"],
-                row["waiting"],
-            )
-            for row in rows
-        ]
-
-    async def any_parked(self) -> bool:
-        found: bool = await self._connection.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE parked_at IS NOT NULL)"
-        )
-        return found
-
-    async def stats(self) -> OutboxStats:
-        row = await self._connection.fetchrow(
-            """
-            SELECT count(*) FILTER (WHERE parked_at IS NULL) AS waiting,
-                   count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
-                   coalesce(extract(epoch FROM clock_timestamp()
-                       - min(created) FILTER (WHERE parked_at IS NULL)), 0)::float8 AS oldest
-            FROM outbox
-            """
-        )
-        assert row is not None
-        return OutboxStats(row["waiting"], row["parked"], row["oldest"])
-
-    async def oldest_created_ms(self) -> int | None:
-        """When the oldest row that may have been published was written: parked rows were
-        refused, so they do not widen the recovery scan however long they wait."""
-        oldest: int | None = await self._connection.fetchval(
-            "SELECT (extract(epoch FROM min(created)) * 1000)::bigint FROM outbox "
-            "WHERE parked_at IS NULL"
-        )
-        return oldest
-
-
-async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> int:
-    """Forget command ids older than the retention, a slice at a time so that no single
-    statement holds many locks. Returns how many were removed."""
-    removed = 0
-    while True:
-        status = await pool.execute(
-            """
-            DELETE FROM processed_commands WHERE command_id IN (
-                SELECT command_id FROM processed_commands
-                WHERE processed_at < now() - make_interval(days => $1)
-                LIMIT 10000
-            )
-            """,
-            retention_days,
-        )
-        count = int(status.split()[-1])
-        removed += count
-        if count < 10000:
-            return removed
 
 
 class BatchUnitOfWork(BatchStore):

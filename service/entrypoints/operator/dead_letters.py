@@ -30,7 +30,7 @@ from schemas.headers import (
     REPLAYED_FROM,
 )
 from service.adapters.kafka.clients import connection_options, partitions_of, read_range, reader
-from service.adapters.postgres.batch_store import decode_raw_headers
+from service.adapters.postgres.outbox import decode_raw_headers
 from service.domain.inbound import Headers
 from service.infrastructure.settings import Settings
 
