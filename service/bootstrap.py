@@ -1,28 +1,37 @@
-"""Wiring: builds every resource from the settings, runs the worker, and closes it all.
+"""Wiring: builds every resource from the settings, runs the worker or the relay, and
+closes it all.
 
-Nothing is created at import time; ``WorkerProcess.run`` owns the whole lifespan.
+Nothing is created at import time. ``WorkerProcess.run`` and ``run_relay`` each own one
+``AsyncExitStack``: what is opened is closed in reverse order, however the run ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from service.adapters.http import Health, HttpServer, build_app
 from service.adapters.kafka import clients as kafka
-from service.adapters.postgres.pool import TRANSIENT_ERRORS, create_pool
+from service.adapters.kafka import errors as kafka_errors
+from service.adapters.kafka.publisher import KafkaOutboxPublisher, KafkaOutboxTopics
+from service.adapters.postgres.batch_store import batch_transaction
+from service.adapters.postgres.outbox import PostgresLeadership, read_outbox
+from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.retention import prune_processed_commands
+from service.application.errors import TransientError
 from service.application.outbox_health import OutboxMonitor
+from service.application.ports import OutboxPublisher
 from service.application.process_batch import BatchProcessor, ProcessorConfig
 from service.application.relay import OutboxRelay, RelayConfig
+from service.application.retention import prune_periodically
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
 from service.entrypoints.kafka_consumer import CommandWorker, WorkerConfig
 from service.infrastructure import failpoints
@@ -35,9 +44,11 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
-PRUNE_INTERVAL_SECONDS = 3600.0
 #: The consumer's max.poll.interval.ms; the liveness probe fails well before it.
 MAX_POLL_INTERVAL_MS = 300_000
+#: Seconds a Kafka transaction's commit or abort may take before its outcome counts as
+#: unknown and the relay's producer is replaced.
+TRANSACTION_TIMEOUT = 30.0
 
 
 def build_authorizer(settings: Settings) -> Authorizer:
@@ -52,29 +63,54 @@ def build_authorizer(settings: Settings) -> Authorizer:
     )
 
 
-def build_relay(settings: Settings, metrics: Metrics | None = None) -> OutboxRelay:
+def relay_producer(settings: Settings) -> AIOKafkaProducer:
+    return kafka.event_producer(
+        settings,
+        transactional_id=settings.relay_transactional_id,
+        # The relay hands over whole record batches (all rows it read at once); a linger
+        # would only hold each of them back for its duration.
+        linger_ms=0,
+    )
+
+
+def relay_publishers(
+    settings: Settings,
+    *,
+    producer: Callable[[], AIOKafkaProducer] | None = None,
+    transaction_timeout: float = TRANSACTION_TIMEOUT,
+) -> Callable[[], OutboxPublisher]:
+    """A new publisher for each call, on a new producer (``relay_producer`` unless given)."""
+    make = producer or functools.partial(relay_producer, settings)
+    return lambda: KafkaOutboxPublisher(make(), transaction_timeout=transaction_timeout)
+
+
+def build_relay(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    publishers: Callable[[], OutboxPublisher] | None = None,
+) -> OutboxRelay:
     topics = settings.topics
     return OutboxRelay(
         RelayConfig(
-            database_url=settings.database_url.get_secret_value(),
-            topics=(topics.events, topics.rejections, topics.dead_letters),
             batch_size=settings.relay_batch_size,
             idle_interval=settings.relay_idle_interval,
             retry_initial_delay=settings.retry_initial_delay,
             retry_max_delay=settings.retry_max_delay,
             drain_timeout=settings.relay_drain_timeout,
+            stop_timeout=TRANSACTION_TIMEOUT,
         ),
-        producer_factory=lambda: kafka.event_producer(
-            settings,
-            transactional_id=settings.relay_transactional_id,
-            # The relay hands over whole record batches (all rows it read at once); a
-            # linger would only hold each of them back for its duration.
-            linger_ms=0,
+        leadership=PostgresLeadership(
+            settings.database_url.get_secret_value(), retry_interval=settings.relay_idle_interval
         ),
-        consumer_factory=lambda: kafka.reader(settings),
-        partitions_of=lambda topics: kafka.partitions_of(settings, topics),
+        publishers=publishers or relay_publishers(settings),
+        topics=KafkaOutboxTopics(
+            (topics.events, topics.rejections, topics.dead_letters),
+            reader=functools.partial(kafka.reader, settings),
+            partitions_of=functools.partial(kafka.partitions_of, settings),
+            max_message_bytes=functools.partial(kafka.max_message_bytes, settings),
+        ),
         metrics=metrics or Metrics(),
-        topic_limits=lambda topics: kafka.max_message_bytes(settings, topics),
     )
 
 
@@ -101,43 +137,33 @@ class WorkerProcess:
         """Run until ``stopping`` is set; then finish the batch in flight, leave the
         group, publish what is left in the outbox and close everything."""
         settings = self.settings
-        pool = await until_reachable(
-            "database",
-            lambda: create_pool(
-                settings.database_url.get_secret_value(),
-                size=settings.database_pool_size,
-                command_timeout=settings.database_command_timeout,
-                idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,
-            ),
-            settings,
-            stopping,
-        )
-        if pool is None:
-            return
-        health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
-        monitor = OutboxMonitor(pool, self.metrics, stall_seconds=settings.relay_stall_seconds)
-        relay = build_relay(settings, self.metrics)
-        if settings.relay_enabled:
-            # Only the leading relay answers for the outbox, so that a parked row keeps one
-            # process unready, not every replica; workers without a relay leave it to the
-            # relay's own deployment.
-            health.outbox_problems = lambda: monitor.problems() if relay.state == "leading" else []
-        server = HttpServer(build_app(health, self.metrics), settings.http_host, settings.http_port)
-        try:
-            if settings.http_enabled:
-                await server.start()
-                self.http_port = server.port
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.tracing.shutdown)
+            pool = await _open_pool(stack, settings, stopping, size=settings.database_pool_size)
+            if pool is None:
+                return
+            monitor = _outbox_monitor(pool, settings, self.metrics)
+            relay = build_relay(settings, self.metrics)
+            health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
+            if settings.relay_enabled:
+                # Only the leading relay answers for the outbox, so that a parked row keeps
+                # one process unready, not every replica; workers without a relay leave it
+                # to the relay's own deployment.
+                health.outbox_problems = _when_leading(relay, monitor)
+            self.http_port = await _serve_http(stack, settings, health, self.metrics)
             relay_stopping = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._consume(pool, health, relay, stopping, relay_stopping))
                 if settings.relay_enabled:
                     tasks.create_task(relay.run(relay_stopping))
                     tasks.create_task(monitor.run(relay_stopping))
-                tasks.create_task(_prune_periodically(pool, settings, relay_stopping))
-        finally:
-            await server.stop()
-            await pool.close()
-            self.tracing.shutdown()
+                tasks.create_task(
+                    prune_periodically(
+                        functools.partial(prune_processed_commands, pool),
+                        retention_days=settings.idempotency_retention_days,
+                        stopping=relay_stopping,
+                    )
+                )
 
     async def _consume(
         self,
@@ -152,7 +178,8 @@ class WorkerProcess:
         async def started_consumer() -> AIOKafkaConsumer:
             consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
             try:
-                await consumer.start()
+                with kafka_errors.translated():
+                    await consumer.start()
             except BaseException:
                 await consumer.stop()
                 raise
@@ -164,7 +191,7 @@ class WorkerProcess:
             return
         dead_letter_limit = await kafka.max_message_bytes(settings, [settings.topic_dead_letters])
         processor = BatchProcessor(
-            pool,
+            functools.partial(batch_transaction, pool),
             ProcessorConfig(
                 consumer_group=settings.kafka_consumer_group,
                 source=settings.event_source,
@@ -203,6 +230,36 @@ class WorkerProcess:
             log.info("worker_stopped")
 
 
+async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
+    await WorkerProcess(settings).run(stopping)
+
+
+async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
+    """Only the outbox relay (and its HTTP endpoints): for deployments that scale the
+    relay apart from the consumers, whose RELAY_ENABLED is then false."""
+    metrics = Metrics()
+    tracing = configure_tracing(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(tracing.shutdown)
+        pool = await _open_pool(stack, settings, stopping, size=2)
+        if pool is None:
+            return
+        monitor = _outbox_monitor(pool, settings, metrics)
+        relay = build_relay(settings, metrics)
+        health = Health(
+            pool=pool,
+            stuck_after=float("inf"),
+            running=True,
+            needs_partitions=False,
+            outbox_problems=_when_leading(relay, monitor),
+        )
+        http_port = await _serve_http(stack, settings, health, metrics)
+        log.info("relay_started", http_port=http_port)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(relay.run(stopping))
+            tasks.create_task(monitor.run(stopping))
+
+
 #: The log event of each thing the process waits for at start, written out so that a
 #: search for the name finds it.
 WAITING_EVENTS = {"database": "waiting_for_database", "kafka": "waiting_for_kafka"}
@@ -214,11 +271,12 @@ async def until_reachable(
     settings: Settings,
     stopping: asyncio.Event,
 ) -> T | None:
-    """``connect()``, retried with backoff while ``what`` is unreachable, so that a worker
-    started before its database or broker waits for them instead of crashing. None when
-    asked to stop first."""
+    """``connect()``, retried with backoff while it fails with ``TransientError``, so that a
+    worker started before its database or broker waits for them instead of crashing (a
+    permanent error, such as a refused password, stops it at once). None when asked to
+    stop first."""
     attempts = retrying(
-        on=(*TRANSIENT_ERRORS, KafkaError),
+        on=(TransientError,),
         initial_delay=settings.retry_initial_delay,
         max_delay=settings.retry_max_delay,
         stopping=stopping,
@@ -233,66 +291,52 @@ async def until_reachable(
         async for attempt in attempts:
             with attempt:
                 return await connect()
-    except (*TRANSIENT_ERRORS, KafkaError):
+    except TransientError:
         if not stopping.is_set():
             raise
     return None
 
 
-async def run_worker(settings: Settings, stopping: asyncio.Event) -> None:
-    await WorkerProcess(settings).run(stopping)
-
-
-async def run_relay(settings: Settings, stopping: asyncio.Event) -> None:
-    """Only the outbox relay (and its HTTP endpoints): for deployments that scale the
-    relay apart from the consumers, whose RELAY_ENABLED is then false."""
-    metrics = Metrics()
-    tracing = configure_tracing(settings)
+async def _open_pool(
+    stack: contextlib.AsyncExitStack, settings: Settings, stopping: asyncio.Event, *, size: int
+) -> asyncpg.Pool | None:
+    """The database pool, closed with ``stack``; None when asked to stop before the
+    database could be reached."""
     pool = await until_reachable(
         "database",
         lambda: create_pool(
             settings.database_url.get_secret_value(),
-            size=2,
+            size=size,
             command_timeout=settings.database_command_timeout,
             idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,
         ),
         settings,
         stopping,
     )
-    if pool is None:
-        return
-    monitor = OutboxMonitor(pool, metrics, stall_seconds=settings.relay_stall_seconds)
-    relay = build_relay(settings, metrics)
-    health = Health(
-        pool=pool,
-        stuck_after=float("inf"),
-        running=True,
-        needs_partitions=False,
-        outbox_problems=lambda: monitor.problems() if relay.state == "leading" else [],
-    )
+    if pool is not None:
+        stack.push_async_callback(pool.close)
+    return pool
+
+
+async def _serve_http(
+    stack: contextlib.AsyncExitStack, settings: Settings, health: Health, metrics: Metrics
+) -> int | None:
+    """Serve the probes and the metrics until ``stack`` closes; the bound port, or None
+    when HTTP is off."""
+    if not settings.http_enabled:
+        return None
     server = HttpServer(build_app(health, metrics), settings.http_host, settings.http_port)
-    try:
-        if settings.http_enabled:
-            await server.start()
-        log.info("relay_started", http_port=server.port)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(relay.run(stopping))
-            tasks.create_task(monitor.run(stopping))
-    finally:
-        await server.stop()
-        await pool.close()
-        tracing.shutdown()
+    stack.push_async_callback(server.stop)
+    await server.start()
+    return server.port
 
 
-async def _prune_periodically(
-    pool: asyncpg.Pool, settings: Settings, stopping: asyncio.Event
-) -> None:
-    while not stopping.is_set():
-        try:
-            removed = await prune_processed_commands(pool, settings.idempotency_retention_days)
-            if removed:
-                log.info("idempotency_pruned", removed=removed)
-        except TRANSIENT_ERRORS as exc:
-            log.warning("idempotency_prune_failed", error=repr(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), PRUNE_INTERVAL_SECONDS)
+def _outbox_monitor(pool: asyncpg.Pool, settings: Settings, metrics: Metrics) -> OutboxMonitor:
+    return OutboxMonitor(
+        functools.partial(read_outbox, pool), metrics, stall_seconds=settings.relay_stall_seconds
+    )
+
+
+def _when_leading(relay: OutboxRelay, monitor: OutboxMonitor) -> Callable[[], list[str]]:
+    """The outbox's problems, while ``relay`` leads (only the leader answers for them)."""
+    return lambda: monitor.problems() if relay.state == "leading" else []

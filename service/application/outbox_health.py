@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import asyncpg
 import structlog
 
-from service.adapters.postgres.outbox import OutboxStats, OutboxStore, ParkedRow
-from service.adapters.postgres.pool import TRANSIENT_ERRORS
-from service.application.relay import shown_key
+from service.application.errors import TransientError
+from service.application.ports import OutboxStats, ParkedRow, ReadOutbox
+from service.domain.outbox import shown_key
 from service.infrastructure.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -27,8 +26,8 @@ NAMED_PARKED = 20
 
 
 class OutboxMonitor:
-    def __init__(self, pool: asyncpg.Pool, metrics: Metrics, *, stall_seconds: float) -> None:
-        self._pool = pool
+    def __init__(self, read: ReadOutbox, metrics: Metrics, *, stall_seconds: float) -> None:
+        self._read = read
         self._metrics = metrics
         self._stall_seconds = stall_seconds
         self._stats: OutboxStats | None = None
@@ -38,16 +37,13 @@ class OutboxMonitor:
         while not stopping.is_set():
             try:
                 await self.measure()
-            except TRANSIENT_ERRORS as exc:
+            except TransientError as exc:
                 log.warning("outbox_measure_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), INTERVAL)
 
     async def measure(self) -> OutboxStats:
-        async with self._pool.acquire() as connection:
-            store = OutboxStore(connection)
-            stats = await store.stats()
-            parked = await store.parked(NAMED_PARKED) if stats.parked else []
+        stats, parked = await self._read(NAMED_PARKED)
         self.record(stats, parked)
         return stats
 

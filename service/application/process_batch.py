@@ -3,15 +3,15 @@
 For a batch the processor
 
 1. classifies every record (pure): poison, invalid, or a valid command;
-2. in one transaction: claims the partitions' stored positions and drops records below
+2. in one unit of work: claims the partitions' stored positions and drops records below
    them (already processed), loads and locks the customers, folds the commands in
    partition order, and writes the customers, the idempotency rows, the outbox messages
    and the new positions;
-3. when the transaction fails for a reason that retrying will not cure, processes the
+3. when the unit of work fails for a reason that retrying will not cure, processes the
    records one by one so that one bad record cannot hold back the rest.
 
-Transient failures (see ``TRANSIENT_ERRORS``) propagate: the caller rewinds and retries
-the batch, and nothing of it was committed.
+A ``TransientError`` failure propagates: the caller rewinds and retries the batch, and
+nothing of it was committed.
 """
 
 from __future__ import annotations
@@ -19,38 +19,25 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from schemas.topics import Topics
-from service.adapters.postgres.batch_store import BatchStore, batch_transaction
-from service.adapters.postgres.pool import TRANSIENT_ERRORS
+from service.application.errors import ClaimConflictError, TransientError
+from service.application.ports import BatchUnitOfWork, BeginBatch, Clock, NewId, Tracing
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
-from service.domain.events import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    EventContext,
-    OutboundMessage,
-    dead_letter_message,
-    is_partial_copy,
-    rejected_message,
-    updated_message,
-)
+from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventContext
 from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
-from service.infrastructure.tracing import PassThrough, Tracing
+from service.domain.messages import BatchMessages, expanding_subscriptions, messages_for
 
 log = structlog.get_logger(__name__)
 
 #: How much of a database error a ``processing_failed`` dead letter quotes.
 _FAILURE_MESSAGE_CHARS = 1000
-#: The most of a dead letter's original value kept in PostgreSQL. A compressed record
-#: can unpack to far more than it took on the wire; the dead letter's headers still give
-#: the whole value's size and SHA-256.
-MAX_KEPT_ORIGINAL_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,24 +53,24 @@ class ProcessorConfig:
 class BatchProcessor:
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        begin: BeginBatch,
         config: ProcessorConfig,
         authorizer: Authorizer,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        clock: Clock = lambda: datetime.now(UTC),
+        new_id: NewId = lambda: str(uuid.uuid4()),
         tracing: Tracing | None = None,
     ) -> None:
-        self._pool = pool
+        self._begin = begin
         self._config = config
         self._authorizer = authorizer
-        self._tracing = tracing or PassThrough()
+        self._tracing = tracing
         self._clock = clock
         self._new_id = new_id
 
     async def process(self, records: Sequence[InboundRecord]) -> list[Decision]:
         """Process ``records`` (in partition order) and return a decision for each one
-        not processed before. Raises one of ``TRANSIENT_ERRORS`` when the whole batch
+        not processed before. Raises ``TransientError`` when the whole batch
         should be retried."""
         if not records:
             return []
@@ -92,7 +79,7 @@ class BatchProcessor:
         ]
         try:
             return await self._in_transaction(items)
-        except TRANSIENT_ERRORS:
+        except TransientError:
             raise
         except Exception as exc:
             if len(items) == 1:
@@ -106,7 +93,7 @@ class BatchProcessor:
     async def _process_one(self, item: tuple[InboundRecord, Classified]) -> list[Decision]:
         try:
             return await self._in_transaction([item])
-        except TRANSIENT_ERRORS:
+        except TransientError:
             raise
         except Exception as exc:
             return await self._process_alone(item, exc)
@@ -115,12 +102,12 @@ class BatchProcessor:
         self, item: tuple[InboundRecord, Classified], error: Exception
     ) -> list[Decision]:
         record, _ = item
-        if isinstance(error, asyncpg.UniqueViolationError):
+        if isinstance(error, ClaimConflictError):
             # Another worker took the same invoice prefix (or command id) between our
             # read and our write; it has committed now, so a second try sees it.
             try:
                 return await self._in_transaction([item])
-            except TRANSIENT_ERRORS:
+            except TransientError:
                 raise
             except Exception as second:
                 error = second
@@ -137,7 +124,7 @@ class BatchProcessor:
         poison = Poison("processing_failed", reason.replace("\x00", "\\x00"))
         try:
             return await self._in_transaction([(record, poison)])
-        except TRANSIENT_ERRORS:
+        except TransientError:
             raise
         except Exception as third:
             # Even the dead letter failed: last, one that carries nothing of the record
@@ -156,7 +143,7 @@ class BatchProcessor:
         for record, _ in items:
             first_offsets.setdefault((record.topic, record.partition), record.offset)
 
-        async with batch_transaction(self._pool) as store:
+        async with self._begin() as store:
             positions = await store.claim_positions(config.consumer_group, first_offsets)
             fresh = [
                 (record, item)
@@ -172,9 +159,9 @@ class BatchProcessor:
             decided = decide_batch(fresh, state)
             await store.save_customers(list(decided.changed.values()))
             await store.save_processed(decided.processed)
-            messages, partial = await self._messages(decided.decisions, store, started_ns)
-            await store.save_outbox(messages)
-            await store.save_dead_letter_originals(config.consumer_group, partial)
+            built = await self._messages(decided.decisions, store, started_ns)
+            await store.save_outbox(built.messages)
+            await store.save_dead_letter_originals(config.consumer_group, built.partial)
             next_offsets = dict(positions)
             for record, _ in fresh:
                 next_offsets[(record.topic, record.partition)] = record.offset + 1
@@ -183,76 +170,33 @@ class BatchProcessor:
         return decided.decisions
 
     async def _messages(
-        self, decisions: Sequence[Decision], store: BatchStore, started_ns: int
-    ) -> tuple[list[OutboundMessage], list[InboundRecord]]:
-        """The outbox messages of ``decisions``, and the records whose dead letters are
-        only partial copies (to be kept whole)."""
+        self, decisions: Sequence[Decision], store: BatchUnitOfWork, started_ns: int
+    ) -> BatchMessages:
         config = self._config
-        context = EventContext(source=config.source, time=self._clock(), topics=config.topics)
-        expanded = await store.subscriptions(
-            decision.applied.after.id
-            for decision in decisions
-            if decision.applied is not None
-            and decision.command is not None
-            and decision.command.data.expands("subscriptions")
+        return messages_for(
+            decisions,
+            context=EventContext(source=config.source, time=self._clock(), topics=config.topics),
+            consumer_group=config.consumer_group,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
+            subscriptions=await store.subscriptions(expanding_subscriptions(decisions)),
+            traceparents=[self._traceparent(decision, started_ns) for decision in decisions],
+            new_id=self._new_id,
         )
-        messages = []
-        partial = []
-        for decision in decisions:
-            # A duplicate has none of applied, error or poison: it publishes nothing new.
-            traceparent = None
-            if decision.outcome in ("applied", "rejected"):
-                traceparent = self._tracing.command_span(
-                    decision.traceparent,
-                    name=f"{config.topics.commands} process",
-                    attributes={
-                        "messaging.message.id": decision.command_id or "",
-                        "customer.id": decision.customer_id or "",
-                        "customer_service.outcome": decision.outcome,
-                    },
-                    start_ns=started_ns,
-                )
-            if decision.applied is not None and decision.command is not None:
-                after = decision.applied.after
-                messages.append(
-                    updated_message(
-                        decision.applied,
-                        decision.command,
-                        event_id=self._new_id(),
-                        context=context,
-                        subscriptions=expanded.get(after.id)
-                        if decision.command.data.expands("subscriptions")
-                        else None,
-                        traceparent=traceparent,
-                    )
-                )
-            elif decision.error is not None and decision.customer_id is not None:
-                messages.append(
-                    rejected_message(
-                        decision.error,
-                        customer_id=decision.customer_id,
-                        command_id=decision.command_id,
-                        correlationid=decision.correlationid,
-                        event_id=self._new_id(),
-                        context=context,
-                        traceparent=traceparent,
-                    )
-                )
-            elif decision.poison is not None:
-                dead_letter = dead_letter_message(
-                    decision.record,
-                    decision.poison,
-                    consumer_group=config.consumer_group,
-                    topic=config.topics.dead_letters,
-                    max_bytes=config.dead_letter_max_bytes,
-                )
-                messages.append(dead_letter)
-                if is_partial_copy(dead_letter):
-                    partial.append(_bounded(decision.record))
-        return messages, partial
 
-
-def _bounded(record: InboundRecord) -> InboundRecord:
-    if record.value is None or len(record.value) <= MAX_KEPT_ORIGINAL_BYTES:
-        return record
-    return dataclasses.replace(record, value=record.value[:MAX_KEPT_ORIGINAL_BYTES])
+    def _traceparent(self, decision: Decision, started_ns: int) -> str | None:
+        """The trace context the decision's message carries: a span of its own when
+        tracing is on. A dead letter carries none (its original's headers stay as sent)."""
+        if decision.outcome not in ("applied", "rejected"):
+            return None
+        if self._tracing is None:
+            return decision.traceparent
+        return self._tracing.command_span(
+            decision.traceparent,
+            name=f"{self._config.topics.commands} process",
+            attributes={
+                "messaging.message.id": decision.command_id or "",
+                "customer.id": decision.customer_id or "",
+                "customer_service.outcome": decision.outcome,
+            },
+            start_ns=started_ns,
+        )

@@ -13,8 +13,9 @@ import uvloop
 
 from service.adapters.kafka import clients as kafka
 from service.adapters.postgres.migrations import migrate as apply_migrations
-from service.adapters.postgres.outbox import OutboxStats, OutboxStore, ParkedRow
+from service.adapters.postgres.outbox import OutboxStore
 from service.adapters.postgres.seed import seed_customers
+from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.logging import configure_logging
 from service.infrastructure.settings import Settings, SettingsError, load_settings
 
@@ -400,7 +401,7 @@ def outbox_list() -> None:
 
     Example: customer-service outbox list
     """
-    from service.application.relay import shown_key
+    from service.domain.outbox import shown_key
 
     settings = _settings()
 

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from tenacity import RetryCallState
 
 from service.adapters.kafka.clients import inbound
-from service.adapters.postgres.pool import TRANSIENT_ERRORS
+from service.application.errors import TransientError
 from service.application.process_batch import BatchProcessor
 from service.domain.batch import Decision
 from service.infrastructure import failpoints
@@ -89,7 +89,7 @@ class CommandWorker:
     async def _consume(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             attempts = retrying(
-                on=TRANSIENT_ERRORS,
+                on=(TransientError,),
                 initial_delay=self._config.retry_initial_delay,
                 max_delay=self._config.retry_max_delay,
                 stopping=stopping,
@@ -112,8 +112,14 @@ class CommandWorker:
         async with self._in_flight:
             self._rewind_to = {tp: records[0].offset for tp, records in batch.items()}
             records = [inbound(record) for records in batch.values() for record in records]
-            async with asyncio.timeout(self._config.batch_timeout):
-                decisions = await self._processor.process(records)
+            try:
+                async with asyncio.timeout(self._config.batch_timeout):
+                    decisions = await self._processor.process(records)
+            except TimeoutError:
+                # Rolled back by the cancellation; tried again like any lost connection.
+                raise TransientError(
+                    f"the batch took longer than {self._config.batch_timeout}s"
+                ) from None
             failpoints.reached(failpoints.AFTER_BATCH_COMMIT)
             self._rewind_to = {}
             self._on_committed()

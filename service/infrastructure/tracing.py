@@ -3,24 +3,13 @@ tracing is switched on.
 
 Off (the default), an event carries its command's ``traceparent`` unchanged. On, each
 command gets a span, child of the command's context, exported over OTLP/HTTP; the event
-carries that span's context, and asyncpg's queries are traced too.
+carries that span's context, and asyncpg's queries are traced too. Both implement
+``application.ports.Tracing``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from service.infrastructure.settings import Settings
-
-
-class Tracing(Protocol):
-    def command_span(
-        self, traceparent: str | None, *, name: str, attributes: dict[str, str], start_ns: int
-    ) -> str | None:
-        """Record a span for one command; return the trace context its event carries."""
-        ...
-
-    def shutdown(self) -> None: ...
 
 
 class PassThrough:
@@ -61,7 +50,7 @@ class OpenTelemetryTracing:
         self._provider.shutdown()  # type: ignore[attr-defined]
 
 
-def configure_tracing(settings: Settings) -> Tracing:
+def configure_tracing(settings: Settings) -> PassThrough | OpenTelemetryTracing:
     if not settings.tracing_enabled:
         return PassThrough()
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

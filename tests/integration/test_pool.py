@@ -7,7 +7,9 @@ import asyncpg
 import pytest
 
 from service.adapters.postgres.batch_store import batch_transaction
-from service.adapters.postgres.pool import TRANSIENT_ERRORS, create_pool
+from service.adapters.postgres.errors import translated
+from service.adapters.postgres.pool import create_pool
+from service.application.errors import TransientError
 from service.domain.events import OutboundMessage
 from service.infrastructure.settings import Settings
 from tests.support import eventually, freeze_until_session_ends, session_gone
@@ -58,7 +60,7 @@ async def test_a_stalled_transaction_is_ended_and_the_client_error_is_transient(
             )
             # Usually asyncpg has seen the server close the session by then
             # (InterfaceError); a statement racing the timeout gets 25P03 instead.
-            with pytest.raises(TRANSIENT_ERRORS):
+            with pytest.raises(TransientError), translated():
                 await connection.fetchval("SELECT 1")
     finally:
         pool.terminate()
@@ -75,7 +77,7 @@ async def test_the_batchs_own_error_propagates_when_the_rollback_fails_too(
 
     async def frozen_past_the_timeout_then_fail() -> None:
         async with batch_transaction(pool) as store:
-            backend = await store._connection.fetchval("SELECT pg_backend_pid()")
+            backend = await store.connection.fetchval("SELECT pg_backend_pid()")
             freeze_until_session_ends(database_url, backend)
             raise ValueError("the block's own error")
 

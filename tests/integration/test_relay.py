@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack.processes import free_port
-from service.adapters.postgres.outbox import OutboxRow, OutboxStore
+from service.adapters.postgres.outbox import OutboxStore
 from service.application.relay import OutboxRelay
-from service.bootstrap import build_relay
+from service.bootstrap import build_relay, relay_producer, relay_publishers
+from service.domain.outbox import OutboxRow
 from service.infrastructure.metrics import Metrics
 from service.infrastructure.settings import Settings
 from tests.support import (
@@ -140,22 +140,22 @@ async def test_a_row_committed_as_the_relay_finds_the_outbox_empty_is_not_left_w
         "RETURNING topic, key, value, headers::text AS headers"
     )
     relay = build_relay(slow)
-    publish = relay._publish_batch
+    publishable = OutboxStore.publishable
 
-    async def publish_then_commit_a_batch(
-        connection: asyncpg.Connection, producer: AIOKafkaProducer
-    ) -> int:
-        published = await publish(connection, producer)
-        if published == 0 and held_back is not None:
+    async def publishable_then_commit_a_batch(
+        store: OutboxStore, limit: int, *, parked: bool = True
+    ) -> list[OutboxRow]:
+        rows = await publishable(store, limit, parked=parked)
+        if not rows and held_back is not None:
             # Right after the read found nothing, before the relay goes idle.
             await db.execute(
                 "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
                 *held_back.values(),
             )
             relay.wake()  # what the worker does after each batch commit
-        return published
+        return rows
 
-    monkeypatch.setattr(relay, "_publish_batch", publish_then_commit_a_batch)
+    monkeypatch.setattr(OutboxStore, "publishable", publishable_then_commit_a_batch)
     async with running_relay(relay), TopicReader(slow, event_topics(slow)) as reader:
         events = await reader.wait_for_count(slow.topic_events, 2, within=20)
 
@@ -171,25 +171,25 @@ async def test_a_commit_whose_outcome_is_unknown_gets_a_fresh_producer_and_no_du
     await insert_customer(db, "cus_unknown")
     commands = [command("cus_unknown", {"description": f"u{n}"}) for n in range(4)]
     await fill_outbox(settings, db, commands)
-    relay = build_relay(settings)
-    relay._config = dataclasses.replace(relay._config, transaction_timeout=1.0)
-    real_factory = relay._producer_factory
     made: list[AIOKafkaProducer] = []
 
-    def factory() -> AIOKafkaProducer:
-        producer = real_factory()
+    def producer() -> AIOKafkaProducer:
+        made_now = relay_producer(settings)
         if not made:
-            commit = producer.commit_transaction
+            commit = made_now.commit_transaction
 
             async def commit_then_hang() -> None:
                 await commit()
                 await asyncio.Event().wait()
 
-            producer.commit_transaction = commit_then_hang
-        made.append(producer)
-        return producer
+            made_now.commit_transaction = commit_then_hang
+        made.append(made_now)
+        return made_now
 
-    relay._producer_factory = factory
+    relay = build_relay(
+        settings,
+        publishers=relay_publishers(settings, producer=producer, transaction_timeout=1.0),
+    )
     async with (
         running_relay(relay) as task,
         TopicReader(settings, event_topics(settings), task) as reader,

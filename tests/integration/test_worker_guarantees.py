@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from asyncpg.exceptions._base import InternalClientError
+from asyncpg.exceptions import InternalClientError
 
 from service.adapters.kafka.clients import connection_options
 from service.adapters.postgres.batch_store import BatchStore
@@ -295,7 +295,7 @@ async def test_a_transient_database_failure_is_retried_without_loss_or_duplicate
 
     async def lose_the_connection(store: BatchStore) -> None:
         # A real failure from the server: it ends this session mid-transaction.
-        await store._connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        await store.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
     failures = FaultAfterOutbox(lose_the_connection, times=3).install(monkeypatch)
     async with running_worker(settings) as worker:
@@ -331,7 +331,7 @@ async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_
     only = command("cus_woke", {"name": "Woken"})
 
     async def freeze_and_wake(store: BatchStore) -> None:
-        backend = await store._connection.fetchval("SELECT pg_backend_pid()")
+        backend = await store.connection.fetchval("SELECT pg_backend_pid()")
         freeze_until_session_ends(settings.database_url.get_secret_value(), backend)
         raise InternalClientError("cannot switch to state 12; another operation (2) is in progress")
 
@@ -357,7 +357,7 @@ async def test_a_batch_slower_than_the_batch_timeout_is_rolled_back_and_retried(
     sent = command("cus_slow", {"name": "Eventually"})
 
     async def stall(store: BatchStore) -> None:
-        await store._connection.execute("SELECT pg_sleep(120)")
+        await store.connection.execute("SELECT pg_sleep(120)")
 
     stalls = FaultAfterOutbox(stall, times=1).install(monkeypatch)
     quick = settings.model_copy(update={"batch_timeout": 1.0})

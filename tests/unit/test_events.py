@@ -323,7 +323,7 @@ def test_a_dead_lettered_tombstone_stays_a_tombstone() -> None:
 def test_the_relay_puts_each_customer_where_kafkas_default_partitioner_does() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from service.application.relay import partition_for
+    from service.adapters.kafka.publisher import partition_for
 
     for number in range(2000):
         key = f"cus_{number}".encode()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.adapters.postgres.outbox import OutboxStats, ParkedRow
-from service.application.outbox_health import OutboxMonitor
+from service.application.outbox_health import NAMED_PARKED, OutboxMonitor
+from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.metrics import Metrics
 
 
@@ -30,9 +30,13 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+async def unread(named_parked: int) -> tuple[OutboxStats, list[ParkedRow]]:
+    raise AssertionError("these tests record measurements themselves")
+
+
 @pytest.fixture
 def monitor(metrics: Metrics) -> OutboxMonitor:
-    return OutboxMonitor(pool=None, metrics=metrics, stall_seconds=60.0)
+    return OutboxMonitor(unread, metrics=metrics, stall_seconds=60.0)
 
 
 def test_nothing_measured_yet_is_no_problem(monitor: OutboxMonitor) -> None:
@@ -73,3 +77,20 @@ def test_a_row_no_longer_parked_leaves_the_metric(monitor: OutboxMonitor, metric
     labels = {"topic": "customer.updated", "key": "cus_1"}
     assert metrics.registry.get_sample_value("customer_outbox_parked", labels) is None
     assert monitor.problems() == []
+
+
+async def test_a_measurement_reads_the_outbox_and_names_parked_rows(metrics: Metrics) -> None:
+    asked: list[int] = []
+
+    async def read(named_parked: int) -> tuple[OutboxStats, list[ParkedRow]]:
+        asked.append(named_parked)
+        return OutboxStats(waiting=5, parked=1, oldest_seconds=2.0), [parked_row()]
+
+    monitor = OutboxMonitor(read, metrics, stall_seconds=60.0)
+    stats = await monitor.measure()
+
+    assert stats.waiting == 5
+    assert asked == [NAMED_PARKED]
+    assert metrics.registry.get_sample_value("customer_outbox_backlog") == 5
+    [problem] = monitor.problems()
+    assert "1 outbox message(s) parked" in problem

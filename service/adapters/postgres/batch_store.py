@@ -10,6 +10,7 @@ import orjson
 from asyncpg.transaction import Transaction
 
 from schemas.customer import Subscription, SubscriptionList
+from service.adapters.postgres.errors import translated
 from service.adapters.postgres.outbox import OUTBOX_CHANNEL, encode_headers, encode_raw_headers
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import Address, CustomerState
@@ -62,6 +63,11 @@ class BatchStore:
 
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """The connection the batch runs on, for a statement of the caller's own."""
+        return self._connection
 
     async def claim_positions(
         self, consumer_group: str, first_offsets: dict[TopicPartition, int]
@@ -294,7 +300,7 @@ class BatchStore:
         )
 
 
-class BatchUnitOfWork(BatchStore):
+class PostgresUnitOfWork(BatchStore):
     """A ``BatchStore`` whose transaction commits only when told to (``commit()``)."""
 
     def __init__(self, connection: asyncpg.Connection, transaction: Transaction) -> None:
@@ -308,22 +314,24 @@ class BatchUnitOfWork(BatchStore):
 
 
 @asynccontextmanager
-async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[BatchUnitOfWork]:
+async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[PostgresUnitOfWork]:
     """One transaction, rolled back when the block ends without ``await uow.commit()``:
-    an early ``return`` or an error commits nothing of a half-done batch.
+    an early ``return`` or an error commits nothing of a half-done batch. asyncpg's errors,
+    the block's included, come out as ``application.errors`` (``postgres.errors``).
 
     The block's own error is what propagates, since it is what tells a transient failure
     from a permanent one. When the server has ended the session the rollback fails too
     (in one of several ways, depending on how far asyncpg has noticed), and that second
     error must not replace the first; the pool discards the broken connection.
     """
-    async with pool.acquire() as connection:
-        transaction = connection.transaction()
-        await transaction.start()
-        unit = BatchUnitOfWork(connection, transaction)
-        try:
-            yield unit
-        finally:
-            if not unit.committed:
-                with suppress(Exception):
-                    await transaction.rollback()
+    with translated():
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            unit = PostgresUnitOfWork(connection, transaction)
+            try:
+                yield unit
+            finally:
+                if not unit.committed:
+                    with suppress(Exception):
+                        await transaction.rollback()

@@ -1,16 +1,27 @@
-"""The outbox table: rows the relay publishes, parks and forgets, and how headers are stored."""
+"""The outbox table: the rows the relay publishes, parks and forgets, who leads the
+relays, the outbox's figures, and how headers are stored."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 import orjson
+import structlog
 
+from service.adapters.postgres.errors import translated
+from service.application.ports import OutboxStats, ParkedRow
+from service.domain.outbox import OutboxRow
+
+log = structlog.get_logger(__name__)
+
+#: The channel a batch notifies when it has written outbox rows.
 OUTBOX_CHANNEL = "outbox"
+#: Advisory lock key of the relay leader; any constant shared by all instances.
+LEADER_LOCK = 0x6375_7374_7265_6C
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
@@ -53,36 +64,6 @@ def decode_raw_headers(stored: str | list[list[str | None]]) -> list[tuple[bytes
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    id: int
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ParkedRow:
-    id: int
-    topic: str
-    key: bytes | None
-    size: int
-    parked_at: datetime
-    reason: str
-    #: Rows of the same topic and key that wait behind it.
-    waiting: int
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    #: Rows the relay still has to publish (waiting behind a parked row included).
-    waiting: int
-    parked: int
-    #: Age of the oldest row that is not parked; 0 when there is none.
-    oldest_seconds: float
 
 
 class OutboxStore:
@@ -211,3 +192,45 @@ class OutboxStore:
             "WHERE parked_at IS NULL"
         )
         return oldest
+
+
+class PostgresLeadership:
+    """The relay leader holds a session-level advisory lock on a connection of its own
+    (closing the session releases it) and listens there for new rows."""
+
+    def __init__(self, database_url: str, *, retry_interval: float) -> None:
+        self._database_url = database_url
+        self._retry_interval = retry_interval
+
+    @contextlib.asynccontextmanager
+    async def lead(
+        self,
+        stopping: asyncio.Event,
+        *,
+        on_standby: Callable[[], None],
+        on_work: Callable[[], None],
+    ) -> AsyncIterator[OutboxStore | None]:
+        with translated():
+            connection: asyncpg.Connection = await asyncpg.connect(self._database_url)
+            try:
+                while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                    on_standby()
+                    if stopping.is_set():
+                        yield None
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), self._retry_interval)
+                await connection.add_listener(OUTBOX_CHANNEL, lambda *_: on_work())
+                yield OutboxStore(connection)
+            finally:
+                await connection.close(timeout=5)
+
+
+async def read_outbox(pool: asyncpg.Pool, named_parked: int) -> tuple[OutboxStats, list[ParkedRow]]:
+    """The outbox's figures, and its first ``named_parked`` parked rows if any."""
+    with translated():
+        async with pool.acquire() as connection:
+            store = OutboxStore(connection)
+            stats = await store.stats()
+            parked = await store.parked(named_parked) if stats.parked else []
+    return stats, parked

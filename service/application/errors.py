@@ -1,0 +1,24 @@
+"""The errors the use cases tell apart, whatever driver raised them.
+
+Adapters translate driver errors into these; the loops retry ``TransientError`` and nothing
+else, so what is worth retrying is decided once, by the adapter that knows the driver.
+Any other error is permanent: the batch is isolated, or the process stops with it.
+"""
+
+from __future__ import annotations
+
+
+class TransientError(Exception):
+    """The same work may succeed if tried again: a connection or a server went away, a
+    transaction lost a conflict, an answer did not come in time."""
+
+
+class ClaimConflictError(Exception):
+    """Another worker claimed the same unique value (an invoice prefix, a command id)
+    between this one's read and its write. It has committed by now, so one more try sees
+    its claim and decides accordingly."""
+
+
+class RecordRefusedError(Exception):
+    """Kafka refused a record for good (too large, corrupt, invalid for its topic): it is
+    the record, not the connection, so sending it again cannot help."""
