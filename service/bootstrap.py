@@ -180,6 +180,12 @@ class WorkerProcess:
             try:
                 with kafka_errors.translated():
                     await consumer.start()
+            except TransientError:
+                await consumer.stop()
+                refused = await kafka.start_refused(settings)
+                if refused is not None:
+                    raise refused from None
+                raise
             except BaseException:
                 await consumer.stop()
                 raise

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import asyncpg
+import structlog
 import typer
 import uvloop
 
@@ -41,6 +42,19 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+def _run_until_stopped(process: str, main: Callable[[], Awaitable[None]]) -> None:
+    """Run a long-lived process; an error nothing retries (a permanent one: a refused
+    password, a missing permission) ends it with one log line naming it, and exit code 1."""
+    try:
+        _run(main)
+    except Exception as exc:
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        structlog.get_logger(__name__).error(
+            "process_failed", process=process, errors=[repr(error) for error in errors]
+        )
+        raise typer.Exit(1) from exc
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
@@ -135,7 +149,7 @@ def worker() -> None:
         stop_on_signals(stopping)
         await run_worker(settings, stopping)
 
-    _run(main)
+    _run_until_stopped("worker", main)
 
 
 @app.command()
@@ -154,7 +168,7 @@ def relay() -> None:
         stop_on_signals(stopping)
         await run_relay(settings, stopping)
 
-    _run(main)
+    _run_until_stopped("relay", main)
 
 
 @app.command()

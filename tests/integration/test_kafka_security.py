@@ -3,6 +3,7 @@ listener (the native broker's SASL_PLAINTEXT listener)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import asyncpg
@@ -12,6 +13,8 @@ from pydantic import SecretStr
 
 from devstack.stack import Stack, native_kafka
 from schemas.event import CustomerUpdatedEvent
+from service.application.errors import TransientError
+from service.bootstrap import WorkerProcess
 from service.entrypoints.client import CommandSender, build_command
 from service.infrastructure.settings import Settings
 from tests.support import insert_customer, running_worker
@@ -57,3 +60,20 @@ async def test_a_wrong_password_is_refused_by_the_broker(sasl: Settings) -> None
     with pytest.raises(KafkaError):
         async with CommandSender(wrong):
             pass
+
+
+async def test_a_worker_refused_by_the_broker_stops_at_once_instead_of_retrying(
+    sasl: Settings,
+) -> None:
+    """A wrong password is permanent: waiting for Kafka as if it were away would hide it
+    behind an endless ``waiting_for_kafka``."""
+    wrong = sasl.model_copy(
+        update={"kafka_sasl_mechanism": "SCRAM-SHA-256", "kafka_sasl_password": SecretStr("nope")}
+    )
+    with pytest.raises(ExceptionGroup) as raised:
+        async with asyncio.timeout(60):
+            await WorkerProcess(wrong).run(asyncio.Event())
+
+    [error] = raised.value.exceptions
+    assert isinstance(error, KafkaError)
+    assert not isinstance(error, TransientError)

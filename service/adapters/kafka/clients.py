@@ -11,6 +11,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
@@ -45,6 +46,30 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+async def start_refused(settings: Settings) -> KafkaError | None:
+    """Why the brokers refuse this client, when they do: an authentication or TLS failure.
+
+    aiokafka's bootstrap logs why each server failed and then raises only "unable to
+    bootstrap" (a connection error, retriable), so a wrong password would look like a broker
+    that is away and be waited for forever. One connection per bootstrap server, with the
+    same options, tells the two apart; None when every failure is one a retry may cure.
+    """
+    options = connection_options(settings)
+    servers = options.pop("bootstrap_servers")
+    for server in servers.split(",") if isinstance(servers, str) else servers:
+        host, _, port = server.strip().rpartition(":")
+        try:
+            connection = await create_conn(host, int(port), **options)
+        except KafkaError as exc:
+            if not exc.retriable:
+                return exc
+            continue
+        except (OSError, TimeoutError, ValueError):
+            continue
+        connection.close()
+    return None
 
 
 def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
