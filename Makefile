@@ -23,10 +23,11 @@ $(UV):
 
 install: .venv/.installed ## Create .venv with the service and its dev tools
 
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy and the import contracts of the layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install ## pytest (starts Kafka and PostgreSQL if no endpoints are given)
 	$(BIN)/pytest

@@ -145,7 +145,7 @@ class OutboxTopics(Protocol):
         ...
 
     async def published_since(self, since_ms: int) -> dict[int, set[bytes]]:
-        """The ``fingerprint``s of records published with an ``outbox-id`` since
+        """The ``row_fingerprint``s of records published with an ``outbox-id`` since
         ``since_ms``, by that id."""
         ...
 

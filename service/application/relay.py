@@ -49,7 +49,7 @@ from tenacity import RetryCallState
 from service.application.errors import RecordRefusedError, TransientError
 from service.application.ports import Leadership, OutboxPublisher, OutboxStore, OutboxTopics
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
-from service.domain.outbox import OutboxRow, fingerprint, shown_key
+from service.domain.outbox import OutboxRow, row_fingerprint, shown_key
 from service.infrastructure import failpoints
 from service.infrastructure.metrics import Metrics
 from service.infrastructure.retrying import retrying
@@ -291,7 +291,7 @@ class OutboxRelay:
         if not published:
             return
         pending = await store.rows(sorted(published))
-        matching = [row.id for row in pending if fingerprint(row) in published[row.id]]
+        matching = [row.id for row in pending if row_fingerprint(row) in published[row.id]]
         forged = len(pending) - len(matching)
         if forged:
             log.warning("relay_recovery_ignored_records", records=forged)

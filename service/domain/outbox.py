@@ -15,7 +15,7 @@ class OutboxRow:
     headers: list[tuple[str, bytes | None]]
 
 
-def fingerprint(row: OutboxRow) -> bytes:
+def row_fingerprint(row: OutboxRow) -> bytes:
     """What makes a record read back the one published from ``row``: topic, key, value and
     headers (but the ``outbox-id`` one), each length-prefixed so that no two differ only
     in where one field ends."""

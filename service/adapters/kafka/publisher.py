@@ -25,7 +25,7 @@ from service.adapters.kafka.clients import read_range
 from service.adapters.kafka.errors import translated
 from service.application.errors import TransientError
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
-from service.domain.outbox import OutboxRow, fingerprint
+from service.domain.outbox import OutboxRow, row_fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +101,7 @@ class KafkaOutboxTopics:
             return await self._max_message_bytes(self._topics)
 
     async def published_since(self, since_ms: int) -> dict[int, set[bytes]]:
-        """The ``fingerprint`` of every committed record published at or after
+        """The ``row_fingerprint`` of every committed record published at or after
         ``since_ms`` that carries one ``outbox-id`` header holding a row id, by that id (a
         set: a forged record may claim the id of a real one). A record with any other
         ``outbox-id`` is not one of ours and is left out."""
@@ -133,7 +133,7 @@ async def _published(
             continue
         others = [(name, value) for name, value in record.headers if name != OUTBOX_ID]
         row = OutboxRow(int(ids[0]), record.topic, record.key, record.value, others)
-        published.setdefault(row.id, set()).add(fingerprint(row))
+        published.setdefault(row.id, set()).add(row_fingerprint(row))
     return published
 
 
