@@ -10,8 +10,9 @@ For a batch the processor
 3. when the unit of work fails for a reason that retrying will not cure, processes the
    records one by one so that one bad record cannot hold back the rest.
 
-A ``TransientError`` failure propagates: the caller rewinds and retries the batch, and
-nothing of it was committed.
+A ``TransientError`` propagates: the caller rewinds and retries the batch. Nothing of the
+batch's own unit of work was committed; records already isolated and committed one by one
+are below their stored positions by then, so the retry skips them.
 """
 
 from __future__ import annotations
