@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
+
 from faults.checker import CheckResult, Violation, check
 from faults.harness import Progress, RunConfig, ScenarioEnv
 from faults.load import HOSTILE_KINDS, LoadProducer, build_load
@@ -23,6 +25,10 @@ from faults.stack import FaultStack, default_home
 
 #: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
 SESSION_TIMEOUT = 10.0
+#: The relay leader's takeover bound in relay-leader-freeze (RELAY_TAKEOVER_SECONDS's
+#: default), and how long that scenario keeps the leader frozen.
+RELAY_TAKEOVER = 15.0
+LEADER_FREEZE = 45.0
 
 Inject = Callable[[ScenarioEnv, LoadProducer], Awaitable[None]]
 
@@ -239,6 +245,69 @@ async def _freeze_a_worker(
     await load.reached(1.0)
 
 
+async def _freeze_the_relay_leader(env: ScenarioEnv, load: LoadProducer) -> None:
+    """SIGSTOP the worker whose relay leads, for three times RELAY_TAKEOVER_SECONDS: the
+    other worker's relay must take the lead within the bound (plus its poll and some
+    room) and keep the outbox draining while the old leader sleeps; woken, the old one
+    must stand by, its Kafka transaction fenced off by the shared transactional id."""
+    await load.reached(0.25)
+    leaders = [worker for worker in env.workers.values() if worker.logged("relay_leading")]
+    if len(leaders) != 1:
+        env.violation(
+            "fault_not_injected",
+            f"expected one relay leader, found {len(leaders)} before the fault",
+        )
+        await load.reached(1.0)
+        return
+    [frozen] = leaders
+    [other] = [worker for worker in env.workers.values() if worker is not frozen]
+    led_before = other.logged("relay_leading")
+    frozen.pause()
+    started = time.monotonic()
+    env.fault(f"SIGSTOP {frozen.name}, the relay leader, at {load.progress:.0%} of the load")
+    took: float | None = None
+    drained_after: float | None = None
+    try:
+        while (elapsed := time.monotonic() - started) < LEADER_FREEZE:
+            if took is None and other.logged("relay_leading") > led_before:
+                took = elapsed
+            if took is not None and drained_after is None and await _outbox_fresh(env):
+                drained_after = elapsed
+            await asyncio.sleep(0.5)
+    finally:
+        frozen.resume()
+    env.fault(f"SIGCONT {frozen.name} after {LEADER_FREEZE:.0f}s")
+    bound = RELAY_TAKEOVER + 10
+    if took is None:
+        env.violation(
+            "relay_takeover_slow", f"no other relay led during the {LEADER_FREEZE:.0f}s freeze"
+        )
+    elif took > bound:
+        env.violation("relay_takeover_slow", f"{other.name} led only after {took:.1f}s")
+    elif drained_after is None:
+        env.violation("stalled", "the new leader did not drain the outbox while the old slept")
+    else:
+        env.notes.append(
+            f"{other.name}'s relay led {took:.1f}s after the freeze (bound {bound:.0f}s) and "
+            f"had the outbox fresh {drained_after:.1f}s after it"
+        )
+    await load.reached(1.0)
+
+
+async def _outbox_fresh(env: ScenarioEnv) -> bool:
+    """No unpublished row older than two seconds: the relay keeps up with the load."""
+
+    async def run(connection: asyncpg.Connection) -> bool:
+        age: float = await connection.fetchval(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created)), 0)::float8 "
+            "FROM outbox"
+        )
+        return age < 2.0
+
+    fresh: bool = await env.query(run)
+    return fresh
+
+
 async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
     env.fault("poison records mixed into the load")
 
@@ -356,6 +425,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         inject=_worker_pause_past_idle_timeout,
         workers=2,
         worker_settings=(("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3"),),
+    ),
+    Scenario(
+        "relay-leader-freeze",
+        "SIGSTOP the worker whose relay leads for 45 s: another relay leads within "
+        "RELAY_TAKEOVER_SECONDS and drains the outbox; the woken one is fenced off",
+        partitions=6,
+        inject=_freeze_the_relay_leader,
+        workers=2,
+        # About a minute of load, so that records keep coming through the whole freeze.
+        rate_scale=0.1,
     ),
     Scenario(
         "poison",

@@ -101,7 +101,9 @@ def build_relay(
             stop_timeout=TRANSACTION_TIMEOUT,
         ),
         leadership=PostgresLeadership(
-            settings.database_url.get_secret_value(), retry_interval=settings.relay_idle_interval
+            settings.database_url.get_secret_value(),
+            retry_interval=settings.relay_idle_interval,
+            takeover_seconds=settings.relay_takeover_seconds,
         ),
         publishers=publishers or relay_publishers(settings),
         topics=KafkaOutboxTopics(

@@ -295,6 +295,13 @@ class TcpForwarder:
         self.port = port
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def cut(self) -> None:
+        """Stop carrying bytes either way while every connection stays open, as a network
+        partition does: no reset, no close, just silence."""
+        self._flowing.clear()
 
     async def open(self) -> None:
         self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
@@ -316,10 +323,10 @@ class TcpForwarder:
             self._pipes.add(pipe)
             pipe.add_done_callback(self._pipes.discard)
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
+                await self._flowing.wait()
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, asyncio.CancelledError):

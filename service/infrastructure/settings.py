@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     relay_transactional_id: Annotated[str, Field(min_length=1)] = "customer-service-relay"
     relay_drain_timeout: Annotated[float, Field(ge=0)] = 30.0
     relay_stall_seconds: Annotated[float, Field(gt=0)] = 60.0
+    relay_takeover_seconds: Annotated[float, Field(ge=1, le=3600)] = 15.0
 
     # -- Authorization -----------------------------------------------------------------
     auth_jwt_key: SecretStr | None = None

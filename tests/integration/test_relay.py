@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from pydantic import SecretStr
 
 from devstack.processes import free_port
 from service.adapters.postgres.outbox import OutboxStore
@@ -16,6 +18,7 @@ from service.domain.outbox import OutboxRow
 from service.infrastructure.metrics import Metrics
 from service.infrastructure.settings import Settings
 from tests.support import (
+    TcpForwarder,
     TopicReader,
     command,
     event_topics,
@@ -205,3 +208,48 @@ async def test_a_commit_whose_outcome_is_unknown_gets_a_fresh_producer_and_no_du
 
 async def _outbox_empty(db: asyncpg.Connection) -> bool:
     return await outbox_size(db) == 0
+
+
+async def test_a_leader_cut_off_from_postgresql_loses_the_lead_within_the_takeover_bound(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The leader's connection goes silent without closing (a partition, or a frozen
+    host): PostgreSQL must end its session, so that a standby leads and publishes, within
+    RELAY_TAKEOVER_SECONDS (plus the standby's poll), not when TCP keepalives give up."""
+    takeover = 3.0
+    quick = settings.model_copy(
+        update={"relay_takeover_seconds": takeover, "relay_idle_interval": 0.2}
+    )
+    real = urlsplit(quick.database_url.get_secret_value())
+    assert real.hostname is not None
+    assert real.port is not None
+    forwarder = TcpForwarder(real.hostname, real.port, free_port())
+    await forwarder.open()
+    through = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    # A short drain: once stopped, the cut-off relay cannot publish anything anyway.
+    cut_off = quick.model_copy(
+        update={"database_url": SecretStr(through), "relay_drain_timeout": 1.0}
+    )
+    first, second = build_relay(cut_off), build_relay(quick)
+    await insert_customer(db, "cus_takeover", invoice_prefix="TKO1")
+    commands = [command("cus_takeover", {"description": f"k{n}"}) for n in range(3)]
+    try:
+        async with running_relay(first):
+            await eventually(lambda: first.state == "leading", what="the first relay to lead")
+            async with running_relay(second):
+                await eventually(lambda: second.state == "standby", what="the second to wait")
+                forwarder.cut()
+                await eventually(
+                    lambda: second.state == "leading",
+                    within=takeover + 5,
+                    what="the second relay to take the lead",
+                )
+                async with TopicReader(quick, event_topics(quick)) as reader:
+                    await fill_outbox(quick, db, commands)
+                    events = await reader.wait_for_count(quick.topic_events, len(commands))
+            # Connections reset: the cut-off relay fails fast now, and gives up its drain.
+            await forwarder.close()
+    finally:
+        await forwarder.close()
+
+    assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]

@@ -57,14 +57,20 @@ class KafkaOutboxPublisher:
 
     async def publish(self, rows: Sequence[OutboxRow], limits: Mapping[str, int]) -> None:
         producer = self._producer
+        deliveries: list[asyncio.Future[Any]] = []
         with translated(sending=True):
             await producer.begin_transaction()
             try:
                 # Bounded too: aiokafka's transactional producer never expires a batch, so
                 # a partition without a leader would hold the relay here for good.
                 async with asyncio.timeout(self._transaction_timeout):
-                    await asyncio.gather(*await _send_in_batches(producer, rows, limits))
+                    deliveries = await _send_in_batches(producer, rows, limits)
+                    await asyncio.gather(*deliveries)
             except BaseException:
+                # The first failure propagates; the others (a fenced producer fails every
+                # batch) are expected, not "never retrieved" errors for the log.
+                for delivery in deliveries:
+                    delivery.add_done_callback(_retrieve)
                 await self._end(producer.abort_transaction(), "abort")
                 raise
             await self._end(producer.commit_transaction(), "commit")
@@ -80,6 +86,11 @@ class KafkaOutboxPublisher:
             if what == "commit":
                 raise
             # The abort of a failed batch: the batch's own error is what propagates.
+
+
+def _retrieve(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
 
 
 class KafkaOutboxTopics:

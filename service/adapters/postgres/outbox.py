@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -66,10 +67,22 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+class Statements(Protocol):
+    """The calls ``OutboxStore`` makes: an asyncpg connection, or the leader's shared one."""
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+
 class OutboxStore:
     """The outbox statements of the relay and the ``outbox`` verbs, on one connection."""
 
-    def __init__(self, connection: asyncpg.Connection) -> None:
+    def __init__(self, connection: Statements) -> None:
         self._connection = connection
 
     async def publishable(self, limit: int, *, parked: bool = True) -> list[OutboxRow]:
@@ -196,11 +209,24 @@ class OutboxStore:
 
 class PostgresLeadership:
     """The relay leader holds a session-level advisory lock on a connection of its own
-    (closing the session releases it) and listens there for new rows."""
+    (the session's end releases it) and listens there for new rows.
 
-    def __init__(self, database_url: str, *, retry_interval: float) -> None:
+    A leader that is frozen (a stopped process, a paused VM) or cut off from the database
+    would keep its session, and so the lead, for as long as TCP keepalives take to notice:
+    hours. So the session is opened with ``idle_session_timeout`` of ``takeover_seconds``,
+    and a heartbeat keeps a live leader's session busy three times as often: a leader that
+    stops answering loses its session, and the lock, within that bound. The
+    ``transactional.id`` all relays share fences off its Kafka transaction if it wakes up.
+    Every statement on the connection has the same timeout, so a leader that is cut off
+    notices too, instead of waiting on a statement forever.
+    """
+
+    def __init__(
+        self, database_url: str, *, retry_interval: float, takeover_seconds: float
+    ) -> None:
         self._database_url = database_url
         self._retry_interval = retry_interval
+        self._takeover_seconds = takeover_seconds
 
     @contextlib.asynccontextmanager
     async def lead(
@@ -211,9 +237,20 @@ class PostgresLeadership:
         on_work: Callable[[], None],
     ) -> AsyncIterator[OutboxStore | None]:
         with translated():
-            connection: asyncpg.Connection = await asyncpg.connect(self._database_url)
+            connection: asyncpg.Connection = await asyncpg.connect(
+                self._database_url,
+                command_timeout=self._takeover_seconds,
+                server_settings={
+                    "idle_session_timeout": str(round(self._takeover_seconds * 1000)),
+                    "application_name": "customer-service relay",
+                },
+            )
+            shared = _OneAtATime(connection)
+            heartbeat = asyncio.create_task(
+                _heartbeat(shared, self._takeover_seconds / 3), name="relay-heartbeat"
+            )
             try:
-                while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                while not await shared.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                     on_standby()
                     if stopping.is_set():
                         yield None
@@ -221,9 +258,52 @@ class PostgresLeadership:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stopping.wait(), self._retry_interval)
                 await connection.add_listener(OUTBOX_CHANNEL, lambda *_: on_work())
-                yield OutboxStore(connection)
+                yield OutboxStore(shared)
             finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
                 await connection.close(timeout=5)
+
+
+class _OneAtATime:
+    """A connection shared by the relay and its heartbeat: asyncpg runs one statement at a
+    time per connection."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._lock:
+            rows: list[asyncpg.Record] = await self._connection.fetch(query, *args)
+            return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self._lock:
+            row: asyncpg.Record | None = await self._connection.fetchrow(query, *args)
+            return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self._lock:
+            return await self._connection.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self._lock:
+            status: str = await self._connection.execute(query, *args)
+            return status
+
+
+async def _heartbeat(connection: _OneAtATime, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await connection.execute("SELECT 1")
+        except Exception as exc:
+            # The session is gone (or going): the relay's next statement finds out too and
+            # starts over; the heartbeat has nothing more to keep alive.
+            log.warning("relay_session_lost", error=repr(exc))
+            return
 
 
 async def read_outbox(pool: asyncpg.Pool, named_parked: int) -> tuple[OutboxStats, list[ParkedRow]]:
