@@ -157,6 +157,15 @@ class Worker:
         if self.running:
             os.kill(self.pid, signal.SIGCONT)
 
+    async def wait_stopped(self, *, within: float) -> bool:
+        """Until the process is stopped by a signal (a ``:stop`` failpoint), or give up."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.running and _process_state(self.pid) == "T":
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
     async def wait_exit(self, *, within: float) -> int | None:
         deadline = time.monotonic() + within
         while self.returncode is None:
@@ -213,6 +222,15 @@ class Worker:
 
 
 # -- reading topics --------------------------------------------------------------------------
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (``T`` when stopped), None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def _session_name(slot: int | str) -> str:

@@ -400,8 +400,10 @@ def build_load(
     topic: str,
     poison: bool = False,
     hostile: bool = False,
+    hot_share: float = 0.0,
 ) -> LoadPlan:
-    """``commands`` records for the customers in ``seeded``, the same for the same seed."""
+    """``commands`` records for the customers in ``seeded``, the same for the same seed;
+    ``hot_share`` of them update the first customer (a hot key), kind ``hot``."""
     customers = sorted(seeded)
     if len(customers) < 2:
         raise ValueError("the load needs at least two seeded customers")
@@ -418,6 +420,8 @@ def build_load(
             generator.poison()
         elif hostile and generator.rng.random() < HOSTILE_SHARE:
             generator.hostile()
+        elif hot_share and generator.rng.random() < hot_share:
+            generator.command(customers[0], generator.update_data(0), kind="hot")
         else:
             generator.add(generator.rng.choices(kinds, weights)[0])
     return LoadPlan(generator.records[:commands])

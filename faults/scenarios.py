@@ -56,6 +56,8 @@ class Scenario:
     #: A worker exiting on its own is a violation, not only a note (the worker is
     #: supposed to survive everything this scenario sends it).
     no_crash: bool = False
+    #: Share of the load that updates one customer (a hot key).
+    hot_share: float = 0.0
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -308,6 +310,86 @@ async def _outbox_fresh(env: ScenarioEnv) -> bool:
     return fresh
 
 
+async def _postgres_sigkill(env: ScenarioEnv, load: LoadProducer) -> None:
+    await load.reached(0.35)
+    in_flight = await env.batch_in_flight(within=10)
+    backends = await env.stack.sigkill_postgres()
+    where = " with a batch in flight" if in_flight else ""
+    env.fault(
+        f"SIGKILL the PostgreSQL postmaster{where} at {load.progress:.0%} of the load "
+        f"({backends} backend(s) exited after it)"
+    )
+    if not in_flight:
+        env.violation("fault_not_injected", "no batch transaction was open at the SIGKILL")
+    await asyncio.sleep(3)  # the outage lasts this long
+    await env.stack.start_postgres()
+    env.fault("PostgreSQL started again (crash recovery)")
+
+
+async def _hot_customer(env: ScenarioEnv, load: LoadProducer) -> None:
+    hot = load.plan.kinds()["hot"]
+    if hot < 1000 and not env.config.short:
+        env.violation("fault_not_injected", f"only {hot} commands for the hot customer")
+    env.fault(f"{hot} of {load.total} commands update one customer, sent in a burst")
+
+
+async def _constant_rebalancing(env: ScenarioEnv, load: LoadProducer) -> None:
+    """Every few seconds a member is killed, stopped or added (and stopped again), for as
+    long as the load lasts: the group never settles for long."""
+    changes = 0
+    actions = ("kill", "sigterm", "join", "leave")
+    extra = max(env.workers) + 1
+    while not load.done:
+        action = actions[changes % len(actions)]
+        victim = (changes // len(actions)) % extra
+        if action == "kill":
+            killed = env.workers[victim]
+            killed.kill()
+            await killed.wait_exit(within=10)
+            env.fault(f"SIGKILL {killed.name} at {load.progress:.0%}")
+            await env.launch(victim, wait=False)
+        elif action == "sigterm":
+            worker = env.workers[(victim + 1) % extra]
+            code = await worker.stop()
+            env.fault(f"SIGTERM {worker.name} (exit {code}) at {load.progress:.0%}")
+            if code != 0:
+                env.violation("unclean_shutdown", f"{worker.name} exited {code} on SIGTERM")
+            await env.launch((victim + 1) % extra, wait=False)
+        elif action == "join":
+            worker = await env.launch(extra, wait=False)
+            env.fault(f"{worker.name} joined at {load.progress:.0%}")
+        elif action == "leave" and extra in env.workers:
+            worker = env.workers.pop(extra)
+            code = await worker.stop()
+            env.fault(f"{worker.name} left (SIGTERM, exit {code}) at {load.progress:.0%}")
+            if code != 0:
+                env.violation("unclean_shutdown", f"{worker.name} exited {code} on SIGTERM")
+        changes += 1
+        await asyncio.sleep(4)  # the pace of the membership changes, not a wait for state
+    if changes < (6 if env.config.short else 20):
+        env.violation("fault_not_injected", f"only {changes} membership changes")
+    env.notes.append(f"{changes} membership changes while the load ran")
+
+
+async def _broker_sigkill_in_relay_transaction(env: ScenarioEnv, load: LoadProducer) -> None:
+    """The worker is armed to SIGSTOP itself inside its relay's Kafka transaction, after
+    the records are sent and before the commit: the broker is SIGKILLed and restarted
+    while that transaction is open, then the worker is woken to commit (or abort) it."""
+    worker = env.workers[0]
+    stopped = await worker.wait_stopped(within=60)
+    if not stopped:
+        env.violation("fault_not_injected", f"{worker.name} never stopped at {worker.failpoints}")
+        return
+    env.fault(f"{worker.name} froze inside its relay's Kafka transaction ({worker.failpoints})")
+    await env.stack.kill_kafka()
+    env.fault(f"SIGKILL the Kafka broker at {load.progress:.0%} of the load")
+    await asyncio.sleep(3)  # the outage lasts this long
+    await env.stack.start_kafka()
+    env.fault("Kafka broker restarted")
+    worker.resume()
+    env.fault(f"SIGCONT {worker.name}: its open transaction meets a restarted broker")
+
+
 async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
     env.fault("poison records mixed into the load")
 
@@ -425,6 +507,39 @@ SCENARIOS: tuple[Scenario, ...] = (
         inject=_worker_pause_past_idle_timeout,
         workers=2,
         worker_settings=(("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "3"),),
+    ),
+    Scenario(
+        "postgres-sigkill",
+        "SIGKILL the PostgreSQL postmaster under load (its backends die after it), start "
+        "it again 3 s later: crash recovery",
+        partitions=3,
+        inject=_postgres_sigkill,
+    ),
+    Scenario(
+        "hot-customer",
+        "70% of the load updates one customer, sent four times as fast: one partition and "
+        "one row lock take the burst",
+        partitions=3,
+        inject=_hot_customer,
+        rate_scale=4.0,
+        hot_share=0.7,
+    ),
+    Scenario(
+        "constant-rebalancing",
+        "three workers, and a member killed, stopped, added or removed every 4 s for as "
+        "long as the load lasts (two minutes)",
+        partitions=6,
+        inject=_constant_rebalancing,
+        workers=3,
+        rate_scale=0.05,
+    ),
+    Scenario(
+        "broker-sigkill-in-relay-transaction",
+        "the worker freezes inside its relay's Kafka transaction (records sent, commit "
+        "not yet), the broker is SIGKILLed and restarted, then the worker goes on",
+        partitions=3,
+        inject=_broker_sigkill_in_relay_transaction,
+        failpoints="in_relay_transaction@3:stop",
     ),
     Scenario(
         "relay-leader-freeze",
@@ -593,6 +708,7 @@ async def run_scenario(
             topic=env.settings.topic_commands,
             poison=scenario.poison,
             hostile=scenario.hostile,
+            hot_share=scenario.hot_share,
         )
         rate = config.rate * scenario.rate_scale
         load = LoadProducer(stack.bootstrap_servers, env.settings.topic_commands, plan, rate=rate)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack import processes
 from devstack import stack as shared_stack
 from devstack.native_kafka import NativeKafka
 from devstack.native_postgres import NativePostgres
@@ -100,3 +102,38 @@ class FaultStack:
 
     async def start_postgres(self) -> None:
         await asyncio.to_thread(self.postgres.start)
+
+    async def sigkill_postgres(self) -> int:
+        """SIGKILL the postmaster: no shutdown at all, not even an immediate one. Its
+        backends notice their parent is gone and exit; the server can start again once
+        they have (they still hold its shared memory). Returns how many there were."""
+        pid = self.postgres.pid()
+        if pid is None:
+            raise RuntimeError("PostgreSQL is not running")
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(
+            processes.wait_until,
+            lambda: not any(processes.pid_alive(child) for child in (pid, *children)),
+            timeout=60,
+            interval=0.1,
+            what="PostgreSQL's backends to exit after the postmaster died",
+        )
+        return len(children)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid:
+            found.append(int(entry.name))
+    return found

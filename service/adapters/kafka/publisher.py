@@ -26,6 +26,7 @@ from service.adapters.kafka.errors import translated
 from service.application.errors import TransientError
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
 from service.domain.outbox import OutboxRow, row_fingerprint
+from service.infrastructure import failpoints
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,7 @@ class KafkaOutboxPublisher:
                 async with asyncio.timeout(self._transaction_timeout):
                     deliveries = await _send_in_batches(producer, rows, limits)
                     await asyncio.gather(*deliveries)
+                failpoints.reached(failpoints.IN_RELAY_TRANSACTION)
             except BaseException:
                 # The first failure propagates; the others (a fenced producer fails every
                 # batch) are expected, not "never retrieved" errors for the log.
