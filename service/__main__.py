@@ -1,5 +1,5 @@
 """``python -m service`` is ``customer-service`` (handy under profilers and debuggers)."""
 
-from service.entrypoints.cli import app
+from service.entrypoints.launch import main
 
-app()
+main()
