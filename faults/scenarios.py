@@ -390,6 +390,69 @@ async def _broker_sigkill_in_relay_transaction(env: ScenarioEnv, load: LoadProdu
     env.fault(f"SIGCONT {worker.name}: its open transaction meets a restarted broker")
 
 
+#: The tables a batch writes, moved onto the small disk in postgres-out-of-disk.
+_GROWING_TABLES = ("customers", "outbox", "processed_commands", "consumer_offsets")
+
+
+async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
+    """The tables a batch writes live on a small disk that fills up under load: the worker
+    must stall (retrying, with the reason in its log), lose nothing, and go on when the
+    space comes back."""
+    try:
+        disk = env.stack.mount_small_disk(env.database, size_mib=64)
+    except OSError as exc:
+        env.violation("fault_not_injected", str(exc))
+        return
+    tablespace = f"{env.database}_small"
+
+    async def run(connection: asyncpg.Connection, statement: str) -> None:
+        await connection.execute(statement)
+
+    async def execute(statement: str) -> None:
+        await env.query(lambda connection: run(connection, statement))
+
+    try:
+        await execute(f"CREATE TABLESPACE {tablespace} LOCATION '{disk}'")
+        for table in _GROWING_TABLES:
+            await execute(f"ALTER TABLE {table} SET TABLESPACE {tablespace}")
+        await load.reached(0.3)
+        filler = disk / "filler"
+        with filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:  # until the disk is full
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        env.fault(f"the tablespace's disk is full at {load.progress:.0%} of the load")
+        if await _worker_reports(env, "DiskFullError", within=30):
+            env.notes.append(
+                "the worker retried its batch on DiskFullError while the disk was full"
+            )
+        else:
+            env.violation("fault_not_injected", "no worker met a full disk within 30 s")
+        await asyncio.sleep(10)  # the outage lasts this long
+        filler.unlink()
+        env.fault("the disk has space again")
+        await load.reached(1.0)
+        for table in _GROWING_TABLES:
+            await execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
+        await execute(f"DROP TABLESPACE {tablespace}")
+    finally:
+        env.stack.unmount_small_disk(disk)
+
+
+async def _worker_reports(env: ScenarioEnv, error: str, *, within: float) -> bool:
+    """Until some worker logs a retry whose error names ``error``, or give up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for worker in env.every_worker:
+            if any(
+                event.get("event") == "batch_retrying" and error in str(event.get("error"))
+                for event in worker.events()
+            ):
+                return True
+        await asyncio.sleep(0.5)
+    return False
+
+
 async def _poison(env: ScenarioEnv, load: LoadProducer) -> None:
     env.fault("poison records mixed into the load")
 
@@ -540,6 +603,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         partitions=3,
         inject=_broker_sigkill_in_relay_transaction,
         failpoints="in_relay_transaction@3:stop",
+    ),
+    Scenario(
+        "postgres-out-of-disk",
+        "the tables a batch writes sit on a 64 MiB disk that is filled up under load for "
+        "10 s: the worker stalls, retrying, and goes on when the space returns",
+        partitions=3,
+        inject=_postgres_out_of_disk,
     ),
     Scenario(
         "relay-leader-freeze",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,30 @@ class FaultStack:
             what="PostgreSQL's backends to exit after the postmaster died",
         )
         return len(children)
+
+    def mount_small_disk(self, name: str, *, size_mib: int) -> Path:
+        """A tmpfs of ``size_mib`` the server may write to (owned by its user), for a
+        tablespace that runs out of space. Needs root, as the suite's machines have.
+
+        Raises:
+            OSError: when it cannot be mounted here.
+        """
+        mount_point = self.home / "small-disks" / name
+        mount_point.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise OSError(f"cannot mount a tmpfs at {mount_point}: {done.stderr.strip()}")
+        owner = self.postgres.data_dir.stat()
+        os.chown(mount_point, owner.st_uid, owner.st_gid)
+        return mount_point
+
+    def unmount_small_disk(self, mount_point: Path) -> None:
+        subprocess.run(["umount", "--lazy", str(mount_point)], capture_output=True, check=False)
 
 
 def _children(pid: int) -> list[int]:
