@@ -15,7 +15,7 @@ worker leads back through the proxy.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -41,6 +41,8 @@ class Network:
     client: ToxiproxyClient
     postgres: Proxy
     kafka: Proxy
+    #: Connections accepted before the last ``heal``, which belong to earlier scenarios.
+    _earlier: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @classmethod
     async def open(
@@ -99,13 +101,19 @@ class Network:
         return (await self.client.proxy(proxy.name)).toxics
 
     async def heal(self) -> None:
-        """Every proxy enabled and without toxics, whatever an earlier scenario left."""
+        """Every proxy enabled and without toxics, whatever an earlier scenario left;
+        ``accepted`` counts from here on."""
         await self.client.reset()
+        self._earlier = self._accepted()
 
     # -- evidence -----------------------------------------------------------------------
 
     def accepted(self) -> collections.Counter[str]:
-        """Client connections each proxy has accepted so far, from the server's log."""
+        """Client connections each proxy has accepted since the last ``heal``."""
+        return self._accepted() - self._earlier
+
+    def _accepted(self) -> collections.Counter[str]:
+        """Client connections each proxy has accepted, from the server's log."""
         counts: collections.Counter[str] = collections.Counter()
         try:
             lines = self.server.log_path.read_bytes().splitlines()
