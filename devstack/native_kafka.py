@@ -39,9 +39,17 @@ class KafkaSetupError(RuntimeError):
 
 @dataclass(frozen=True)
 class NativeKafka:
-    """A broker whose files all live under ``home``."""
+    """A broker whose files all live under ``home``.
+
+    With ``proxy_listener`` it has one more PLAINTEXT listener, ``PROXIED``, which
+    advertises another port than its own: the port a TCP proxy (Toxiproxy, for the fault
+    suite) listens on and forwards to this listener. A client bootstrapped at the proxy
+    is told, in every metadata answer, to reach the broker at the proxy again, so none of
+    its connections bypasses it. See ``proxy_ports``.
+    """
 
     home: Path
+    proxy_listener: bool = False
 
     @property
     def libs(self) -> Path:
@@ -201,6 +209,8 @@ class NativeKafka:
         elif not allocate:
             raise KafkaSetupError("the native broker has never been started")
         missing = {"broker", "controller", "sasl"} - set(ports)
+        if self.proxy_listener:
+            missing |= {"proxied", "proxied_advertised"} - set(ports)
         if missing and allocate:
             self.home.mkdir(parents=True, exist_ok=True)
             ports.update({name: processes.free_port(HOST) for name in missing})
@@ -216,6 +226,24 @@ class NativeKafka:
                 "(python -m devstack down, then up)"
             )
         return f"{HOST}:{port}"
+
+    def proxy_ports(self) -> tuple[int, int]:
+        """The proxied listener's own port and the port it advertises, where the proxy
+        must listen (``127.0.0.1`` both). The proxy forwards the second to the first."""
+        ports = self._ports()
+        if "proxied" not in ports or "proxied_advertised" not in ports:
+            raise KafkaSetupError("this broker has no proxied listener (proxy_listener=False)")
+        return ports["proxied"], ports["proxied_advertised"]
+
+    def listens_for_proxy(self) -> bool:
+        """Whether the broker's configuration (as last written) has the proxied listener
+        at the ports kept with its data: a broker started without it needs a restart."""
+        try:
+            listener, advertised = self.proxy_ports()
+            text = self.properties_file.read_text()
+        except (KafkaSetupError, FileNotFoundError):
+            return False
+        return f"PROXIED://{HOST}:{listener}" in text and f"PROXIED://{HOST}:{advertised}" in text
 
     def sasl_credentials(self, *, create: bool = False) -> SaslCredentials:
         """The local SASL user, made up when the storage is first formatted (never kept in
@@ -275,22 +303,28 @@ class NativeKafka:
             f'user_{credentials.username}="{credentials.password}";'
         )
         scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listeners = [
+            f"PLAINTEXT://{HOST}:{port}",
+            f"CONTROLLER://{HOST}:{controller_port}",
+            f"SASL_PLAINTEXT://{HOST}:{sasl_port}",
+        ]
+        advertised = [f"PLAINTEXT://{HOST}:{port}", f"SASL_PLAINTEXT://{HOST}:{sasl_port}"]
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        if self.proxy_listener:
+            # Listens on one port and advertises the proxy's: a client that came in through
+            # the proxy is sent back to it for every broker connection (see the class).
+            listeners.append(f"PROXIED://{HOST}:{ports['proxied']}")
+            advertised.append(f"PROXIED://{HOST}:{ports['proxied_advertised']}")
+            protocols += ",PROXIED:PLAINTEXT"
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-            "listeners": (
-                f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port},"
-                f"SASL_PLAINTEXT://{HOST}:{sasl_port}"
-            ),
-            "advertised.listeners": (
-                f"PLAINTEXT://{HOST}:{port},SASL_PLAINTEXT://{HOST}:{sasl_port}"
-            ),
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": (
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
-            ),
+            "listener.security.protocol.map": protocols,
             # A second listener that authenticates, so the service's SASL settings can be
             # tested against a real broker: PLAIN and both SCRAM variants, one local user.
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",

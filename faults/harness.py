@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from faults.checker import ConsumedRecord, History, Violation, accounting
 from faults.load import LoadPlan, LoadProducer
 from faults.model import produced_command
+from faults.network import Network
 from faults.stack import FaultStack
 from service.adapters.kafka import records as kafka_records
 from service.adapters.kafka.clients import create_topics, partitions_of, read_range
@@ -304,6 +305,8 @@ class ScenarioEnv:
     seeded: dict[str, CustomerState] = field(default_factory=dict)
     #: Environment of every worker on top of the harness's own (a scenario's settings).
     worker_settings: dict[str, str] = field(default_factory=dict)
+    #: When set, the workers reach PostgreSQL and Kafka through its proxies.
+    network: Network | None = None
     _supervisor: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -387,15 +390,19 @@ class ScenarioEnv:
 
     def worker_env(self, slot: int) -> dict[str, str]:
         s = self.settings
+        bootstrap, database_url = s.kafka_bootstrap_servers, self.database_url
+        if self.network is not None:
+            bootstrap = self.network.bootstrap_servers
+            database_url = self.network.database_url(database_url)
         env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
         env.update(
             {
-                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                 "KAFKA_CLIENT_ID": f"faults-{self.name}-w{slot}",
                 "KAFKA_CONSUMER_GROUP": s.kafka_consumer_group,
                 # Named, so that the harness can tell its sessions apart in pg_stat_activity.
-                "DATABASE_URL": _with_application_name(self.database_url, _session_name(slot)),
+                "DATABASE_URL": _with_application_name(database_url, _session_name(slot)),
                 "TOPIC_COMMANDS": s.topic_commands,
                 "TOPIC_EVENTS": s.topic_events,
                 "TOPIC_REJECTIONS": s.topic_rejections,

@@ -21,6 +21,7 @@ import asyncpg
 from faults.checker import CheckResult, Violation, check
 from faults.harness import Progress, RunConfig, ScenarioEnv
 from faults.load import HOSTILE_KINDS, LoadProducer, build_load
+from faults.network_faults import kafka_bandwidth, kafka_cut, postgres_cut, postgres_slow
 from faults.stack import FaultStack, default_home
 
 #: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
@@ -58,6 +59,8 @@ class Scenario:
     no_crash: bool = False
     #: Share of the load that updates one customer (a hot key).
     hot_share: float = 0.0
+    #: The workers reach PostgreSQL and Kafka through Toxiproxy (``faults.network``).
+    proxied: bool = False
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -647,6 +650,40 @@ SCENARIOS: tuple[Scenario, ...] = (
         inject=_graceful,
         short=True,
     ),
+    Scenario(
+        "postgres-cut",
+        "cut the worker<->PostgreSQL link (Toxiproxy) for 40 s under load, then restore it",
+        partitions=4,
+        inject=postgres_cut,
+        # Records keep arriving through the whole cut.
+        rate_scale=0.1,
+        proxied=True,
+    ),
+    Scenario(
+        "kafka-cut",
+        "cut the worker<->Kafka link (Toxiproxy) for 30 s under load, then restore it",
+        partitions=4,
+        inject=kafka_cut,
+        rate_scale=0.12,
+        proxied=True,
+    ),
+    Scenario(
+        "postgres-slow",
+        "200 ms of latency on every packet of the worker<->PostgreSQL link for 30 s: "
+        "the consumer keeps its partitions",
+        partitions=4,
+        inject=postgres_slow,
+        rate_scale=0.2,
+        proxied=True,
+    ),
+    Scenario(
+        "kafka-bandwidth",
+        "64 KB/s per connection both ways on the worker<->Kafka link for 30 s",
+        partitions=4,
+        inject=kafka_bandwidth,
+        # At the full rate the load needs several times the limit.
+        proxied=True,
+    ),
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
@@ -771,6 +808,8 @@ async def run_scenario(
     result = CheckResult()
     try:
         await env.setup()
+        if scenario.proxied:
+            env.network = await stack.network()
         plan = build_load(
             seed=config.seed,
             commands=config.commands,

@@ -20,6 +20,8 @@ from devstack import processes
 from devstack import stack as shared_stack
 from devstack.native_kafka import NativeKafka
 from devstack.native_postgres import NativePostgres
+from devstack.toxiproxy import HOST, ToxiproxyServer, server_path
+from faults.network import Network
 
 HOME_VARIABLE = "FAULTS_DEVSTACK_HOME"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ class FaultStack:
     kafka: NativeKafka = field(init=False)
     postgres: NativePostgres = field(init=False)
     _started: list[str] = field(default_factory=list)
+    _network: Network | None = None
 
     def __post_init__(self) -> None:
         # Absolute, because Maven resolves a relative output directory against the
@@ -53,7 +56,8 @@ class FaultStack:
                 f"{self.home} is the shared development stack; the fault suite kills and "
                 "pauses its services, so give it a home of its own"
             )
-        self.kafka = NativeKafka(self.home / "kafka")
+        # With the listener that advertises the Kafka proxy's port (see faults.network).
+        self.kafka = NativeKafka(self.home / "kafka", proxy_listener=True)
         self.postgres = NativePostgres(self.home / "postgres")
 
     @property
@@ -70,6 +74,9 @@ class FaultStack:
         """Start whichever of the two is not running (and remember it, to stop it)."""
         if not self.kafka.running():
             self._started.append("kafka")
+        elif not self.kafka.listens_for_proxy():
+            # Started before it had the proxied listener: restart it with one.
+            await asyncio.to_thread(self.kafka.stop)
         await asyncio.to_thread(self.kafka.start)
         if not self.postgres.running():
             self._started.append("postgres")
@@ -78,11 +85,37 @@ class FaultStack:
     async def close(self) -> None:
         """Stop what ``open`` started; a paused broker is resumed first so it can stop."""
         self.kafka.resume()
+        if self._network is not None:
+            await self._network.close()
+            await asyncio.to_thread(self._network.server.stop)
+            self._network = None
         if "postgres" in self._started:
             await asyncio.to_thread(self.postgres.stop)
         if "kafka" in self._started:
             await asyncio.to_thread(self.kafka.stop)
         self._started.clear()
+
+    async def network(self) -> Network:
+        """Toxiproxy between the workers and this stack (built, cached and started on
+        first use, and stopped by ``close``); each call hands the proxies back healed."""
+        if self._network is not None:
+            await self._network.heal()
+            return self._network
+        binary = await asyncio.to_thread(server_path, self.home)
+        server = ToxiproxyServer(self.home / "toxiproxy-server", binary)
+        await asyncio.to_thread(server.start)
+        listener, advertised = self.kafka.proxy_ports()
+        try:
+            self._network = await Network.open(
+                server,
+                postgres_upstream=f"{HOST}:{self.postgres.port()}",
+                kafka_listen=f"{HOST}:{advertised}",
+                kafka_upstream=f"{HOST}:{listener}",
+            )
+        except BaseException:
+            await asyncio.to_thread(server.stop)
+            raise
+        return self._network
 
     # -- faults ------------------------------------------------------------------------
 
