@@ -307,6 +307,8 @@ class ScenarioEnv:
     worker_settings: dict[str, str] = field(default_factory=dict)
     #: When set, the workers reach PostgreSQL and Kafka through its proxies.
     network: Network | None = None
+    #: The workers that go through ``network`` (all of them when empty).
+    proxied_slots: frozenset[int] = frozenset()
     _supervisor: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -391,7 +393,7 @@ class ScenarioEnv:
     def worker_env(self, slot: int) -> dict[str, str]:
         s = self.settings
         bootstrap, database_url = s.kafka_bootstrap_servers, self.database_url
-        if self.network is not None:
+        if self.network is not None and (not self.proxied_slots or slot in self.proxied_slots):
             bootstrap = self.network.bootstrap_servers
             database_url = self.network.database_url(database_url)
         env = {name: os.environ[name] for name in _INHERITED if name in os.environ}

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import asyncpg
 
+from devstack import toxiproxy
 from faults.checker import CheckResult, Violation, check
-from faults.harness import Progress, RunConfig, ScenarioEnv
+from faults.harness import Progress, RunConfig, ScenarioEnv, Worker
 from faults.load import HOSTILE_KINDS, LoadProducer, build_load
 from faults.network_faults import kafka_bandwidth, kafka_cut, postgres_cut, postgres_slow
 from faults.stack import FaultStack, default_home
@@ -30,6 +31,7 @@ SESSION_TIMEOUT = 10.0
 #: default), and how long that scenario keeps the leader frozen.
 RELAY_TAKEOVER = 15.0
 LEADER_FREEZE = 45.0
+LEADER_CUT = 40.0
 
 Inject = Callable[[ScenarioEnv, LoadProducer], Awaitable[None]]
 
@@ -61,6 +63,8 @@ class Scenario:
     hot_share: float = 0.0
     #: The workers reach PostgreSQL and Kafka through Toxiproxy (``faults.network``).
     proxied: bool = False
+    #: Only these workers go through the proxies (all of them when empty).
+    proxied_slots: tuple[int, ...] = ()
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -256,47 +260,121 @@ async def _freeze_the_relay_leader(env: ScenarioEnv, load: LoadProducer) -> None
     room) and keep the outbox draining while the old leader sleeps; woken, the old one
     must stand by, its Kafka transaction fenced off by the shared transactional id."""
     await load.reached(0.25)
-    leaders = [worker for worker in env.workers.values() if worker.logged("relay_leading")]
-    if len(leaders) != 1:
+    pair = _leader_and_other(env)
+    if pair is not None:
+        leader, other = pair
+        leader.pause()
+        env.fault(f"SIGSTOP {leader.name}, the relay leader, at {load.progress:.0%} of the load")
+        try:
+            await _watch_the_takeover(env, other, lasting=LEADER_FREEZE)
+        finally:
+            leader.resume()
+        env.fault(f"SIGCONT {leader.name} after {LEADER_FREEZE:.0f}s")
+    await load.reached(1.0)
+
+
+async def _cut_the_relay_leader(env: ScenarioEnv, load: LoadProducer) -> None:
+    """Only worker 0 reaches PostgreSQL through the proxy, and it leads the relays. Its
+    link goes silent (no byte either way, no connection closed: a partition) for 40 s:
+    the other relay must take over within the bound, as for a frozen leader."""
+    network = env.network
+    if network is None:
+        raise RuntimeError("relay-leader-cut needs the proxies")
+    await load.reached(0.25)
+    pair = _leader_and_other(env)
+    if pair is not None and pair[0] is not env.workers[0]:
+        # Both started at once and the direct one won: hand the lead to the proxied one.
+        direct = pair[0]
+        proxied = env.workers[0]
+        led_before = proxied.logged("relay_leading")
+        code = await direct.stop()
+        env.fault(f"SIGTERM {direct.name} (exit {code}) so that {proxied.name} leads")
+        if code != 0:
+            env.violation("unclean_shutdown", f"{direct.name} exited {code} on SIGTERM")
+        await _until(lambda: proxied.logged("relay_leading") > led_before, within=30)
+        slot = next(slot for slot, worker in env.workers.items() if worker is direct)
+        await env.launch(slot)
+        pair = _leader_and_other(env)
+    if pair is not None:
+        leader, other = pair
+        if leader is not env.workers[0]:
+            env.violation("fault_not_injected", f"{leader.name}, not the proxied worker, leads")
+        else:
+            silence = (toxiproxy.timeout(0, stream="upstream"), toxiproxy.timeout(0))
+            await network.poison(network.postgres, *silence)
+            env.fault(
+                f"{leader.name}'s link to PostgreSQL went silent at {load.progress:.0%} "
+                "of the load (nothing carried, nothing closed)"
+            )
+            try:
+                await _watch_the_takeover(env, other, lasting=LEADER_CUT)
+            finally:
+                await network.cure(network.postgres, *silence)
+            env.fault(f"{leader.name}'s link carries again after {LEADER_CUT:.0f}s")
+    await load.reached(1.0)
+
+
+async def _until(check: Callable[[], bool], *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+def _leader_and_other(env: ScenarioEnv) -> tuple[Worker, Worker] | None:
+    """The worker whose relay leads now and the other one, or None (a violation) when
+    there is not exactly one leader."""
+    leaders = [worker for worker in env.workers.values() if _leads(worker)]
+    if len(leaders) != 1 or len(env.workers) != 2:
         env.violation(
-            "fault_not_injected",
-            f"expected one relay leader, found {len(leaders)} before the fault",
+            "fault_not_injected", f"expected one relay leader of two, found {len(leaders)}"
         )
-        await load.reached(1.0)
-        return
-    [frozen] = leaders
-    [other] = [worker for worker in env.workers.values() if worker is not frozen]
+        return None
+    [leader] = leaders
+    [other] = [worker for worker in env.workers.values() if worker is not leader]
+    return leader, other
+
+
+def _leads(worker: Worker) -> bool:
+    """Whether the worker's relay leads: it has logged taking the lead, and not lost it
+    (or stopped) since."""
+    leading = False
+    for event in worker.events():
+        name = event.get("event")
+        if name == "relay_leading":
+            leading = True
+        elif name in ("relay_retrying", "relay_session_lost", "worker_stopped"):
+            leading = False
+    return leading and worker.running
+
+
+async def _watch_the_takeover(env: ScenarioEnv, other: Worker, *, lasting: float) -> None:
+    """For ``lasting`` seconds while the leader is out, watch ``other``'s relay take the
+    lead and the outbox drain; a violation if either does not happen within the bound."""
     led_before = other.logged("relay_leading")
-    frozen.pause()
     started = time.monotonic()
-    env.fault(f"SIGSTOP {frozen.name}, the relay leader, at {load.progress:.0%} of the load")
     took: float | None = None
     drained_after: float | None = None
-    try:
-        while (elapsed := time.monotonic() - started) < LEADER_FREEZE:
-            if took is None and other.logged("relay_leading") > led_before:
-                took = elapsed
-            if took is not None and drained_after is None and await _outbox_fresh(env):
-                drained_after = elapsed
-            await asyncio.sleep(0.5)
-    finally:
-        frozen.resume()
-    env.fault(f"SIGCONT {frozen.name} after {LEADER_FREEZE:.0f}s")
+    while (elapsed := time.monotonic() - started) < lasting:
+        if took is None and other.logged("relay_leading") > led_before:
+            took = elapsed
+        if took is not None and drained_after is None and await _outbox_fresh(env):
+            drained_after = elapsed
+        await asyncio.sleep(0.5)  # the pace of the watch; the fault lasts ``lasting``
     bound = RELAY_TAKEOVER + 10
     if took is None:
-        env.violation(
-            "relay_takeover_slow", f"no other relay led during the {LEADER_FREEZE:.0f}s freeze"
-        )
+        env.violation("relay_takeover_slow", f"no other relay led in {lasting:.0f}s")
     elif took > bound:
         env.violation("relay_takeover_slow", f"{other.name} led only after {took:.1f}s")
     elif drained_after is None:
-        env.violation("stalled", "the new leader did not drain the outbox while the old slept")
+        env.violation("stalled", "the new leader did not drain the outbox meanwhile")
     else:
         env.notes.append(
-            f"{other.name}'s relay led {took:.1f}s after the freeze (bound {bound:.0f}s) and "
-            f"had the outbox fresh {drained_after:.1f}s after it"
+            f"{other.name}'s relay led {took:.1f}s in (bound {bound:.0f}s) and had the outbox "
+            f"fresh {drained_after:.1f}s in"
         )
-    await load.reached(1.0)
 
 
 async def _outbox_fresh(env: ScenarioEnv) -> bool:
@@ -615,6 +693,17 @@ SCENARIOS: tuple[Scenario, ...] = (
         inject=_postgres_out_of_disk,
     ),
     Scenario(
+        "relay-leader-cut",
+        "the relay leader's link to PostgreSQL goes silent for 40 s (a partition: nothing "
+        "closed): another relay leads within RELAY_TAKEOVER_SECONDS and drains the outbox",
+        partitions=6,
+        inject=_cut_the_relay_leader,
+        workers=2,
+        rate_scale=0.1,
+        proxied=True,
+        proxied_slots=(0,),
+    ),
+    Scenario(
         "relay-leader-freeze",
         "SIGSTOP the worker whose relay leads for 45 s: another relay leads within "
         "RELAY_TAKEOVER_SECONDS and drains the outbox; the woken one is fenced off",
@@ -810,6 +899,7 @@ async def run_scenario(
         await env.setup()
         if scenario.proxied:
             env.network = await stack.network()
+            env.proxied_slots = frozenset(scenario.proxied_slots)
         plan = build_load(
             seed=config.seed,
             commands=config.commands,
