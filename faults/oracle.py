@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol
@@ -70,6 +69,10 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # BCP 47 (RFC 5646 section 2.1): subtags of 1-8 letters or digits joined by hyphens.
 _LANGUAGE_TAG = re.compile(r"[A-Za-z0-9]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 _INVOICE_PREFIX = re.compile(r"[A-Z0-9]{3,12}")
+# Unicode's control characters (category Cc: C0, DEL and C1), and without \t \n \r.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TAX_EXEMPT = ("exempt", "none", "reverse")
 
 
@@ -316,7 +319,7 @@ def _walk(document: object) -> tuple[int, bool]:
     while stack:
         node, depth = stack.pop()
         if isinstance(node, str):
-            lone = lone or any("\ud800" <= char <= "\udfff" for char in node)
+            lone = lone or _SURROGATE.search(node) is not None
         elif isinstance(node, dict):
             deepest = max(deepest, depth)
             stack.extend((key, depth) for key in node)
@@ -536,8 +539,7 @@ def _text(value: object, param: str, limit: int, *, lines: bool = False) -> str 
         return None
     if not isinstance(value, str) or len(value) > limit:
         _refuse("parameter_invalid", param)
-    allowed = "\n\r\t" if lines else ""
-    if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+    if (_CONTROL_BUT_LINES if lines else _CONTROL).search(value):
         _refuse("parameter_invalid", param)
     return value
 
