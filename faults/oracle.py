@@ -256,7 +256,7 @@ def _readable(
     holds surrogates (read back with ``surrogateescape``).
     """
     if not key:
-        return "record_key_missing"
+        return "record_key_missing"  # README gap: an empty key is no key either
     if len(key) > limits.max_key_bytes:
         return "record_key_too_large"
     if len(headers) > limits.max_headers:
@@ -275,7 +275,7 @@ def _readable(
     if value is None:
         return "record_value_missing"  # a tombstone
     if len(value) > limits.max_record_bytes:
-        return "record_too_large"
+        return "record_too_large"  # README gap: the value's size (key and headers have theirs)
     try:
         text = value.decode()
     except UnicodeDecodeError:
@@ -296,7 +296,7 @@ def _readable(
         # holds one and I-JSON (RFC 7493) forbids it; the service reads it as not JSON.
         return "record_invalid_json"
     if depth > limits.max_depth:
-        return "record_too_deep"  # the top-level object is level 1
+        return "record_too_deep"  # README gap: the top-level object is level 1
     return document
 
 
@@ -496,6 +496,7 @@ def _field(name: str, value: Any, param: str) -> Any:
         return None if cleared else _address(value, param)
     if name in _TEXT_LIMITS:
         text = _text(value, param, _TEXT_LIMITS[name], lines=name == "description")
+        # README gap: an email longer than 512 is parameter_invalid, not email_invalid.
         if text is not None and name == "email":
             try:
                 email_validator.validate_email(text, check_deliverability=False)
