@@ -29,12 +29,20 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     Every record had the outcome the reference model (``faults.model``) gives it: a
     fault must not turn an update into a rejection or a dead letter, or the reverse.
     Kind: ``wrong_outcome``.
+``oracle``
+    The same records against ``faults.oracle``, the contract written out again without
+    the service's code, so that a wrong rule in the service (which the model and the
+    fold share) shows too: every record's outcome, error code and param, or dead-letter
+    reason (``oracle_outcome``), and the customer each event carries (with its version,
+    ``previous_attributes`` and whether ``subscriptions`` is there) and each final row
+    (``oracle_state``).
 
 Outputs that cannot be read at all are reported as ``malformed_output``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -43,6 +51,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import ValidationError
 
+from faults import oracle
 from faults.model import (
     Expected,
     Position,
@@ -158,6 +167,7 @@ class _Updated:
     version: int
     command_id: str
     object: dict[str, Any]
+    previous_attributes: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,7 @@ class _Rejection:
     customer_id: str
     command_id: str | None
     code: str
+    param: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +209,7 @@ def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | Non
             version=int(body["sequence"]),
             command_id=str(body["causationid"]),
             object=dict(body["data"]["object"]),
+            previous_attributes=body["data"].get("previous_attributes"),
         )
     except (AssertionError, KeyError, TypeError, ValueError):
         result.add("malformed_output", f"{record.where()} is not a readable customer.updated")
@@ -222,6 +234,7 @@ def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection |
             customer_id=str(data["customer_id"]),
             command_id=None if command_id is None else str(command_id),
             code=str(data["error"]["code"]),
+            param=data["error"].get("param"),
         )
     except (AssertionError, KeyError, TypeError):
         result.add("malformed_output", f"{record.where()} is not a readable rejection")
@@ -663,6 +676,109 @@ def _expectation(expected: Expected) -> str:
     return f"{expected.outcome} ({expected.code})" if expected.code else expected.outcome
 
 
+def oracle_customer(state: CustomerState) -> dict[str, Any]:
+    """A stored customer as ``faults.oracle`` holds one: its object (through JSON, as
+    events carry it), version and last invoice number."""
+    return {
+        **orjson.loads(orjson.dumps(state.to_object())),
+        "version": state.version,
+        "last_invoice_sequence": state.last_invoice_sequence,
+    }
+
+
+def check_oracle(facts: _Facts, result: CheckResult) -> None:
+    history = facts.history
+    expected, final = oracle.expected_outcomes(
+        facts.produced,
+        {customer_id: oracle_customer(state) for customer_id, state in history.seeded.items()},
+        oracle.Limits(**dataclasses.asdict(history.limits)),
+    )
+
+    def wanted(commands: Iterable[ProducedCommand]) -> str:
+        return "; ".join(
+            f"{c.partition}:{c.offset} {expected[c.position].describe()}" for c in commands
+        )
+
+    for position, letters in sorted(facts.letters_by_position.items()):
+        want, code = expected[position], letters[0].code
+        if want.outcome != "dead_lettered" or want.code != code:
+            result.add(
+                "oracle_outcome",
+                f"{facts.by_position[position].describe()} was dead-lettered ({code}); the "
+                f"oracle expects {want.describe()}",
+            )
+    for command_id, copies in facts.copies.items():
+        wants = [expected[command.position] for command in copies]
+        events = facts.events_by_command.get(command_id, [])
+        rejections = facts.rejections_by_command.get(command_id, [])
+        got = Counter((rejection.code, rejection.param) for rejection in rejections)
+        applied = [want for want in wants if want.outcome == "applied"]
+        if (
+            bool(events) != bool(applied)
+            or got != Counter((w.code, w.param) for w in wants if w.outcome == "rejected")
+            or any(want.outcome == "dead_lettered" for want in wants)
+        ):
+            outcomes = [f"applied (version {e.version})" for e in events[:1]] + [
+                f"rejected {r.code} at {r.param}" for r in rejections
+            ]
+            result.add(
+                "oracle_outcome",
+                f"command {command_id}: {', '.join(outcomes) or 'no outcome'} and no dead "
+                f"letter; the oracle expects [{wanted(copies)}]",
+            )
+        elif events:
+            _compare_event(events[0], applied[0], result)
+    for command, rejection in facts.idless_pairs:
+        want = expected[command.position]
+        if (want.outcome, want.code, want.param) != ("rejected", rejection.code, rejection.param):
+            result.add(
+                "oracle_outcome",
+                f"{command.describe()} was rejected {rejection.code} at {rejection.param}; the "
+                f"oracle expects {want.describe()}",
+            )
+    for customer_id, state in sorted(final.items()):
+        row = history.final.get(customer_id)
+        if row is None:
+            continue  # reported by applied_once
+        differences = _mapping_differences(oracle_customer(row), state)
+        if differences:
+            result.add(
+                "oracle_state",
+                f"customer {customer_id}: the final row differs from the oracle's: "
+                f"{'; '.join(differences)}",
+            )
+
+
+def _compare_event(event: _Updated, want: oracle.Expected, result: CheckResult) -> None:
+    assert want.customer is not None
+    published = {name: value for name, value in event.object.items() if name != "subscriptions"}
+    differences = _mapping_differences(
+        {**published, "version": event.version},
+        {**oracle.public(want.customer), "version": want.customer["version"]},
+    )
+    if event.previous_attributes != want.previous_attributes:
+        differences.append(
+            f"previous_attributes is {event.previous_attributes!r}, expected "
+            f"{want.previous_attributes!r}"
+        )
+    if ("subscriptions" in event.object) != want.expanded:
+        differences.append(f"subscriptions {'absent' if want.expanded else 'present'}")
+    if differences:
+        result.add(
+            "oracle_state",
+            f"{event.record.where()} (command {event.command_id}) carries a customer that "
+            f"differs from the oracle's: {'; '.join(differences)}",
+        )
+
+
+def _mapping_differences(got: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{name} is {got.get(name)!r}, expected {want.get(name)!r}"
+        for name in sorted(got.keys() | want.keys())
+        if got.get(name) != want.get(name)
+    ]
+
+
 Check = Callable[[_Facts, CheckResult], None]
 
 #: Every check by name, in the order they run.
@@ -673,6 +789,7 @@ CHECKS: dict[str, Check] = {
     "partition_order": check_partition_order,
     "accounted": check_accounted,
     "outcomes": check_outcomes,
+    "oracle": check_oracle,
 }
 
 

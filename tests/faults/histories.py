@@ -19,6 +19,7 @@ import orjson
 from faults.checker import ConsumedRecord, History
 from faults.model import ProducedCommand, inbound_record, produced_command
 from schemas.command import AUTHORIZATION_ACTION
+from schemas.customer import SubscriptionList
 from schemas.topics import Topics
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import BatchState, decide_batch
@@ -37,6 +38,7 @@ TOPICS = Topics()
 GROUP = "checker-tests"
 #: Which partition each key goes to, on every topic (as a key hash would place it).
 PARTITIONS = {"cus_1": 0, "cus_2": 1, None: 2}
+NO_SUBSCRIPTIONS = SubscriptionList(data=[], has_more=False, url="/v1/customers/x/subscriptions")
 
 
 def customer(customer_id: str, **changes: Any) -> CustomerState:
@@ -103,7 +105,10 @@ class HistoryBuilder:
                         decision.command,
                         event_id=next(ids),
                         context=context,
-                        subscriptions=None,
+                        # As the store answers for a customer without subscriptions.
+                        subscriptions=NO_SUBSCRIPTIONS
+                        if decision.command.data.expands("subscriptions")
+                        else None,
                     )
                 )
             elif decision.error is not None and decision.customer_id is not None:

@@ -139,6 +139,8 @@ CAUGHT: list[tuple[Damage, str, str]] = [
     (misreport_a_rejection, "wrong_outcome", "outcomes"),
     (publish_a_ghost, "unexpected_output", "accounted"),
     (tamper_with_an_event, "event_content", "applied_once"),
+    (misreport_a_rejection, "oracle_outcome", "oracle"),
+    (change_the_final_row, "oracle_state", "oracle"),
 ]
 
 
@@ -212,7 +214,8 @@ def test_events_out_of_version_order_are_caught() -> None:
 def test_a_version_gap_is_caught() -> None:
     result = check(skip_a_version(clean()))
 
-    assert result.kinds() == {"version_gap"}
+    # The oracle sees it too: the event's customer is not at the version it expects.
+    assert result.kinds() == {"version_gap", "oracle_state"}
     assert "version 5 right after version 3" in result.violations[0].message
 
 
@@ -244,8 +247,9 @@ def test_a_dropped_dead_letter_and_idless_rejection_are_caught_by_position() -> 
 def test_a_final_row_that_differs_from_the_fold_is_caught() -> None:
     result = check(change_the_final_row(clean()))
 
-    assert result.kinds() == {"row_mismatch"}
-    assert "phone is '+39 06 9999', expected '+39 06 1234'" in result.violations[0].message
+    assert result.kinds() == {"row_mismatch", "oracle_state"}
+    for violation in result.violations:
+        assert "phone is '+39 06 9999', expected '+39 06 1234'" in violation.message
 
 
 def test_an_update_applied_without_its_event_is_caught() -> None:
@@ -262,8 +266,12 @@ def test_an_update_applied_without_its_event_is_caught() -> None:
 def test_a_wrong_outcome_is_caught() -> None:
     result = check(misreport_a_rejection(clean()))
 
-    assert result.kinds() == {"wrong_outcome"}
-    assert "cmd-stale" in result.violations[0].message
+    assert result.kinds() == {"wrong_outcome", "oracle_outcome"}
+    [_, oracle] = result.violations
+    assert oracle.message == (
+        "command cmd-stale: rejected parameter_invalid at expectedversion and no dead letter; "
+        "the oracle expects [1:1 rejected version_conflict at expectedversion]"
+    )
 
 
 def test_an_event_for_no_produced_command_is_caught() -> None:
@@ -275,7 +283,9 @@ def test_an_event_for_no_produced_command_is_caught() -> None:
 def test_an_event_with_the_wrong_customer_state_is_caught() -> None:
     result = check(tamper_with_an_event(clean()))
 
-    assert result.kinds() == {"event_content"}
+    assert result.kinds() == {"event_content", "oracle_state"}
+    [_, oracle] = result.violations
+    assert "email is 'eve@example.com', expected 'ada@example.com'" in oracle.message
 
 
 @pytest.mark.parametrize(
