@@ -142,9 +142,10 @@ class Worker:
         return self.process is not None and self.returncode is None
 
     def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to finish anything."""
-        self.planned_exit = True
+        """SIGKILL: a crash, with no chance to finish anything. (A process that already
+        exited on its own is left as it is: its exit was not planned.)"""
         if self.running:
+            self.planned_exit = True
             os.kill(self.pid, signal.SIGKILL)
 
     def pause(self) -> None:
@@ -167,8 +168,8 @@ class Worker:
 
     async def stop(self, *, within: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in time (-9 then)."""
-        self.planned_exit = True
         if self.running:
+            self.planned_exit = True
             os.kill(self.pid, signal.SIGTERM)
         code = await self.wait_exit(within=within)
         if code is None:
@@ -287,6 +288,7 @@ class ScenarioEnv:
     #: Environment of every worker on top of the harness's own (a scenario's settings).
     worker_settings: dict[str, str] = field(default_factory=dict)
     _supervisor: asyncio.Task[None] | None = None
+    _crashes: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         stem = self.name.replace("-", "_")
@@ -422,10 +424,8 @@ class ScenarioEnv:
         """Until ``worker`` has joined the group and been given partitions."""
         deadline = time.monotonic() + within
         while not worker.logged("partitions_assigned"):
-            if not worker.running and not worker.planned_exit:
-                raise RuntimeError(
-                    f"{worker.name} exited with {worker.returncode}:\n{worker.tail()}"
-                )
+            if self.crashed(worker):
+                raise RuntimeError(f"{worker.name} exited with {worker.returncode} at start")
             if not worker.running:
                 return
             if time.monotonic() > deadline:
@@ -438,20 +438,31 @@ class ScenarioEnv:
             await self.wait_assigned(worker)
         return worker
 
+    def crashed(self, worker: Worker) -> bool:
+        """Whether ``worker`` exited without being meant to (killed, stopped or armed by the
+        harness). The first time it is seen, that is a violation (``worker_crashed``): the
+        worker is supposed to survive every fault the suite injects."""
+        if worker.returncode is None or worker.planned_exit:
+            return False
+        if worker not in self._crashes:
+            self._crashes.append(worker)
+            self.unplanned_exits += 1
+            self.violation(
+                "worker_crashed",
+                f"{worker.name} exited on its own with {worker.returncode}. Last lines:\n"
+                f"{worker.tail()}",
+            )
+        return True
+
     def supervise(self) -> None:
         """Restart any worker that exits without being meant to, as an orchestrator would,
-        and note it: the checker then judges whether anything was lost."""
+        after recording the crash: the checker then still judges whether anything was lost."""
 
         async def loop() -> None:
             while True:
                 for slot, worker in list(self.workers.items()):
-                    if worker.returncode is not None and not worker.planned_exit:
-                        self.unplanned_exits += 1
-                        self.notes.append(
-                            f"{worker.name} exited unexpectedly with {worker.returncode}; "
-                            f"restarted. Last lines:\n{worker.tail()}"
-                        )
-                        self.progress(f"{worker.name} exited unexpectedly ({worker.returncode})")
+                    if self.crashed(worker):
+                        self.notes.append(f"{worker.name} crashed; restarted")
                         self.start_worker(slot)
                 await asyncio.sleep(0.2)
 
@@ -467,6 +478,9 @@ class ScenarioEnv:
     async def stop_workers(self) -> dict[str, int]:
         """SIGTERM every running worker at once and collect the exit codes."""
         await self.stop_supervising()
+        # One that crashed since the supervisor last looked is not running any more.
+        for worker in self.every_worker:
+            self.crashed(worker)
         running = [worker for worker in self.workers.values() if worker.running]
         codes = await asyncio.gather(*(worker.stop() for worker in running))
         return {worker.name: code for worker, code in zip(running, codes, strict=True)}

@@ -1,4 +1,6 @@
-"""The short form of the fault-injection suite, through its library API.
+"""The fault-injection suite, through its library API: the short form holds every
+invariant on the real worker, and each blind spot it once had now catches a worker
+broken on purpose (``tests/faults/workers/``).
 
 It runs on the suite's own Kafka and PostgreSQL (``.devstack/faults``, or
 ``$FAULTS_DEVSTACK_HOME``), never on the shared stack the other tests use, since it
@@ -9,10 +11,46 @@ dead-lettered: a suite that silently did nothing would otherwise pass.
 
 from __future__ import annotations
 
-from faults.scenarios import SCENARIOS, SHORT, SuiteOptions, run_suite
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from faults.scenarios import SCENARIOS, SHORT, ScenarioResult, SuiteOptions, run_suite
+from faults.stack import FaultStack, default_home
+
+BROKEN_WORKERS = Path(__file__).resolve().parents[1] / "faults" / "workers"
 
 
-async def test_the_short_fault_suite_holds_every_invariant() -> None:
+@pytest.fixture(scope="module")
+async def fault_stack() -> AsyncIterator[FaultStack]:
+    """The suite's own stack, started once for every run of this module (a run leaves a
+    stack it did not start running)."""
+    stack = FaultStack(default_home())
+    await stack.open()
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+async def run_broken(worker: str, scenario: str, *, commands: int = 200) -> ScenarioResult:
+    """One short scenario with ``tests/faults/workers/<worker>.py`` as the worker."""
+    suite = await run_suite(
+        SuiteOptions(
+            short=True,
+            scenarios=[scenario],
+            commands=commands,
+            worker_command=[sys.executable, str(BROKEN_WORKERS / f"{worker}.py")],
+            progress=print,
+        )
+    )
+    [result] = suite.results
+    return result
+
+
+async def test_the_short_fault_suite_holds_every_invariant(fault_stack: FaultStack) -> None:
     suite = await run_suite(SuiteOptions(short=True, progress=print))
 
     assert [r.scenario.name for r in suite.results] == [s.name for s in SCENARIOS if s.short]
@@ -36,3 +74,13 @@ async def test_the_short_fault_suite_holds_every_invariant() -> None:
     assert any("mid-batch" in fault for fault in by_name["sigkill-mid-batch"].faults)
     assert any("(exit -9)" in fault for fault in by_name["crash-after-db-commit"].faults)
     assert any("(exit 0)" in fault for fault in by_name["graceful-sigterm"].faults)
+
+
+async def test_a_worker_that_exits_on_its_own_is_a_violation(fault_stack: FaultStack) -> None:
+    # It exits once, after its first dead letter is committed; restarted, it loses nothing,
+    # so the checker alone finds nothing wrong.
+    result = await run_broken("crash_on_first_dead_letter", "poison")
+
+    assert result.unplanned_exits == 1
+    assert [v.kind for v in result.check.violations] == ["worker_crashed"]
+    assert "exited on its own with 3" in result.check.violations[0].message
