@@ -40,6 +40,9 @@ from service.domain.customer import CustomerState
 from service.infrastructure.settings import Settings
 
 Progress = Callable[[str], None]
+#: Polled while the harness waits for the moment to inject a fault: True when that moment
+#: will not come any more (the load is sent and processed, say).
+GiveUp = Callable[[], Awaitable[bool]]
 
 #: The same columns, in the same form, as the service reads a customer.
 CUSTOMER_COLUMNS = """
@@ -454,6 +457,15 @@ class ScenarioEnv:
             )
         return True
 
+    async def wait_until(self, condition: Callable[[], bool], *, within: float) -> bool:
+        """Poll ``condition`` until it holds (True) or ``within`` seconds pass (False)."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     def supervise(self) -> None:
         """Restart any worker that exits without being meant to, as an orchestrator would,
         after recording the crash: the checker then still judges whether anything was lost."""
@@ -512,14 +524,20 @@ class ScenarioEnv:
         finally:
             await connection.close(timeout=5)
 
-    async def batch_in_flight(self, *, within: float) -> bool:
-        """Wait until some worker has a batch transaction open (True), or give up."""
+    async def batch_in_flight(self, *, within: float, give_up: GiveUp | None = None) -> bool:
+        """Wait until some worker has a batch transaction open (True), or give up: after
+        ``within`` seconds, or once ``give_up()`` holds (polled every half second)."""
         deadline = time.monotonic() + within
         connection = await asyncpg.connect(self.database_url)
         try:
+            next_look = time.monotonic() + 0.5
             while time.monotonic() < deadline:
                 if await self._in_batch(connection):
                     return True
+                if give_up is not None and time.monotonic() > next_look:
+                    if await give_up():
+                        return False
+                    next_look = time.monotonic() + 0.5
                 await asyncio.sleep(0.002)
             return False
         finally:
@@ -541,28 +559,58 @@ class ScenarioEnv:
         )
         return found > 0
 
-    async def freeze_in_batch(self, worker: Worker, *, within: float) -> bool:
-        """SIGSTOP ``worker`` inside one of its batch transactions: wait until it has one
-        open, stop it, and check that the transaction is still open (a stopped process
-        cannot end it). When the stop came just too late, let it go on and try again.
-        Returns whether it was caught inside a transaction; it is stopped either way."""
+    async def catch(
+        self,
+        worker: Worker,
+        moment: Callable[[asyncpg.Connection], Awaitable[bool]],
+        *,
+        within: float,
+        attempts: int = 20,
+        give_up: GiveUp | None = None,
+    ) -> bool:
+        """SIGSTOP ``worker`` at a moment when ``moment`` holds, and check it again while
+        the worker is stopped (a stopped process changes nothing). When the stop came just
+        too late, let the worker go on and try again, ``attempts`` times at most. Returns
+        True with the worker stopped there; False with it running, when the moment did not
+        come within ``within`` seconds, before ``give_up()`` held (polled every half
+        second), or in ``attempts`` tries."""
         deadline = time.monotonic() + within
         connection = await asyncpg.connect(self.database_url)
         try:
-            while True:
-                if await self._in_batch(connection, worker.slot):
+            next_look = time.monotonic() + 0.5
+            while attempts > 0 and time.monotonic() < deadline and worker.running:
+                if await moment(connection):
                     worker.pause()
-                    if await self._in_batch(connection, worker.slot):
+                    if await moment(connection):
                         return True
-                    if time.monotonic() > deadline:
-                        return False
                     worker.resume()
-                elif time.monotonic() > deadline:
-                    worker.pause()
-                    return False
+                    attempts -= 1
+                elif give_up is not None and time.monotonic() > next_look:
+                    if await give_up():
+                        break
+                    next_look = time.monotonic() + 0.5
                 await asyncio.sleep(0.001)
+            return False
         finally:
             await connection.close()
+
+    async def catch_in_batch(
+        self, worker: Worker, *, within: float, give_up: GiveUp | None = None
+    ) -> bool:
+        """``catch`` ``worker`` inside one of its batch transactions."""
+
+        async def in_batch(connection: asyncpg.Connection) -> bool:
+            return await self._in_batch(connection, worker.slot)
+
+        return await self.catch(worker, in_batch, within=within, give_up=give_up)
+
+    async def freeze_in_batch(self, worker: Worker, *, within: float) -> bool:
+        """SIGSTOP ``worker`` inside one of its batch transactions (``catch_in_batch``).
+        Returns whether it was caught inside a transaction; it is stopped either way."""
+        caught = await self.catch_in_batch(worker, within=within)
+        if not caught:
+            worker.pause()
+        return caught
 
     async def still_in_batch(self, worker: Worker) -> bool:
         async def run(connection: asyncpg.Connection) -> bool:
@@ -571,21 +619,34 @@ class ScenarioEnv:
         result: bool = await self.query(run)
         return result
 
-    async def terminate_backends(self) -> int:
-        """End every session of the scenario's database but the harness's own."""
+    async def terminate_backends(self) -> tuple[int, int]:
+        """End every session of the scenario's database but the harness's own. Returns how
+        many it ended, and how many of those were inside a worker's batch transaction at
+        that moment (seen in the same snapshot of ``pg_stat_activity``)."""
 
-        async def run(connection: asyncpg.Connection) -> int:
-            count: int = await connection.fetchval(
+        async def run(connection: asyncpg.Connection) -> tuple[int, int]:
+            row = await connection.fetchrow(
                 """
-                SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                WHERE datname = $1 AND pid <> pg_backend_pid()
+                SELECT count(pg_terminate_backend(pid)) AS ended,
+                       count(*) FILTER (WHERE in_batch) AS in_batch
+                FROM (
+                    SELECT pid,
+                           application_name LIKE $2
+                           AND xact_start IS NOT NULL
+                           AND state IN ('active', 'idle in transaction')
+                           AND query LIKE ANY($3::text[]) AS in_batch
+                    FROM pg_stat_activity
+                    WHERE datname = $1 AND pid <> pg_backend_pid()
+                ) AS sessions
                 """,
                 self.database,
+                _session_name("%"),
+                list(_BATCH_STATEMENTS),
             )
-            return count
+            return int(row["ended"]), int(row["in_batch"])
 
-        count: int = await self.query(run)
-        return count
+        counts: tuple[int, int] = await self.query(run)
+        return counts
 
     async def positions(self) -> dict[int, int]:
         """The next offset per command partition, as the database holds it."""

@@ -149,7 +149,7 @@ class _Generator:
     #: Earlier valid-looking commands per customer: (id, data).
     commands: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     counter: int = 0
-    #: Hostile kinds sent so far.
+    #: Poison and hostile kinds sent so far.
     sent_once: set[str] = field(default_factory=set)
 
     def next_id(self) -> str:
@@ -328,7 +328,10 @@ class _Generator:
         rng = self.rng
         customer_id = rng.choice(self.customers)
         key = customer_id.encode()
-        kind = rng.choice(POISON_KINDS)
+        # Every kind once, in order, then at random.
+        unsent = [kind for kind in POISON_KINDS if kind not in self.sent_once]
+        kind = unsent[0] if unsent else rng.choice(POISON_KINDS)
+        self.sent_once.add(kind)
         value: bytes | None
         match kind:
             case "invalid_utf8":

@@ -84,3 +84,13 @@ async def test_a_worker_that_exits_on_its_own_is_a_violation(fault_stack: FaultS
     assert result.unplanned_exits == 1
     assert [v.kind for v in result.check.violations] == ["worker_crashed"]
     assert "exited on its own with 3" in result.check.violations[0].message
+
+
+async def test_a_fault_that_could_not_be_injected_is_a_violation(fault_stack: FaultStack) -> None:
+    # The harness never sees this worker inside a batch transaction, so it cannot SIGKILL
+    # it mid-batch: it kills it anyway, and says the fault did not happen as designed.
+    result = await run_broken("hides_its_sessions", "sigkill-mid-batch")
+
+    assert [v.kind for v in result.check.violations] == ["fault_not_injected"]
+    assert "never caught inside a batch transaction" in result.check.violations[0].message
+    assert any("(no batch open)" in fault for fault in result.faults)
