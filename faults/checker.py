@@ -29,12 +29,23 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     Every record had the outcome the reference model (``faults.model``) gives it: a
     fault must not turn an update into a rejection or a dead letter, or the reverse.
     Kind: ``wrong_outcome``.
+``dead_letter_content``
+    Every dead letter carries the record it points at: the same key and value bytes and
+    the same headers in the same order, but for what the contract changes (a header of
+    the service's namespace renamed ``original-...``; a name that is not UTF-8 or holds
+    NUL left out and counted in ``kafka_dlt-headers-dropped``), plus each provenance
+    header once and one ``outbox-id``. A dead letter cut to fit the topic
+    (``kafka_dlt-truncated``) must have needed it, keep the start of the key and value,
+    carry none of the original headers, and give the original's key and value sizes
+    and the value's SHA-256. Kind: ``dead_letter_content``.
 
 Outputs that cannot be read at all are reported as ``malformed_output``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -50,15 +61,38 @@ from faults.model import (
     classify_produced,
     expected_outcomes,
 )
+from schemas import headers as contract
 from schemas.command import CustomerUpdateCommand
 from schemas.headers import DLT_ERROR_CODE, DLT_ORIGINAL_OFFSET, DLT_ORIGINAL_PARTITION
 from schemas.headers import DLT_ORIGINAL_TOPIC as DLT_TOPIC
 from service.domain.customer import CustomerState
-from service.domain.inbound import Classified, Limits, Valid
+from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
+from service.domain.inbound import (
+    UNREADABLE_BATCH_HEADER,
+    Classified,
+    Limits,
+    Valid,
+    valid_header_name,
+)
 from service.domain.update import merge
 
 #: How many examples of one kind of violation are spelt out before they are summarised.
 MAX_EXAMPLES_PER_KIND = 20
+#: The headers every dead letter carries once, saying where its record came from and why.
+DLT_PROVENANCE = (
+    contract.DLT_ORIGINAL_TOPIC,
+    contract.DLT_ORIGINAL_PARTITION,
+    contract.DLT_ORIGINAL_OFFSET,
+    contract.DLT_ORIGINAL_TIMESTAMP,
+    contract.DLT_ORIGINAL_TIMESTAMP_TYPE,
+    contract.DLT_ORIGINAL_CONSUMER_GROUP,
+    contract.DLT_ERROR_CODE,
+    contract.DLT_ERROR_MESSAGE,
+)
+#: A dead letter may be cut only if its original, whole, would come this close to the
+#: topic's ``max.message.bytes`` (the relay's own header needs room too).
+CUT_SLACK_BYTES = 1024
+_ROW_ID = re.compile(rb"[0-9]{1,19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +133,8 @@ class History:
     rejected: Sequence[ConsumedRecord]
     dead_letters: Sequence[ConsumedRecord]
     limits: Limits = field(default_factory=Limits)
+    #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
+    dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +695,140 @@ def check_outcomes(facts: _Facts, result: CheckResult) -> None:
             )
 
 
+def check_dead_letter_content(facts: _Facts, result: CheckResult) -> None:
+    limit = facts.history.dead_letter_max_bytes
+    for position, letters in sorted(facts.letters_by_position.items()):
+        original = facts.by_position[position]
+        for letter in letters:
+            problems = _dead_letter_problems(letter.record, original, limit)
+            if problems:
+                result.add(
+                    "dead_letter_content",
+                    f"dead letter {letter.record.where()} of {original.describe()}: "
+                    + "; ".join(problems),
+                )
+
+
+def _dead_letter_problems(
+    letter: ConsumedRecord, original: ProducedCommand, max_bytes: int
+) -> list[str]:
+    problems: list[str] = []
+    relay_ids = [value for name, value in letter.headers if name == contract.OUTBOX_ID]
+    if len(relay_ids) != 1 or relay_ids[0] is None or not _ROW_ID.fullmatch(relay_ids[0]):
+        problems.append(f"{contract.OUTBOX_ID} headers {relay_ids}, not one row id")
+    own = Counter(name for name, _ in letter.headers if name.startswith(contract.DLT_PREFIX))
+    known = (*DLT_PROVENANCE, *contract.DLT_OPTIONAL)
+    missing = [name for name in DLT_PROVENANCE if own[name] == 0]
+    if missing:
+        problems.append(f"no {missing} header")
+    strange = sorted(name for name, count in own.items() if name not in known or count > 1)
+    if strange:
+        problems.append(
+            f"headers of the service's namespace that it writes once or never: {strange}"
+        )
+    carried = [
+        (name, value)
+        for name, value in letter.headers
+        if name != contract.OUTBOX_ID and not name.startswith(contract.DLT_PREFIX)
+    ]
+    kept, dropped = _kept_headers(original.headers)
+    dropped_header = letter.header(contract.DLT_HEADERS_DROPPED)
+    expected_dropped = str(dropped).encode() if dropped else None
+    if dropped_header != expected_dropped:
+        problems.append(
+            f"{contract.DLT_HEADERS_DROPPED} is {dropped_header!r}; the original has {dropped} "
+            "header name(s) that are not UTF-8 or hold NUL"
+        )
+    if letter.header(contract.DLT_TRUNCATED) is None:
+        if letter.key != original.key:
+            problems.append(
+                f"the key is {_bytes(letter.key)}, the original's {_bytes(original.key)}"
+            )
+        if letter.value != original.value:
+            problems.append(
+                f"the value is {_bytes(letter.value)}, the original's {_bytes(original.value)}"
+            )
+        if carried != kept:
+            problems.append(f"the original headers are {_names(carried)}, expected {_names(kept)}")
+        return problems
+    problems.extend(_cut_problems(letter, original, carried, kept, max_bytes))
+    return problems
+
+
+def _cut_problems(
+    letter: ConsumedRecord,
+    original: ProducedCommand,
+    carried: list[tuple[str, bytes | None]],
+    kept: list[tuple[str, bytes | None]],
+    max_bytes: int,
+) -> list[str]:
+    """What is wrong with a dead letter cut to fit its topic."""
+    problems = []
+    if letter.header(contract.DLT_TRUNCATED) != b"true":
+        problems.append(f"{contract.DLT_TRUNCATED} is {letter.header(contract.DLT_TRUNCATED)!r}")
+    whole = record_size(original.key, original.value, [*kept, *letter.headers])
+    if whole <= max_bytes - CUT_SLACK_BYTES:
+        problems.append(f"it was cut, but whole it takes {whole} bytes of the {max_bytes} allowed")
+    if carried:
+        problems.append(f"a cut dead letter carries original headers {_names(carried)}")
+    key, value = original.key or b"", original.value or b""
+    described = {
+        contract.DLT_ORIGINAL_KEY_SIZE: str(len(key)).encode(),
+        contract.DLT_ORIGINAL_VALUE_SIZE: str(len(value)).encode(),
+        contract.DLT_ORIGINAL_SHA256: hashlib.sha256(value).hexdigest().encode(),
+    }
+    for name, expected in described.items():
+        if letter.header(name) != expected:
+            problems.append(f"{name} is {letter.header(name)!r}, expected {expected!r}")
+    for what, cut, whole_bytes in (
+        ("key", letter.key, original.key),
+        ("value", letter.value, original.value),
+    ):
+        if not _starts(whole_bytes, cut):
+            problems.append(
+                f"the {what} ({_bytes(cut)}) is not the start of the original's "
+                f"({_bytes(whole_bytes)})"
+            )
+    return problems
+
+
+def _starts(whole: bytes | None, cut: bytes | None) -> bool:
+    """Whether ``cut`` is the start of ``whole`` (null only for null)."""
+    if whole is None or cut is None:
+        return whole is cut
+    return whole.startswith(cut)
+
+
+def _kept_headers(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> tuple[list[tuple[str, bytes | None]], int]:
+    """The headers of a record as its dead letter must carry them, and how many the
+    contract leaves out."""
+    kept: list[tuple[str, bytes | None]] = []
+    dropped = 0
+    for name, value in headers:
+        if name == UNREADABLE_BATCH_HEADER:
+            continue  # made up by the reader, not a header of the record
+        if not valid_header_name(name):
+            dropped += 1
+        elif contract.is_reserved(name):
+            kept.append((contract.ORIGINAL_PREFIX + name, value))
+        else:
+            kept.append((name, value))
+    return kept, dropped
+
+
+def _bytes(data: bytes | None) -> str:
+    if data is None:
+        return "null"
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return f"{len(data)} bytes ({data[:24]!r}{'...' if len(data) > 24 else ''}, sha256 {digest})"
+
+
+def _names(headers: Sequence[tuple[str, bytes | None]]) -> str:
+    return "[" + ", ".join(f"{name!r}={_bytes(value)}" for name, value in headers) + "]"
+
+
 def _expectation(expected: Expected) -> str:
     return f"{expected.outcome} ({expected.code})" if expected.code else expected.outcome
 
@@ -673,6 +843,7 @@ CHECKS: dict[str, Check] = {
     "partition_order": check_partition_order,
     "accounted": check_accounted,
     "outcomes": check_outcomes,
+    "dead_letter_content": check_dead_letter_content,
 }
 
 

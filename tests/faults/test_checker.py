@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from faults.checker import CHECKS, History, check
+from faults.checker import CHECKS, ConsumedRecord, History, check
 from schemas.command import CustomerUpdateCommand
 from service.domain.customer import CustomerState
 from service.domain.update import merge
@@ -17,7 +17,9 @@ from tests.faults.histories import (
     customer,
     document,
     event_of,
+    replaced,
     with_body,
+    with_headers,
 )
 
 
@@ -41,7 +43,21 @@ def builder() -> HistoryBuilder:
     build.send("cus_2", document("cus_2", "cmd-phone", {"phone": "+39 06 1234"}))
     build.send("cus_2", b"\xff\xfe not utf-8")
     build.send(None, document("cus_2", "cmd-nokey", {"name": "No key"}))
+    # Poison with headers its dead letter must keep, rename, or leave out and count.
+    build.send("cus_2", b"{not json", headers=DEAD_LETTERED_HEADERS)
     return build
+
+
+#: The headers of the poison record at 1:4: a user's, a null one, our own namespace (kept
+#: renamed), and a name that is not UTF-8 (left out).
+DEAD_LETTERED_HEADERS: tuple[tuple[str, bytes | None], ...] = (
+    ("x-user", b"u-1"),
+    ("x-empty", None),
+    ("outbox-id", b"12"),
+    ("kafka_dlt-exception-cause-fqcn", b"forged"),
+    ("x-\udcff", b"not utf-8"),
+    ("x-user", b"u-2"),
+)
 
 
 def clean() -> History:
@@ -126,6 +142,15 @@ def tamper_with_an_event(history: History) -> History:
     )
 
 
+def corrupt_a_dead_letter(history: History) -> History:
+    """The poison record's dead letter lost its key and had its value changed."""
+    [letter] = [r for r in history.dead_letters if r.header("x-user") is not None]
+    corrupted = dataclasses.replace(letter, key=None, value=b"{not jsoN")
+    return dataclasses.replace(
+        history, dead_letters=replaced(history.dead_letters, letter, corrupted)
+    )
+
+
 Damage = Callable[[History], History]
 
 # (damage, the violation kind it must cause, the check that reports that kind)
@@ -139,6 +164,7 @@ CAUGHT: list[tuple[Damage, str, str]] = [
     (misreport_a_rejection, "wrong_outcome", "outcomes"),
     (publish_a_ghost, "unexpected_output", "accounted"),
     (tamper_with_an_event, "event_content", "applied_once"),
+    (corrupt_a_dead_letter, "dead_letter_content", "dead_letter_content"),
 ]
 
 
@@ -150,10 +176,10 @@ def test_a_clean_history_passes_with_every_record_accounted() -> None:
 
     assert result.violations == []
     assert (result.commands, result.applied, result.rejected, result.dead_lettered) == (
-        11,
+        12,
         5,
         3,
-        2,
+        3,
     )
     assert (result.resent, result.unaccounted, result.duplicate_events) == (1, 0, 0)
 
@@ -299,3 +325,162 @@ def test_every_check_is_exercised() -> None:
 def test_an_unknown_check_cannot_be_skipped() -> None:
     with pytest.raises(ValueError, match="unknown checks"):
         check(clean(), skip=["no_such_check"])
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+def poison_letter(history: History) -> ConsumedRecord:
+    [letter] = [r for r in history.dead_letters if r.header("x-user") is not None]
+    return letter
+
+
+def with_letter(history: History, letter: ConsumedRecord) -> History:
+    return dataclasses.replace(
+        history, dead_letters=replaced(history.dead_letters, poison_letter(history), letter)
+    )
+
+
+def test_a_dead_letter_keeps_headers_renames_ours_and_counts_what_it_drops() -> None:
+    letter = poison_letter(clean())
+
+    assert [(n, v) for n, v in letter.headers if not n.startswith("kafka_dlt-")][:-1] == [
+        ("x-user", b"u-1"),
+        ("x-empty", None),
+        ("original-outbox-id", b"12"),
+        ("original-kafka_dlt-exception-cause-fqcn", b"forged"),
+        ("x-user", b"u-2"),
+    ]
+    assert letter.header("kafka_dlt-headers-dropped") == b"1"
+
+
+def test_a_dead_letter_with_a_corrupted_value_and_a_lost_key_is_caught() -> None:
+    result = check(corrupt_a_dead_letter(clean()))
+
+    assert result.kinds() == {"dead_letter_content"}
+    [found] = result.violations
+    assert "the key is null, the original's 5 bytes" in found.message
+    assert "the value is 9 bytes (b'{not jsoN'" in found.message
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda hs: [h for h in hs if h != ("x-user", b"u-2")], "the original headers are"),
+        (lambda hs: [*hs[1:2], *hs[:1], *hs[2:]], "the original headers are"),
+        (
+            lambda hs: [("outbox-id", v) if n == "original-outbox-id" else (n, v) for n, v in hs],
+            "outbox-id headers [b'12', ",
+        ),
+        (
+            lambda hs: [
+                (n.removeprefix("original-") if n.startswith("original-kafka") else n, v)
+                for n, v in hs
+            ],
+            "writes once or never: ['kafka_dlt-exception-cause-fqcn']",
+        ),
+        (
+            lambda hs: [h for h in hs if h[0] != "kafka_dlt-headers-dropped"],
+            "kafka_dlt-headers-dropped is None; the original has 1",
+        ),
+        (
+            lambda hs: [h for h in hs if h[0] != "kafka_dlt-original-consumer-group"],
+            "no ['kafka_dlt-original-consumer-group'] header",
+        ),
+    ],
+    ids=["dropped", "reordered", "not-renamed", "forged-kept", "drop-uncounted", "no-group"],
+)
+def test_dead_letter_headers_that_differ_from_the_original_are_caught(
+    change: Callable[[list[tuple[str, bytes | None]]], list[tuple[str, bytes | None]]],
+    complaint: str,
+) -> None:
+    history = clean()
+    letter = poison_letter(history)
+
+    result = check(with_letter(history, with_headers(letter, change(list(letter.headers)))))
+
+    assert "dead_letter_content" in result.kinds()
+    assert complaint in "\n".join(v.message for v in result.violations)
+    assert (
+        "dead_letter_content"
+        not in check(
+            with_letter(history, with_headers(letter, change(list(letter.headers)))),
+            skip=["dead_letter_content"],
+        ).kinds()
+    )
+
+
+def cut_history() -> History:
+    """A dead letter too large for its topic's 4 KiB limit, so cut to fit."""
+    build = builder()
+    build.send("cus_1", b"\xff" + b"x" * 8000, headers=(("x-user", b"u-3"),))
+    return build.history(dead_letter_max_bytes=4096)
+
+
+def cut_letter(history: History) -> ConsumedRecord:
+    [letter] = [r for r in history.dead_letters if r.header("kafka_dlt-truncated")]
+    return letter
+
+
+def test_a_dead_letter_cut_to_fit_is_checked_by_its_sizes_and_digest() -> None:
+    history = cut_history()
+    letter = cut_letter(history)
+
+    assert len(letter.value or b"") < 4096
+    assert letter.header("x-user") is None
+    assert check(history).violations == []
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (
+            lambda r: with_headers(
+                r,
+                [
+                    (n, b"0" * 64) if n == "kafka_dlt-original-sha256" else (n, v)
+                    for n, v in r.headers
+                ],
+            ),
+            "kafka_dlt-original-sha256 is b'0000",
+        ),
+        (
+            lambda r: with_headers(
+                r,
+                [
+                    (n, b"7") if n == "kafka_dlt-original-value-size" else (n, v)
+                    for n, v in r.headers
+                ],
+            ),
+            "kafka_dlt-original-value-size is b'7', expected b'8001'",
+        ),
+        (
+            lambda r: dataclasses.replace(r, value=b"y" + (r.value or b"")[1:]),
+            "the value (",
+        ),
+        (lambda r: with_headers(r, [*r.headers, ("x-user", b"u-3")]), "carries original headers"),
+    ],
+    ids=["digest", "size", "value", "headers"],
+)
+def test_a_cut_dead_letter_that_does_not_describe_its_original_is_caught(
+    change: Callable[[ConsumedRecord], ConsumedRecord], complaint: str
+) -> None:
+    history = cut_history()
+    letter = cut_letter(history)
+    damaged = dataclasses.replace(
+        history, dead_letters=replaced(history.dead_letters, letter, change(letter))
+    )
+
+    result = check(damaged)
+
+    assert result.kinds() == {"dead_letter_content"}
+    assert complaint in result.violations[0].message
+
+
+def test_a_dead_letter_cut_although_it_fits_is_caught() -> None:
+    history = dataclasses.replace(cut_history(), dead_letter_max_bytes=1_048_588)
+
+    result = check(history)
+
+    assert result.kinds() == {"dead_letter_content"}
+    assert "it was cut, but whole it takes" in result.violations[0].message
