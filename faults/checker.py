@@ -29,6 +29,18 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     Every record had the outcome the reference model (``faults.model``) gives it: a
     fault must not turn an update into a rejection or a dead letter, or the reverse.
     Kind: ``wrong_outcome``.
+``customer_partition``
+    All of one customer's events are on one partition of the events topic, where
+    ``versions`` and ``partition_order`` then judge them in offset order: events split
+    over partitions reach a subscriber in no defined order. Kind: ``partition_split``.
+``event_details``
+    Each event's ``data.previous_attributes`` holds, for every field the command changed,
+    the value before it (the fold's state before and after the command, compared field
+    by field), and nothing else. Every event and rejection carries the headers the
+    contract gives it: the command's ``traceparent`` when it had one (its attribute, or
+    else its record header; workers run without tracing, so it passes unchanged), as a
+    header and an attribute, none when it had none, and the relay's one ``outbox-id``.
+    Kinds: ``previous_attributes``, ``output_headers``.
 ``dead_letter_content``
     Every dead letter carries the record it points at: the same key and value bytes and
     the same headers in the same order, but for what the contract changes (a header of
@@ -71,6 +83,7 @@ from service.domain.inbound import (
     UNREADABLE_BATCH_HEADER,
     Classified,
     Limits,
+    Poison,
     Valid,
     valid_header_name,
 )
@@ -194,6 +207,10 @@ class _Updated:
     version: int
     command_id: str
     object: dict[str, Any]
+    #: ``data.previous_attributes`` (None when absent).
+    previous: Any = None
+    #: The ``traceparent`` attribute (None when absent).
+    traceparent: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +220,7 @@ class _Rejection:
     customer_id: str
     command_id: str | None
     code: str
+    traceparent: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +252,8 @@ def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | Non
             version=int(body["sequence"]),
             command_id=str(body["causationid"]),
             object=dict(body["data"]["object"]),
+            previous=body["data"].get("previous_attributes"),
+            traceparent=body.get("traceparent"),
         )
     except (AssertionError, KeyError, TypeError, ValueError):
         result.add("malformed_output", f"{record.where()} is not a readable customer.updated")
@@ -258,6 +278,7 @@ def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection |
             customer_id=str(data["customer_id"]),
             command_id=None if command_id is None else str(command_id),
             code=str(data["error"]["code"]),
+            traceparent=body.get("traceparent"),
         )
     except (AssertionError, KeyError, TypeError):
         result.add("malformed_output", f"{record.where()} is not a readable rejection")
@@ -431,7 +452,9 @@ class _Facts:
         for commands in self.accepted.values():
             commands.sort(key=lambda command: command.position)
 
-        #: The fold's state right after each accepted command, and at the end.
+        #: The fold's state right before and right after each accepted command, and at
+        #: the end.
+        self.before: dict[str, CustomerState] = {}
         self.after: dict[str, CustomerState] = {}
         self.folded: dict[str, CustomerState] = {}
         for customer_id, commands in self.accepted.items():
@@ -442,6 +465,7 @@ class _Facts:
                 assert command.body is not None
                 assert command.command_id is not None
                 body = CustomerUpdateCommand.model_validate(command.body).data
+                self.before[command.command_id] = state
                 state = merge(state, body)
                 self.after[command.command_id] = state
             self.folded[customer_id] = state
@@ -695,6 +719,106 @@ def check_outcomes(facts: _Facts, result: CheckResult) -> None:
             )
 
 
+def check_customer_partition(facts: _Facts, result: CheckResult) -> None:
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for event in facts.updated:
+        partitions[event.customer_id].add(event.record.partition)
+    for customer_id, found in sorted(partitions.items()):
+        if len(found) > 1:
+            where = ", ".join(
+                f"{event.record.where()} (version {event.version})"
+                for event in facts.updated
+                if event.customer_id == customer_id
+            )
+            result.add(
+                "partition_split",
+                f"customer {customer_id}'s events are on partitions {sorted(found)}, so a "
+                f"subscriber may read them in any order: {where}",
+            )
+
+
+def check_event_details(facts: _Facts, result: CheckResult) -> None:
+    for command_id, events in facts.events_by_command.items():
+        before, after = facts.before.get(command_id), facts.after.get(command_id)
+        copy = facts.applied_copy(command_id)
+        if before is None or after is None or copy is None:
+            continue  # reported by applied_once or accounted
+        expected = _previous_attributes(before, after)
+        traceparent = _traceparent(facts.classified[copy.position])
+        for event in events:
+            if event.previous != expected:
+                result.add(
+                    "previous_attributes",
+                    f"{event.record.where()} (command {command_id}) has previous_attributes "
+                    f"{_compact(event.previous)}; the customer before it had "
+                    f"{_compact(expected)} in the fields the command changed",
+                )
+            problems = _header_problems(event.record, event.traceparent, [traceparent])
+            if problems:
+                result.add(
+                    "output_headers",
+                    f"{event.record.where()} (command {command_id}): {'; '.join(problems)}",
+                )
+    records_of: dict[str, list[ProducedCommand]] = {
+        command_id: copies for command_id, copies in facts.copies.items()
+    }
+    paired = {id(rejection): command for command, rejection in facts.idless_pairs}
+    for rejection in facts.rejections:
+        if rejection.command_id is not None:
+            candidates = records_of.get(rejection.command_id, [])
+        else:
+            command = paired.get(id(rejection))
+            candidates = [] if command is None else [command]
+        if not candidates:
+            continue  # reported by accounted
+        traceparents = [_traceparent(facts.classified[c.position]) for c in candidates]
+        problems = _header_problems(rejection.record, rejection.traceparent, traceparents)
+        if problems:
+            result.add(
+                "output_headers",
+                f"{rejection.record.where()} (rejection of "
+                f"{rejection.command_id or 'a command without id'}): {'; '.join(problems)}",
+            )
+
+
+def _previous_attributes(before: CustomerState, after: CustomerState) -> dict[str, Any]:
+    """Each field of the customer object that differs after the command, as it was before
+    (through JSON, as the event went)."""
+    old = orjson.loads(orjson.dumps(before.to_object()))
+    new = orjson.loads(orjson.dumps(after.to_object()))
+    return {name: value for name, value in old.items() if new.get(name) != value}
+
+
+def _traceparent(item: Classified) -> str | None:
+    """The trace context a command carries, as the service reads it."""
+    return None if isinstance(item, Poison) else item.traceparent
+
+
+def _header_problems(
+    record: ConsumedRecord, attribute: object, traceparents: Sequence[str | None]
+) -> list[str]:
+    """What is wrong with the headers of an event or rejection whose command carried one
+    of ``traceparents`` (several when several records carry its command id)."""
+    problems = []
+    relay_ids = [value for name, value in record.headers if name == contract.OUTBOX_ID]
+    if len(relay_ids) != 1 or relay_ids[0] is None or not _ROW_ID.fullmatch(relay_ids[0]):
+        problems.append(f"{contract.OUTBOX_ID} headers {relay_ids}, not one row id")
+    others = [(name, value) for name, value in record.headers if name != contract.OUTBOX_ID]
+    allowed = [
+        [] if traceparent is None else [(contract.TRACEPARENT, traceparent.encode())]
+        for traceparent in traceparents
+    ]
+    if others not in allowed:
+        problems.append(f"headers {others}, expected {' or '.join(map(str, allowed))}")
+    if attribute not in traceparents:
+        problems.append(f"traceparent attribute {attribute!r}, expected one of {traceparents}")
+    return problems
+
+
+def _compact(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
 def check_dead_letter_content(facts: _Facts, result: CheckResult) -> None:
     limit = facts.history.dead_letter_max_bytes
     for position, letters in sorted(facts.letters_by_position.items()):
@@ -843,6 +967,8 @@ CHECKS: dict[str, Check] = {
     "partition_order": check_partition_order,
     "accounted": check_accounted,
     "outcomes": check_outcomes,
+    "customer_partition": check_customer_partition,
+    "event_details": check_event_details,
     "dead_letter_content": check_dead_letter_content,
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from faults.checker import CHECKS, ConsumedRecord, History, check
@@ -45,7 +46,25 @@ def builder() -> HistoryBuilder:
     build.send(None, document("cus_2", "cmd-nokey", {"name": "No key"}))
     # Poison with headers its dead letter must keep, rename, or leave out and count.
     build.send("cus_2", b"{not json", headers=DEAD_LETTERED_HEADERS)
+    # Trace context, as an attribute and as a record header, for an event and a rejection.
+    build.send(
+        "cus_2",
+        document("cus_2", "cmd-traced", {"description": "traced"}, traceparent=TRACE_ATTRIBUTE),
+    )
+    build.send(
+        "cus_2",
+        document("cus_2", "cmd-header-traced", {"name": "Bo"}),
+        headers=(("traceparent", TRACE_HEADER.encode()), ("x-user", b"u-9")),
+    )
+    build.send(
+        "cus_1",
+        document("cus_1", "cmd-bad-traced", {"email": "nope"}, traceparent=TRACE_ATTRIBUTE),
+    )
     return build
+
+
+TRACE_ATTRIBUTE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACE_HEADER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 #: The headers of the poison record at 1:4: a user's, a null one, our own namespace (kept
@@ -151,6 +170,29 @@ def corrupt_a_dead_letter(history: History) -> History:
     )
 
 
+def split_a_customer(history: History) -> History:
+    """cus_2's first event went to another partition (the later ones stay where they
+    were): after a sort by partition and offset, the versions still look in order."""
+    event = event_of(history, "cmd-email")
+    end = max(r.offset for r in history.updated if r.partition == 0)
+    moved = dataclasses.replace(event, partition=0, offset=end + 1)
+    return dataclasses.replace(history, updated=replaced(history.updated, event, moved))
+
+
+def misstate_previous_attributes(history: History) -> History:
+    event = event_of(history, "cmd-email")
+    body = orjson.loads(event.value or b"")
+    body["data"]["previous_attributes"] = {"email": "eve@example.com"}
+    changed = dataclasses.replace(event, value=orjson.dumps(body))
+    return dataclasses.replace(history, updated=replaced(history.updated, event, changed))
+
+
+def drop_a_traceparent(history: History) -> History:
+    event = event_of(history, "cmd-header-traced")
+    dropped = with_headers(event, [h for h in event.headers if h[0] != "traceparent"])
+    return dataclasses.replace(history, updated=replaced(history.updated, event, dropped))
+
+
 Damage = Callable[[History], History]
 
 # (damage, the violation kind it must cause, the check that reports that kind)
@@ -165,6 +207,9 @@ CAUGHT: list[tuple[Damage, str, str]] = [
     (publish_a_ghost, "unexpected_output", "accounted"),
     (tamper_with_an_event, "event_content", "applied_once"),
     (corrupt_a_dead_letter, "dead_letter_content", "dead_letter_content"),
+    (split_a_customer, "partition_split", "customer_partition"),
+    (misstate_previous_attributes, "previous_attributes", "event_details"),
+    (drop_a_traceparent, "output_headers", "event_details"),
 ]
 
 
@@ -176,9 +221,9 @@ def test_a_clean_history_passes_with_every_record_accounted() -> None:
 
     assert result.violations == []
     assert (result.commands, result.applied, result.rejected, result.dead_lettered) == (
-        12,
-        5,
-        3,
+        15,
+        7,
+        4,
         3,
     )
     assert (result.resent, result.unaccounted, result.duplicate_events) == (1, 0, 0)
@@ -316,6 +361,24 @@ def test_each_fault_is_caught_by_the_check_named_for_it(
     # Without that one check the fault would go unreported as this kind: the tests
     # above depend on it, not on a side effect of another check.
     assert kind not in check(damaged, skip=[name]).kinds()
+
+
+#: Damage that no other check sees at all: before its own check existed, a run with it
+#: passed.
+ONLY_ONE_CHECK_SEES: list[Damage] = [
+    corrupt_a_dead_letter,
+    split_a_customer,
+    misstate_previous_attributes,
+    drop_a_traceparent,
+]
+
+
+@pytest.mark.parametrize("damage", ONLY_ONE_CHECK_SEES, ids=lambda damage: damage.__name__)
+def test_some_damage_passes_every_other_check(damage: Damage) -> None:
+    [name] = [name for caught, _, name in CAUGHT if caught is damage]
+
+    assert not check(damage(clean())).ok
+    assert check(damage(clean()), skip=[name]).violations == []
 
 
 def test_every_check_is_exercised() -> None:
@@ -484,3 +547,99 @@ def test_a_dead_letter_cut_although_it_fits_is_caught() -> None:
 
     assert result.kinds() == {"dead_letter_content"}
     assert "it was cut, but whole it takes" in result.violations[0].message
+
+
+# -- where events go, and what they say besides the customer -----------------------------
+
+
+def test_a_customer_whose_events_are_split_over_partitions_is_caught() -> None:
+    result = check(split_a_customer(clean()))
+
+    assert result.kinds() == {"partition_split"}
+    assert "customer cus_2's events are on partitions [0, 1]" in result.violations[0].message
+
+
+def test_previous_attributes_are_the_changed_fields_before_the_command() -> None:
+    history = clean()
+    city = orjson.loads(event_of(history, "cmd-city").value or b"")
+    email = orjson.loads(event_of(history, "cmd-email").value or b"")
+
+    assert city["data"]["previous_attributes"] == {"address": None}
+    assert email["data"]["previous_attributes"] == {"email": "old@example.com"}
+    result = check(misstate_previous_attributes(history))
+    assert result.kinds() == {"previous_attributes"}
+    assert '{"email":"eve@example.com"}' in result.violations[0].message
+    assert '{"email":"old@example.com"}' in result.violations[0].message
+
+
+def test_previous_attributes_that_leave_out_a_changed_field_are_caught() -> None:
+    history = clean()
+    event = event_of(history, "cmd-country")
+    body = orjson.loads(event.value or b"")
+    assert set(body["data"]["previous_attributes"]) == {"address"}
+    body["data"]["previous_attributes"] = {}
+    changed = dataclasses.replace(event, value=orjson.dumps(body))
+
+    result = check(dataclasses.replace(history, updated=replaced(history.updated, event, changed)))
+
+    assert result.kinds() == {"previous_attributes"}
+
+
+def test_the_commands_trace_context_is_carried_as_header_and_attribute() -> None:
+    history = clean()
+    by_attribute, by_header = (
+        event_of(history, "cmd-traced"),
+        event_of(history, "cmd-header-traced"),
+    )
+    [rejection] = [r for r in history.rejected if b"cmd-bad-traced" in (r.value or b"")]
+
+    assert by_attribute.header("traceparent") == TRACE_ATTRIBUTE.encode()
+    assert by_header.header("traceparent") == TRACE_HEADER.encode()
+    assert rejection.header("traceparent") == TRACE_ATTRIBUTE.encode()
+    assert event_of(history, "cmd-name").header("traceparent") is None
+
+
+@pytest.mark.parametrize(
+    ("command_id", "change", "complaint"),
+    [
+        ("cmd-header-traced", lambda r: drop_header(r, "traceparent"), "headers [], expected"),
+        ("cmd-traced", lambda r: with_body(r, traceparent=TRACE_HEADER), "attribute '00-4bf9"),
+        ("cmd-name", lambda r: with_headers(r, [*r.headers, ("x-user", b"u")]), "headers [("),
+        ("cmd-name", lambda r: drop_header(r, "outbox-id"), "outbox-id headers []"),
+        (
+            "cmd-name",
+            lambda r: with_headers(r, [*r.headers, ("outbox-id", b"x1")]),
+            "outbox-id headers [b'",
+        ),
+    ],
+    ids=["no-traceparent", "other-attribute", "extra-header", "no-outbox-id", "two-outbox-ids"],
+)
+def test_an_event_with_the_wrong_headers_is_caught(
+    command_id: str, change: Callable[[ConsumedRecord], ConsumedRecord], complaint: str
+) -> None:
+    history = clean()
+    event = event_of(history, command_id)
+
+    result = check(
+        dataclasses.replace(history, updated=replaced(history.updated, event, change(event)))
+    )
+
+    assert result.kinds() == {"output_headers"}
+    assert complaint in result.violations[0].message
+
+
+def test_a_rejection_that_lost_its_trace_context_is_caught() -> None:
+    history = clean()
+    [rejection] = [r for r in history.rejected if b"cmd-bad-traced" in (r.value or b"")]
+    dropped = drop_header(rejection, "traceparent")
+
+    result = check(
+        dataclasses.replace(history, rejected=replaced(history.rejected, rejection, dropped))
+    )
+
+    assert result.kinds() == {"output_headers"}
+    assert "rejection of cmd-bad-traced" in result.violations[0].message
+
+
+def drop_header(record: ConsumedRecord, name: str) -> ConsumedRecord:
+    return with_headers(record, [h for h in record.headers if h[0] != name])
