@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from faults.checker import ConsumedRecord, History, Violation, accounting
 from faults.load import LoadPlan, LoadProducer
 from faults.model import produced_command
+from faults.reader import ConcurrentReader, compare, reads_of
 from faults.stack import FaultStack
 from service.adapters.kafka import records as kafka_records
 from service.adapters.kafka.clients import create_topics, partitions_of, read_range
@@ -291,6 +292,8 @@ class ScenarioEnv:
     #: Environment of every worker on top of the harness's own (a scenario's settings).
     worker_settings: dict[str, str] = field(default_factory=dict)
     _supervisor: asyncio.Task[None] | None = None
+    #: Reads the output topics for the whole scenario (``faults.reader``).
+    reader: ConcurrentReader | None = None
     _crashes: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -321,6 +324,10 @@ class ScenarioEnv:
         s = self.settings
         return [s.topic_events, s.topic_rejections, s.topic_dead_letters]
 
+    @property
+    def output_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.output_topics for p in range(self.partitions)]
+
     def fault(self, description: str) -> None:
         self.faults.append(description)
         self.progress(f"fault: {description}")
@@ -345,6 +352,8 @@ class ScenarioEnv:
         finally:
             await connection.close()
         await create_topics(self.settings, partitions=self.partitions)
+        self.reader = ConcurrentReader(self.stack.bootstrap_servers, self.output_partitions)
+        await self.reader.start()
 
     async def teardown(self, *, keep: bool) -> None:
         """Stop every process; drop the database and topics unless they are to be kept."""
@@ -353,6 +362,9 @@ class ScenarioEnv:
             if worker.running:
                 worker.kill()
                 await worker.wait_exit(within=10)
+        if self.reader is not None:
+            with contextlib.suppress(KafkaError):
+                await self.reader.stop()
         if keep:
             self.progress(f"kept database {self.database} and topics faults.*.{self.suffix}.*")
             return
@@ -750,6 +762,39 @@ class ScenarioEnv:
             dead_letters=records[s.topic_dead_letters],
             limits=s.limits,
         )
+
+    async def output_ends(self) -> dict[TopicPartition, int]:
+        """Where each output partition ends for a ``read_committed`` reader now."""
+        consumer = _consumer(self.stack.bootstrap_servers)
+        await consumer.start()
+        try:
+            ends: dict[TopicPartition, int] = await consumer.end_offsets(self.output_partitions)
+        finally:
+            await consumer.stop()
+        return ends
+
+    async def reader_caught_up(self, *, within: float = 30.0) -> bool:
+        """Until the concurrent reader has read what the output topics hold now."""
+        assert self.reader is not None
+        return await self.reader.caught_up(await self.output_ends(), within=within)
+
+    async def check_concurrent_reads(self, history: History) -> None:
+        """What the concurrent reader read during the scenario must be exactly what the
+        output topics hold at the end (``faults.reader.compare``)."""
+        reader = self.reader
+        assert reader is not None
+        if not await self.reader_caught_up(within=60):
+            self.violation(
+                "concurrent_read_mismatch",
+                "the concurrent reader did not reach the end of the output topics in 60 s",
+            )
+        if reader.failure is not None:
+            self.violation("harness_error", f"the concurrent reader failed: {reader.failure!r}")
+        held = reads_of([*history.updated, *history.rejected, *history.dead_letters])
+        for violation in compare(reader.reads, held):
+            self.violation(violation.kind, violation.message)
+        if reader.errors:
+            self.notes.append(f"the concurrent reader retried {reader.errors} failed fetch(es)")
 
     def check_durability(self, history: History, plan: LoadPlan, load: LoadProducer) -> None:
         """Every record the broker acknowledged is in the log where it said it put it."""

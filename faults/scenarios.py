@@ -672,12 +672,16 @@ async def run_scenario(
             say(f"load: {len(plan.records)} records at {rate:.0f}/s")
         await scenario.inject(env, load)
         await env.settle(load)
+        # So that the concurrent reader has read everything the workers published before
+        # they stop (a worker could still change the topics on its way out).
+        await env.reader_caught_up()
         codes = await env.stop_workers()
         for name, code in codes.items():
             if code != 0:
                 env.violation("unclean_shutdown", f"{name} exited {code} on the final SIGTERM")
         history = await env.collect()
         env.check_durability(history, plan, load)
+        await env.check_concurrent_reads(history)
         result = check(history)
         if load.resent:
             env.notes.append(f"the producer resent {load.resent} unacknowledged record(s)")

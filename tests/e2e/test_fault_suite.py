@@ -94,3 +94,14 @@ async def test_a_fault_that_could_not_be_injected_is_a_violation(fault_stack: Fa
     assert [v.kind for v in result.check.violations] == ["fault_not_injected"]
     assert "never caught inside a batch transaction" in result.check.violations[0].message
     assert any("(no batch open)" in fault for fault in result.faults)
+
+
+async def test_a_record_subscribers_read_that_later_vanished_is_a_violation(
+    fault_stack: FaultStack,
+) -> None:
+    # The first batch of messages is published twice and the first copy deleted on the
+    # way out: the topics read afterwards look flawless, the live reader saw duplicates.
+    result = await run_broken("republish_then_hide", "poison")
+
+    assert result.check.kinds() == {"dirty_read"}
+    assert "a concurrent read_committed reader read" in result.check.violations[0].message
