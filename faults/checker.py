@@ -77,6 +77,7 @@ from schemas import headers as contract
 from schemas.command import CustomerUpdateCommand
 from schemas.headers import DLT_ERROR_CODE, DLT_ORIGINAL_OFFSET, DLT_ORIGINAL_PARTITION
 from schemas.headers import DLT_ORIGINAL_TOPIC as DLT_TOPIC
+from service.domain.authorization import Authorizer
 from service.domain.customer import CustomerState
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from service.domain.inbound import (
@@ -148,6 +149,8 @@ class History:
     limits: Limits = field(default_factory=Limits)
     #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
     dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: How the workers authorized commands (signed mode, or unsigned when None).
+    authorizer: Authorizer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +333,7 @@ class _Facts:
         self.produced = sorted(history.produced, key=lambda command: command.position)
         self.by_position = {command.position: command for command in self.produced}
         self.classified: dict[Position, Classified] = {
-            command.position: classify_produced(command, topic, history.limits)
+            command.position: classify_produced(command, topic, history.limits, history.authorizer)
             for command in self.produced
         }
 
@@ -679,7 +682,11 @@ def check_accounted(facts: _Facts, result: CheckResult) -> None:
 def check_outcomes(facts: _Facts, result: CheckResult) -> None:
     history = facts.history
     expected = expected_outcomes(
-        facts.produced, history.seeded, topic=history.commands_topic, limits=history.limits
+        facts.produced,
+        history.seeded,
+        topic=history.commands_topic,
+        limits=history.limits,
+        authorizer=history.authorizer,
     )
 
     def describe(command: ProducedCommand) -> str:

@@ -28,8 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from faults.checker import ConsumedRecord, History, Violation, accounting
-from faults.load import LoadPlan, LoadProducer
-from faults.model import produced_command
+from faults.load import LONG_CUSTOMER_ID, LoadPlan, LoadProducer
+from faults.model import SIGNING_ALGORITHM, produced_command, signed_authorizer
 from faults.reader import ConcurrentReader, compare, reads_of
 from faults.stack import FaultStack
 from service.adapters.kafka import records as kafka_records
@@ -93,6 +93,8 @@ class RunConfig:
     worker_command: tuple[str, ...] = ()
     #: The CI form: scenarios inject their fault once rather than repeatedly.
     short: bool = False
+    #: Every scenario's workers in signed mode (``AUTH_JWT_KEY``), with a load to match.
+    signed: bool = False
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -291,6 +293,8 @@ class ScenarioEnv:
     seeded: dict[str, CustomerState] = field(default_factory=dict)
     #: Environment of every worker on top of the harness's own (a scenario's settings).
     worker_settings: dict[str, str] = field(default_factory=dict)
+    #: Signed mode: the key the workers verify command tokens with.
+    jwt_key: str | None = None
     _supervisor: asyncio.Task[None] | None = None
     #: Reads the output topics for the whole scenario (``faults.reader``).
     reader: ConcurrentReader | None = None
@@ -348,6 +352,13 @@ class ScenarioEnv:
         try:
             await migrate(connection)
             await seed_customers(connection, self.config.customers)
+            # A customer whose id makes a key as large as the service takes.
+            await connection.execute(
+                "INSERT INTO customers (id, name, invoice_prefix) VALUES ($1, $2, $3)",
+                LONG_CUSTOMER_ID,
+                "Long Key",
+                "LONGKEY",
+            )
             self.seeded = await self._customers(connection)
         finally:
             await connection.close()
@@ -412,10 +423,16 @@ class ScenarioEnv:
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
+                **self._signed_mode(),
                 **self.worker_settings,
             }
         )
         return env
+
+    def _signed_mode(self) -> dict[str, str]:
+        if self.jwt_key is None:
+            return {}
+        return {"AUTH_JWT_KEY": self.jwt_key, "AUTH_JWT_ALGORITHMS": SIGNING_ALGORITHM}
 
     def start_worker(self, slot: int, *, failpoints: str = "") -> Worker:
         incarnation = sum(1 for worker in self.every_worker if worker.slot == slot)
@@ -761,6 +778,7 @@ class ScenarioEnv:
             rejected=records[s.topic_rejections],
             dead_letters=records[s.topic_dead_letters],
             limits=s.limits,
+            authorizer=None if self.jwt_key is None else signed_authorizer(self.jwt_key),
         )
 
     async def output_ends(self) -> dict[TopicPartition, int]:

@@ -21,7 +21,7 @@ import asyncpg
 
 from faults.checker import CheckResult, Violation, check
 from faults.harness import GiveUp, Progress, RunConfig, ScenarioEnv, Worker
-from faults.load import HOSTILE_KINDS, POISON_KINDS, LoadProducer, build_load
+from faults.load import HOSTILE_KINDS, POISON_KINDS, LoadProducer, build_load, signing_key
 from faults.stack import FaultStack, default_home
 
 #: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
@@ -55,6 +55,8 @@ class Scenario:
     #: Settings (environment variables) of every worker, on top of the harness's.
     worker_settings: tuple[tuple[str, str], ...] = ()
     hostile: bool = False
+    #: Workers in signed mode (``AUTH_JWT_KEY``) and a load of signed commands.
+    signed: bool = False
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -432,12 +434,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "crash-after-db-commit",
         "the worker SIGKILLs itself after a batch's database commit, before the offset "
-        "commit (FAILPOINTS=after_batch_commit@1); restarted without the failpoint",
+        "commit (FAILPOINTS=after_batch_commit@1); restarted without the failpoint; in "
+        "signed mode (a JWT per command)",
         partitions=4,
         inject=_crash_after_batch_commit,
         short=True,
         failpoints="after_batch_commit@1",
         backlog=0.3,
+        # The redelivered batch is authorized again from its tokens, and must come out
+        # the same; resends with a fresh token are the same command.
+        signed=True,
     ),
     Scenario(
         "relay-crash-after-publish",
@@ -564,6 +570,8 @@ class SuiteOptions:
     #: with a known bug, say); the settings still come from the environment.
     worker_command: Sequence[str] = ()
     keep: bool = False
+    #: Every scenario in signed mode (some are anyway).
+    signed: bool = False
     progress: Progress = lambda _: None
 
 
@@ -598,6 +606,7 @@ def config_for(options: SuiteOptions) -> RunConfig:
         keep=options.keep,
         worker_command=tuple(options.worker_command),
         short=base.short,
+        signed=options.signed,
     )
 
 
@@ -635,6 +644,7 @@ async def run_scenario(
         progress(f"[{scenario.name}] {message}")
 
     started = time.monotonic()
+    signed = scenario.signed or config.signed
     env = ScenarioEnv(
         stack,
         scenario.name,
@@ -643,6 +653,7 @@ async def run_scenario(
         run_dir,
         progress=say,
         worker_settings=dict(scenario.worker_settings),
+        jwt_key=signing_key(config.seed) if signed else None,
     )
     load: LoadProducer | None = None
     result = CheckResult()
@@ -655,6 +666,7 @@ async def run_scenario(
             topic=env.settings.topic_commands,
             poison=scenario.poison,
             hostile=scenario.hostile,
+            signing_key=env.jwt_key,
         )
         rate = config.rate * scenario.rate_scale
         load = LoadProducer(stack.bootstrap_servers, env.settings.topic_commands, plan, rate=rate)
