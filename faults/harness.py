@@ -89,6 +89,8 @@ class RunConfig:
     settle_within: float = 180.0
     #: Keep the database and topics even when the checker finds nothing.
     keep: bool = False
+    #: Keep them when it finds something (for inspection).
+    keep_failed: bool = True
     #: The worker's command line; ``customer-service worker`` when empty.
     worker_command: tuple[str, ...] = ()
     #: The CI form: scenarios inject their fault once rather than repeatedly.
@@ -610,7 +612,12 @@ class ScenarioEnv:
             while attempts > 0 and time.monotonic() < deadline and worker.running:
                 if await moment(connection):
                     worker.pause()
-                    if await moment(connection):
+                    try:
+                        held = await moment(connection)
+                    except BaseException:
+                        worker.resume()
+                        raise
+                    if held:
                         return True
                     worker.resume()
                     attempts -= 1

@@ -570,6 +570,8 @@ class SuiteOptions:
     #: with a known bug, say); the settings still come from the environment.
     worker_command: Sequence[str] = ()
     keep: bool = False
+    #: Keep the database and topics of a scenario with a violation.
+    keep_failed: bool = True
     #: Every scenario in signed mode (some are anyway).
     signed: bool = False
     progress: Progress = lambda _: None
@@ -604,6 +606,7 @@ def config_for(options: SuiteOptions) -> RunConfig:
         seed=base.seed if options.seed is None else options.seed,
         settle_within=base.settle_within,
         keep=options.keep,
+        keep_failed=options.keep_failed,
         worker_command=tuple(options.worker_command),
         short=base.short,
         signed=options.signed,
@@ -710,7 +713,7 @@ async def run_scenario(
             await load.cancel()
         result.violations.extend(env.violations)
         with contextlib.suppress(Exception):
-            await env.teardown(keep=config.keep or not result.ok)
+            await env.teardown(keep=config.keep or (config.keep_failed and not result.ok))
     duration = time.monotonic() - started
     say(
         f"done in {duration:.1f}s: {len(result.violations)} violation(s), "
