@@ -566,14 +566,24 @@ def build_load(
     mix = MIX if signing_key is None else {**MIX, **SIGNED_MIX}
     kinds = list(mix)
     weights = [mix[kind] for kind in kinds]
+    # However small the load, every poison and hostile kind is in it: one of each at
+    # these positions at least, spread over the load.
+    poison_at = _spread(commands, len(POISON_KINDS)) if poison else set()
+    hostile_at = _spread(commands, len(HOSTILE_KINDS)) if hostile else set()
     while len(generator.records) < commands:
-        if poison and generator.rng.random() < POISON_SHARE:
+        at = len(generator.records)
+        if poison and (at in poison_at or generator.rng.random() < POISON_SHARE):
             generator.poison()
-        elif hostile and generator.rng.random() < HOSTILE_SHARE:
+        elif hostile and (at in hostile_at or generator.rng.random() < HOSTILE_SHARE):
             generator.hostile()
         else:
             generator.add(generator.rng.choices(kinds, weights)[0])
     return LoadPlan(generator.records[:commands])
+
+
+def _spread(commands: int, count: int) -> set[int]:
+    """``count`` positions spread evenly over ``commands`` records."""
+    return {commands * (n + 1) // (count + 1) for n in range(count)}
 
 
 # -- sending -----------------------------------------------------------------------------

@@ -35,13 +35,12 @@ async def fault_stack() -> AsyncIterator[FaultStack]:
         await stack.close()
 
 
-async def run_broken(worker: str, scenario: str, *, commands: int = 200) -> ScenarioResult:
+async def run_broken(worker: str, scenario: str) -> ScenarioResult:
     """One short scenario with ``tests/faults/workers/<worker>.py`` as the worker."""
     suite = await run_suite(
         SuiteOptions(
             short=True,
             scenarios=[scenario],
-            commands=commands,
             worker_command=[sys.executable, str(BROKEN_WORKERS / f"{worker}.py")],
             # Its violations are expected: nothing to inspect afterwards.
             keep_failed=False,

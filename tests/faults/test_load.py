@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 import orjson
 
 from faults.load import (
+    HOSTILE_KINDS,
     INVALID_KINDS,
     LONG_CUSTOMER_ID,
     POISON_KINDS,
@@ -175,3 +176,12 @@ def test_a_signed_load_carries_a_token_per_command_and_is_judged_by_it() -> None
     assert outcomes[("update", "applied", None)] > 1000
     # Judged by its tokens, not by its attributes: unsigned, the same load differs.
     assert outcomes_by_kind(plan, seeded()) != outcomes
+
+
+def test_even_a_small_load_holds_every_poison_and_hostile_kind() -> None:
+    for seed in range(5):
+        poisoned = build_load(seed=seed, commands=60, seeded=seeded(), topic=TOPIC, poison=True)
+        hostile = build_load(seed=seed, commands=60, seeded=seeded(), topic=TOPIC, hostile=True)
+
+        assert set(POISON_KINDS) <= set(poisoned.kinds()), seed
+        assert {f"hostile:{kind}" for kind in HOSTILE_KINDS} <= set(hostile.kinds()), seed
