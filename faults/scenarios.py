@@ -199,6 +199,7 @@ async def _terminate_backends(env: ScenarioEnv, load: LoadProducer) -> None:
     drained = _drained(env, load)
     for fraction in (0.2, 0.4, 0.6, 0.8):
         await load.reached(fraction)
+        in_batch = 0
         for _ in range(INJECTION_ATTEMPTS):
             if not await env.batch_in_flight(within=30, give_up=drained):
                 break
@@ -214,8 +215,6 @@ async def _terminate_backends(env: ScenarioEnv, load: LoadProducer) -> None:
                 f"pg_terminate_backend on {ended} session(s) just after a batch ended, at "
                 f"{load.progress:.0%}; trying again"
             )
-        else:
-            in_batch = 0
         if not in_batch:
             env.violation(
                 "fault_not_injected",
