@@ -60,6 +60,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--keep", action="store_true", help="keep every scenario's database and topics"
     )
     parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="run every scenario's workers in signed mode (a JWT per command)",
+    )
+    parser.add_argument(
         "--worker-command",
         help="run this command line as the worker instead of `customer-service worker`",
     )
@@ -138,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         home=args.home,
         keep=args.keep,
+        signed=args.signed,
         worker_command=shlex.split(args.worker_command or ""),
         progress=progress,
     )

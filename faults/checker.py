@@ -36,6 +36,27 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     reason (``oracle_outcome``), and the customer each event carries (with its version,
     ``previous_attributes`` and whether ``subscriptions`` is there) and each final row
     (``oracle_state``).
+``customer_partition``
+    All of one customer's events are on one partition of the events topic, where
+    ``versions`` and ``partition_order`` then judge them in offset order: events split
+    over partitions reach a subscriber in no defined order. Kind: ``partition_split``.
+``event_details``
+    Each event's ``data.previous_attributes`` holds, for every field the command changed,
+    the value before it (the fold's state before and after the command, compared field
+    by field), and nothing else. Every event and rejection carries the headers the
+    contract gives it: the command's ``traceparent`` when it had one (its attribute, or
+    else its record header; workers run without tracing, so it passes unchanged), as a
+    header and an attribute, none when it had none, and the relay's one ``outbox-id``.
+    Kinds: ``previous_attributes``, ``output_headers``.
+``dead_letter_content``
+    Every dead letter carries the record it points at: the same key and value bytes and
+    the same headers in the same order, but for what the contract changes (a header of
+    the service's namespace renamed ``original-...``; a name that is not UTF-8 or holds
+    NUL left out and counted in ``kafka_dlt-headers-dropped``), plus each provenance
+    header once and one ``outbox-id``. A dead letter cut to fit the topic
+    (``kafka_dlt-truncated``) must have needed it, keep the start of the key and value,
+    carry none of the original headers, and give the original's key and value sizes
+    and the value's SHA-256. Kind: ``dead_letter_content``.
 
 Outputs that cannot be read at all are reported as ``malformed_output``.
 """
@@ -43,6 +64,8 @@ Outputs that cannot be read at all are reported as ``malformed_output``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -59,15 +82,40 @@ from faults.model import (
     classify_produced,
     expected_outcomes,
 )
+from schemas import headers as contract
 from schemas.command import CustomerUpdateCommand
 from schemas.headers import DLT_ERROR_CODE, DLT_ORIGINAL_OFFSET, DLT_ORIGINAL_PARTITION
 from schemas.headers import DLT_ORIGINAL_TOPIC as DLT_TOPIC
+from service.domain.authorization import Authorizer
 from service.domain.customer import CustomerState
-from service.domain.inbound import Classified, Limits, Valid
+from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
+from service.domain.inbound import (
+    UNREADABLE_BATCH_HEADER,
+    Classified,
+    Limits,
+    Poison,
+    Valid,
+    valid_header_name,
+)
 from service.domain.update import merge
 
 #: How many examples of one kind of violation are spelt out before they are summarised.
 MAX_EXAMPLES_PER_KIND = 20
+#: The headers every dead letter carries once, saying where its record came from and why.
+DLT_PROVENANCE = (
+    contract.DLT_ORIGINAL_TOPIC,
+    contract.DLT_ORIGINAL_PARTITION,
+    contract.DLT_ORIGINAL_OFFSET,
+    contract.DLT_ORIGINAL_TIMESTAMP,
+    contract.DLT_ORIGINAL_TIMESTAMP_TYPE,
+    contract.DLT_ORIGINAL_CONSUMER_GROUP,
+    contract.DLT_ERROR_CODE,
+    contract.DLT_ERROR_MESSAGE,
+)
+#: A dead letter may be cut only if its original, whole, would come this close to the
+#: topic's ``max.message.bytes`` (the relay's own header needs room too).
+CUT_SLACK_BYTES = 1024
+_ROW_ID = re.compile(rb"[0-9]{1,19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +156,10 @@ class History:
     rejected: Sequence[ConsumedRecord]
     dead_letters: Sequence[ConsumedRecord]
     limits: Limits = field(default_factory=Limits)
+    #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
+    dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: How the workers authorized commands (signed mode, or unsigned when None).
+    authorizer: Authorizer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +220,8 @@ class _Updated:
     command_id: str
     object: dict[str, Any]
     previous_attributes: Any = None
+    #: The ``traceparent`` attribute (None when absent).
+    traceparent: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +232,7 @@ class _Rejection:
     command_id: str | None
     code: str
     param: Any = None
+    traceparent: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +265,7 @@ def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | Non
             command_id=str(body["causationid"]),
             object=dict(body["data"]["object"]),
             previous_attributes=body["data"].get("previous_attributes"),
+            traceparent=body.get("traceparent"),
         )
     except (AssertionError, KeyError, TypeError, ValueError):
         result.add("malformed_output", f"{record.where()} is not a readable customer.updated")
@@ -235,6 +291,7 @@ def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection |
             command_id=None if command_id is None else str(command_id),
             code=str(data["error"]["code"]),
             param=data["error"].get("param"),
+            traceparent=body.get("traceparent"),
         )
     except (AssertionError, KeyError, TypeError):
         result.add("malformed_output", f"{record.where()} is not a readable rejection")
@@ -286,7 +343,7 @@ class _Facts:
         self.produced = sorted(history.produced, key=lambda command: command.position)
         self.by_position = {command.position: command for command in self.produced}
         self.classified: dict[Position, Classified] = {
-            command.position: classify_produced(command, topic, history.limits)
+            command.position: classify_produced(command, topic, history.limits, history.authorizer)
             for command in self.produced
         }
 
@@ -408,7 +465,9 @@ class _Facts:
         for commands in self.accepted.values():
             commands.sort(key=lambda command: command.position)
 
-        #: The fold's state right after each accepted command, and at the end.
+        #: The fold's state right before and right after each accepted command, and at
+        #: the end.
+        self.before: dict[str, CustomerState] = {}
         self.after: dict[str, CustomerState] = {}
         self.folded: dict[str, CustomerState] = {}
         for customer_id, commands in self.accepted.items():
@@ -419,6 +478,7 @@ class _Facts:
                 assert command.body is not None
                 assert command.command_id is not None
                 body = CustomerUpdateCommand.model_validate(command.body).data
+                self.before[command.command_id] = state
                 state = merge(state, body)
                 self.after[command.command_id] = state
             self.folded[customer_id] = state
@@ -632,7 +692,11 @@ def check_accounted(facts: _Facts, result: CheckResult) -> None:
 def check_outcomes(facts: _Facts, result: CheckResult) -> None:
     history = facts.history
     expected = expected_outcomes(
-        facts.produced, history.seeded, topic=history.commands_topic, limits=history.limits
+        facts.produced,
+        history.seeded,
+        topic=history.commands_topic,
+        limits=history.limits,
+        authorizer=history.authorizer,
     )
 
     def describe(command: ProducedCommand) -> str:
@@ -670,6 +734,240 @@ def check_outcomes(facts: _Facts, result: CheckResult) -> None:
                 f"{command.describe()} was rejected ({rejection.code}) but the model expects "
                 f"{_expectation(model)}",
             )
+
+
+def check_customer_partition(facts: _Facts, result: CheckResult) -> None:
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for event in facts.updated:
+        partitions[event.customer_id].add(event.record.partition)
+    for customer_id, found in sorted(partitions.items()):
+        if len(found) > 1:
+            where = ", ".join(
+                f"{event.record.where()} (version {event.version})"
+                for event in facts.updated
+                if event.customer_id == customer_id
+            )
+            result.add(
+                "partition_split",
+                f"customer {customer_id}'s events are on partitions {sorted(found)}, so a "
+                f"subscriber may read them in any order: {where}",
+            )
+
+
+def check_event_details(facts: _Facts, result: CheckResult) -> None:
+    for command_id, events in facts.events_by_command.items():
+        before, after = facts.before.get(command_id), facts.after.get(command_id)
+        copy = facts.applied_copy(command_id)
+        if before is None or after is None or copy is None:
+            continue  # reported by applied_once or accounted
+        expected = _previous_attributes(before, after)
+        traceparent = _traceparent(facts.classified[copy.position])
+        for event in events:
+            if event.previous_attributes != expected:
+                result.add(
+                    "previous_attributes",
+                    f"{event.record.where()} (command {command_id}) has previous_attributes "
+                    f"{_compact(event.previous_attributes)}; the customer before it had "
+                    f"{_compact(expected)} in the fields the command changed",
+                )
+            problems = _header_problems(event.record, event.traceparent, [traceparent])
+            if problems:
+                result.add(
+                    "output_headers",
+                    f"{event.record.where()} (command {command_id}): {'; '.join(problems)}",
+                )
+    records_of: dict[str, list[ProducedCommand]] = {
+        command_id: copies for command_id, copies in facts.copies.items()
+    }
+    paired = {id(rejection): command for command, rejection in facts.idless_pairs}
+    for rejection in facts.rejections:
+        if rejection.command_id is not None:
+            candidates = records_of.get(rejection.command_id, [])
+        else:
+            command = paired.get(id(rejection))
+            candidates = [] if command is None else [command]
+        if not candidates:
+            continue  # reported by accounted
+        traceparents = [_traceparent(facts.classified[c.position]) for c in candidates]
+        problems = _header_problems(rejection.record, rejection.traceparent, traceparents)
+        if problems:
+            result.add(
+                "output_headers",
+                f"{rejection.record.where()} (rejection of "
+                f"{rejection.command_id or 'a command without id'}): {'; '.join(problems)}",
+            )
+
+
+def _previous_attributes(before: CustomerState, after: CustomerState) -> dict[str, Any]:
+    """Each field of the customer object that differs after the command, as it was before
+    (through JSON, as the event went)."""
+    old = orjson.loads(orjson.dumps(before.to_object()))
+    new = orjson.loads(orjson.dumps(after.to_object()))
+    return {name: value for name, value in old.items() if new.get(name) != value}
+
+
+def _traceparent(item: Classified) -> str | None:
+    """The trace context a command carries, as the service reads it."""
+    return None if isinstance(item, Poison) else item.traceparent
+
+
+def _header_problems(
+    record: ConsumedRecord, attribute: object, traceparents: Sequence[str | None]
+) -> list[str]:
+    """What is wrong with the headers of an event or rejection whose command carried one
+    of ``traceparents`` (several when several records carry its command id)."""
+    problems = []
+    relay_ids = [value for name, value in record.headers if name == contract.OUTBOX_ID]
+    if len(relay_ids) != 1 or relay_ids[0] is None or not _ROW_ID.fullmatch(relay_ids[0]):
+        problems.append(f"{contract.OUTBOX_ID} headers {relay_ids}, not one row id")
+    others = [(name, value) for name, value in record.headers if name != contract.OUTBOX_ID]
+    allowed = [
+        [] if traceparent is None else [(contract.TRACEPARENT, traceparent.encode())]
+        for traceparent in traceparents
+    ]
+    if others not in allowed:
+        problems.append(f"headers {others}, expected {' or '.join(map(str, allowed))}")
+    if attribute not in traceparents:
+        problems.append(f"traceparent attribute {attribute!r}, expected one of {traceparents}")
+    return problems
+
+
+def _compact(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def check_dead_letter_content(facts: _Facts, result: CheckResult) -> None:
+    limit = facts.history.dead_letter_max_bytes
+    for position, letters in sorted(facts.letters_by_position.items()):
+        original = facts.by_position[position]
+        for letter in letters:
+            problems = _dead_letter_problems(letter.record, original, limit)
+            if problems:
+                result.add(
+                    "dead_letter_content",
+                    f"dead letter {letter.record.where()} of {original.describe()}: "
+                    + "; ".join(problems),
+                )
+
+
+def _dead_letter_problems(
+    letter: ConsumedRecord, original: ProducedCommand, max_bytes: int
+) -> list[str]:
+    problems: list[str] = []
+    relay_ids = [value for name, value in letter.headers if name == contract.OUTBOX_ID]
+    if len(relay_ids) != 1 or relay_ids[0] is None or not _ROW_ID.fullmatch(relay_ids[0]):
+        problems.append(f"{contract.OUTBOX_ID} headers {relay_ids}, not one row id")
+    own = Counter(name for name, _ in letter.headers if name.startswith(contract.DLT_PREFIX))
+    known = (*DLT_PROVENANCE, *contract.DLT_OPTIONAL)
+    missing = [name for name in DLT_PROVENANCE if own[name] == 0]
+    if missing:
+        problems.append(f"no {missing} header")
+    strange = sorted(name for name, count in own.items() if name not in known or count > 1)
+    if strange:
+        problems.append(
+            f"headers of the service's namespace that it writes once or never: {strange}"
+        )
+    carried = [
+        (name, value)
+        for name, value in letter.headers
+        if name != contract.OUTBOX_ID and not name.startswith(contract.DLT_PREFIX)
+    ]
+    kept, dropped = _kept_headers(original.headers)
+    dropped_header = letter.header(contract.DLT_HEADERS_DROPPED)
+    expected_dropped = str(dropped).encode() if dropped else None
+    if dropped_header != expected_dropped:
+        problems.append(
+            f"{contract.DLT_HEADERS_DROPPED} is {dropped_header!r}; the original has {dropped} "
+            "header name(s) that are not UTF-8 or hold NUL"
+        )
+    if letter.header(contract.DLT_TRUNCATED) is None:
+        if letter.key != original.key:
+            problems.append(
+                f"the key is {_bytes(letter.key)}, the original's {_bytes(original.key)}"
+            )
+        if letter.value != original.value:
+            problems.append(
+                f"the value is {_bytes(letter.value)}, the original's {_bytes(original.value)}"
+            )
+        if carried != kept:
+            problems.append(f"the original headers are {_names(carried)}, expected {_names(kept)}")
+        return problems
+    problems.extend(_cut_problems(letter, original, carried, kept, max_bytes))
+    return problems
+
+
+def _cut_problems(
+    letter: ConsumedRecord,
+    original: ProducedCommand,
+    carried: list[tuple[str, bytes | None]],
+    kept: list[tuple[str, bytes | None]],
+    max_bytes: int,
+) -> list[str]:
+    """What is wrong with a dead letter cut to fit its topic."""
+    problems = []
+    if letter.header(contract.DLT_TRUNCATED) != b"true":
+        problems.append(f"{contract.DLT_TRUNCATED} is {letter.header(contract.DLT_TRUNCATED)!r}")
+    whole = record_size(original.key, original.value, [*kept, *letter.headers])
+    if whole <= max_bytes - CUT_SLACK_BYTES:
+        problems.append(f"it was cut, but whole it takes {whole} bytes of the {max_bytes} allowed")
+    if carried:
+        problems.append(f"a cut dead letter carries original headers {_names(carried)}")
+    key, value = original.key or b"", original.value or b""
+    described = {
+        contract.DLT_ORIGINAL_KEY_SIZE: str(len(key)).encode(),
+        contract.DLT_ORIGINAL_VALUE_SIZE: str(len(value)).encode(),
+        contract.DLT_ORIGINAL_SHA256: hashlib.sha256(value).hexdigest().encode(),
+    }
+    for name, expected in described.items():
+        if letter.header(name) != expected:
+            problems.append(f"{name} is {letter.header(name)!r}, expected {expected!r}")
+    for what, cut, whole_bytes in (
+        ("key", letter.key, original.key),
+        ("value", letter.value, original.value),
+    ):
+        if not _starts(whole_bytes, cut):
+            problems.append(
+                f"the {what} ({_bytes(cut)}) is not the start of the original's "
+                f"({_bytes(whole_bytes)})"
+            )
+    return problems
+
+
+def _starts(whole: bytes | None, cut: bytes | None) -> bool:
+    """Whether ``cut`` is the start of ``whole`` (null only for null)."""
+    if whole is None or cut is None:
+        return whole is cut
+    return whole.startswith(cut)
+
+
+def _kept_headers(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> tuple[list[tuple[str, bytes | None]], int]:
+    """The headers of a record as its dead letter must carry them, and how many the
+    contract leaves out."""
+    kept: list[tuple[str, bytes | None]] = []
+    dropped = 0
+    for name, value in headers:
+        if name == UNREADABLE_BATCH_HEADER:
+            continue  # made up by the reader, not a header of the record
+        if not valid_header_name(name):
+            dropped += 1
+        elif contract.is_reserved(name):
+            kept.append((contract.ORIGINAL_PREFIX + name, value))
+        else:
+            kept.append((name, value))
+    return kept, dropped
+
+
+def _bytes(data: bytes | None) -> str:
+    if data is None:
+        return "null"
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return f"{len(data)} bytes ({data[:24]!r}{'...' if len(data) > 24 else ''}, sha256 {digest})"
+
+
+def _names(headers: Sequence[tuple[str, bytes | None]]) -> str:
+    return "[" + ", ".join(f"{name!r}={_bytes(value)}" for name, value in headers) + "]"
 
 
 def _expectation(expected: Expected) -> str:
@@ -790,6 +1088,9 @@ CHECKS: dict[str, Check] = {
     "accounted": check_accounted,
     "outcomes": check_outcomes,
     "oracle": check_oracle,
+    "customer_partition": check_customer_partition,
+    "event_details": check_event_details,
+    "dead_letter_content": check_dead_letter_content,
 }
 
 

@@ -28,9 +28,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from faults.checker import ConsumedRecord, History, Violation, accounting
-from faults.load import LoadPlan, LoadProducer
-from faults.model import produced_command
+from faults.load import LONG_CUSTOMER_ID, LoadPlan, LoadProducer
+from faults.model import SIGNING_ALGORITHM, produced_command, signed_authorizer
 from faults.network import Network
+from faults.reader import ConcurrentReader, compare, reads_of
 from faults.stack import FaultStack
 from service.adapters.kafka import records as kafka_records
 from service.adapters.kafka.clients import create_topics, partitions_of, read_range
@@ -41,6 +42,9 @@ from service.domain.customer import CustomerState
 from service.infrastructure.settings import Settings
 
 Progress = Callable[[str], None]
+#: Polled while the harness waits for the moment to inject a fault: True when that moment
+#: will not come any more (the load is sent and processed, say).
+GiveUp = Callable[[], Awaitable[bool]]
 
 #: The same columns, in the same form, as the service reads a customer.
 CUSTOMER_COLUMNS = """
@@ -86,10 +90,14 @@ class RunConfig:
     settle_within: float = 180.0
     #: Keep the database and topics even when the checker finds nothing.
     keep: bool = False
+    #: Keep them when it finds something (for inspection).
+    keep_failed: bool = True
     #: The worker's command line; ``customer-service worker`` when empty.
     worker_command: tuple[str, ...] = ()
     #: The CI form: scenarios inject their fault once rather than repeatedly.
     short: bool = False
+    #: Every scenario's workers in signed mode (``AUTH_JWT_KEY``), with a load to match.
+    signed: bool = False
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -143,9 +151,10 @@ class Worker:
         return self.process is not None and self.returncode is None
 
     def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to finish anything."""
-        self.planned_exit = True
+        """SIGKILL: a crash, with no chance to finish anything. (A process that already
+        exited on its own is left as it is: its exit was not planned.)"""
         if self.running:
+            self.planned_exit = True
             os.kill(self.pid, signal.SIGKILL)
 
     def pause(self) -> None:
@@ -177,8 +186,8 @@ class Worker:
 
     async def stop(self, *, within: float = 60.0) -> int:
         """SIGTERM and wait; SIGKILL if it does not stop in time (-9 then)."""
-        self.planned_exit = True
         if self.running:
+            self.planned_exit = True
             os.kill(self.pid, signal.SIGTERM)
         code = await self.wait_exit(within=within)
         if code is None:
@@ -309,7 +318,12 @@ class ScenarioEnv:
     network: Network | None = None
     #: The workers that go through ``network`` (all of them when empty).
     proxied_slots: frozenset[int] = frozenset()
+    #: Signed mode: the key the workers verify command tokens with.
+    jwt_key: str | None = None
     _supervisor: asyncio.Task[None] | None = None
+    #: Reads the output topics for the whole scenario (``faults.reader``).
+    reader: ConcurrentReader | None = None
+    _crashes: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         stem = self.name.replace("-", "_")
@@ -339,6 +353,10 @@ class ScenarioEnv:
         s = self.settings
         return [s.topic_events, s.topic_rejections, s.topic_dead_letters]
 
+    @property
+    def output_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in self.output_topics for p in range(self.partitions)]
+
     def fault(self, description: str) -> None:
         self.faults.append(description)
         self.progress(f"fault: {description}")
@@ -359,10 +377,19 @@ class ScenarioEnv:
         try:
             await migrate(connection)
             await seed_customers(connection, self.config.customers)
+            # A customer whose id makes a key as large as the service takes.
+            await connection.execute(
+                "INSERT INTO customers (id, name, invoice_prefix) VALUES ($1, $2, $3)",
+                LONG_CUSTOMER_ID,
+                "Long Key",
+                "LONGKEY",
+            )
             self.seeded = await self._customers(connection)
         finally:
             await connection.close()
         await create_topics(self.settings, partitions=self.partitions)
+        self.reader = ConcurrentReader(self.stack.bootstrap_servers, self.output_partitions)
+        await self.reader.start()
 
     async def teardown(self, *, keep: bool) -> None:
         """Stop every process; drop the database and topics unless they are to be kept."""
@@ -371,6 +398,9 @@ class ScenarioEnv:
             if worker.running:
                 worker.kill()
                 await worker.wait_exit(within=10)
+        if self.reader is not None:
+            with contextlib.suppress(KafkaError):
+                await self.reader.stop()
         if keep:
             self.progress(f"kept database {self.database} and topics faults.*.{self.suffix}.*")
             return
@@ -422,10 +452,16 @@ class ScenarioEnv:
                 "LOG_FORMAT": "json",
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
+                **self._signed_mode(),
                 **self.worker_settings,
             }
         )
         return env
+
+    def _signed_mode(self) -> dict[str, str]:
+        if self.jwt_key is None:
+            return {}
+        return {"AUTH_JWT_KEY": self.jwt_key, "AUTH_JWT_ALGORITHMS": SIGNING_ALGORITHM}
 
     def start_worker(self, slot: int, *, failpoints: str = "") -> Worker:
         incarnation = sum(1 for worker in self.every_worker if worker.slot == slot)
@@ -449,10 +485,8 @@ class ScenarioEnv:
         """Until ``worker`` has joined the group and been given partitions."""
         deadline = time.monotonic() + within
         while not worker.logged("partitions_assigned"):
-            if not worker.running and not worker.planned_exit:
-                raise RuntimeError(
-                    f"{worker.name} exited with {worker.returncode}:\n{worker.tail()}"
-                )
+            if self.crashed(worker):
+                raise RuntimeError(f"{worker.name} exited with {worker.returncode} at start")
             if not worker.running:
                 return
             if time.monotonic() > deadline:
@@ -465,20 +499,40 @@ class ScenarioEnv:
             await self.wait_assigned(worker)
         return worker
 
+    def crashed(self, worker: Worker) -> bool:
+        """Whether ``worker`` exited without being meant to (killed, stopped or armed by the
+        harness). The first time it is seen, that is a violation (``worker_crashed``): the
+        worker is supposed to survive every fault the suite injects."""
+        if worker.returncode is None or worker.planned_exit:
+            return False
+        if worker not in self._crashes:
+            self._crashes.append(worker)
+            self.unplanned_exits += 1
+            self.violation(
+                "worker_crashed",
+                f"{worker.name} exited on its own with {worker.returncode}. Last lines:\n"
+                f"{worker.tail()}",
+            )
+        return True
+
+    async def wait_until(self, condition: Callable[[], bool], *, within: float) -> bool:
+        """Poll ``condition`` until it holds (True) or ``within`` seconds pass (False)."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     def supervise(self) -> None:
         """Restart any worker that exits without being meant to, as an orchestrator would,
-        and note it: the checker then judges whether anything was lost."""
+        after recording the crash: the checker then still judges whether anything was lost."""
 
         async def loop() -> None:
             while True:
                 for slot, worker in list(self.workers.items()):
-                    if worker.returncode is not None and not worker.planned_exit:
-                        self.unplanned_exits += 1
-                        self.notes.append(
-                            f"{worker.name} exited unexpectedly with {worker.returncode}; "
-                            f"restarted. Last lines:\n{worker.tail()}"
-                        )
-                        self.progress(f"{worker.name} exited unexpectedly ({worker.returncode})")
+                    if self.crashed(worker):
+                        self.notes.append(f"{worker.name} crashed; restarted")
                         self.start_worker(slot)
                 await asyncio.sleep(0.2)
 
@@ -494,6 +548,9 @@ class ScenarioEnv:
     async def stop_workers(self) -> dict[str, int]:
         """SIGTERM every running worker at once and collect the exit codes."""
         await self.stop_supervising()
+        # One that crashed since the supervisor last looked is not running any more.
+        for worker in self.every_worker:
+            self.crashed(worker)
         running = [worker for worker in self.workers.values() if worker.running]
         codes = await asyncio.gather(*(worker.stop() for worker in running))
         return {worker.name: code for worker, code in zip(running, codes, strict=True)}
@@ -525,14 +582,20 @@ class ScenarioEnv:
         finally:
             await connection.close(timeout=5)
 
-    async def batch_in_flight(self, *, within: float) -> bool:
-        """Wait until some worker has a batch transaction open (True), or give up."""
+    async def batch_in_flight(self, *, within: float, give_up: GiveUp | None = None) -> bool:
+        """Wait until some worker has a batch transaction open (True), or give up: after
+        ``within`` seconds, or once ``give_up()`` holds (polled every half second)."""
         deadline = time.monotonic() + within
         connection = await asyncpg.connect(self.database_url)
         try:
+            next_look = time.monotonic() + 0.5
             while time.monotonic() < deadline:
                 if await self._in_batch(connection):
                     return True
+                if give_up is not None and time.monotonic() > next_look:
+                    if await give_up():
+                        return False
+                    next_look = time.monotonic() + 0.5
                 await asyncio.sleep(0.002)
             return False
         finally:
@@ -554,28 +617,63 @@ class ScenarioEnv:
         )
         return found > 0
 
-    async def freeze_in_batch(self, worker: Worker, *, within: float) -> bool:
-        """SIGSTOP ``worker`` inside one of its batch transactions: wait until it has one
-        open, stop it, and check that the transaction is still open (a stopped process
-        cannot end it). When the stop came just too late, let it go on and try again.
-        Returns whether it was caught inside a transaction; it is stopped either way."""
+    async def catch(
+        self,
+        worker: Worker,
+        moment: Callable[[asyncpg.Connection], Awaitable[bool]],
+        *,
+        within: float,
+        attempts: int = 20,
+        give_up: GiveUp | None = None,
+    ) -> bool:
+        """SIGSTOP ``worker`` at a moment when ``moment`` holds, and check it again while
+        the worker is stopped (a stopped process changes nothing). When the stop came just
+        too late, let the worker go on and try again, ``attempts`` times at most. Returns
+        True with the worker stopped there; False with it running, when the moment did not
+        come within ``within`` seconds, before ``give_up()`` held (polled every half
+        second), or in ``attempts`` tries."""
         deadline = time.monotonic() + within
         connection = await asyncpg.connect(self.database_url)
         try:
-            while True:
-                if await self._in_batch(connection, worker.slot):
+            next_look = time.monotonic() + 0.5
+            while attempts > 0 and time.monotonic() < deadline and worker.running:
+                if await moment(connection):
                     worker.pause()
-                    if await self._in_batch(connection, worker.slot):
+                    try:
+                        held = await moment(connection)
+                    except BaseException:
+                        worker.resume()
+                        raise
+                    if held:
                         return True
-                    if time.monotonic() > deadline:
-                        return False
                     worker.resume()
-                elif time.monotonic() > deadline:
-                    worker.pause()
-                    return False
+                    attempts -= 1
+                elif give_up is not None and time.monotonic() > next_look:
+                    if await give_up():
+                        break
+                    next_look = time.monotonic() + 0.5
                 await asyncio.sleep(0.001)
+            return False
         finally:
             await connection.close()
+
+    async def catch_in_batch(
+        self, worker: Worker, *, within: float, give_up: GiveUp | None = None
+    ) -> bool:
+        """``catch`` ``worker`` inside one of its batch transactions."""
+
+        async def in_batch(connection: asyncpg.Connection) -> bool:
+            return await self._in_batch(connection, worker.slot)
+
+        return await self.catch(worker, in_batch, within=within, give_up=give_up)
+
+    async def freeze_in_batch(self, worker: Worker, *, within: float) -> bool:
+        """SIGSTOP ``worker`` inside one of its batch transactions (``catch_in_batch``).
+        Returns whether it was caught inside a transaction; it is stopped either way."""
+        caught = await self.catch_in_batch(worker, within=within)
+        if not caught:
+            worker.pause()
+        return caught
 
     async def still_in_batch(self, worker: Worker) -> bool:
         async def run(connection: asyncpg.Connection) -> bool:
@@ -584,21 +682,34 @@ class ScenarioEnv:
         result: bool = await self.query(run)
         return result
 
-    async def terminate_backends(self) -> int:
-        """End every session of the scenario's database but the harness's own."""
+    async def terminate_backends(self) -> tuple[int, int]:
+        """End every session of the scenario's database but the harness's own. Returns how
+        many it ended, and how many of those were inside a worker's batch transaction at
+        that moment (seen in the same snapshot of ``pg_stat_activity``)."""
 
-        async def run(connection: asyncpg.Connection) -> int:
-            count: int = await connection.fetchval(
+        async def run(connection: asyncpg.Connection) -> tuple[int, int]:
+            row = await connection.fetchrow(
                 """
-                SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                WHERE datname = $1 AND pid <> pg_backend_pid()
+                SELECT count(pg_terminate_backend(pid)) AS ended,
+                       count(*) FILTER (WHERE in_batch) AS in_batch
+                FROM (
+                    SELECT pid,
+                           application_name LIKE $2
+                           AND xact_start IS NOT NULL
+                           AND state IN ('active', 'idle in transaction')
+                           AND query LIKE ANY($3::text[]) AS in_batch
+                    FROM pg_stat_activity
+                    WHERE datname = $1 AND pid <> pg_backend_pid()
+                ) AS sessions
                 """,
                 self.database,
+                _session_name("%"),
+                list(_BATCH_STATEMENTS),
             )
-            return count
+            return int(row["ended"]), int(row["in_batch"])
 
-        count: int = await self.query(run)
-        return count
+        counts: tuple[int, int] = await self.query(run)
+        return counts
 
     async def positions(self) -> dict[int, int]:
         """The next offset per command partition, as the database holds it."""
@@ -701,7 +812,41 @@ class ScenarioEnv:
             rejected=records[s.topic_rejections],
             dead_letters=records[s.topic_dead_letters],
             limits=s.limits,
+            authorizer=None if self.jwt_key is None else signed_authorizer(self.jwt_key),
         )
+
+    async def output_ends(self) -> dict[TopicPartition, int]:
+        """Where each output partition ends for a ``read_committed`` reader now."""
+        consumer = _consumer(self.stack.bootstrap_servers)
+        await consumer.start()
+        try:
+            ends: dict[TopicPartition, int] = await consumer.end_offsets(self.output_partitions)
+        finally:
+            await consumer.stop()
+        return ends
+
+    async def reader_caught_up(self, *, within: float = 30.0) -> bool:
+        """Until the concurrent reader has read what the output topics hold now."""
+        assert self.reader is not None
+        return await self.reader.caught_up(await self.output_ends(), within=within)
+
+    async def check_concurrent_reads(self, history: History) -> None:
+        """What the concurrent reader read during the scenario must be exactly what the
+        output topics hold at the end (``faults.reader.compare``)."""
+        reader = self.reader
+        assert reader is not None
+        if not await self.reader_caught_up(within=60):
+            self.violation(
+                "concurrent_read_mismatch",
+                "the concurrent reader did not reach the end of the output topics in 60 s",
+            )
+        if reader.failure is not None:
+            self.violation("harness_error", f"the concurrent reader failed: {reader.failure!r}")
+        held = reads_of([*history.updated, *history.rejected, *history.dead_letters])
+        for violation in compare(reader.reads, held):
+            self.violation(violation.kind, violation.message)
+        if reader.errors:
+            self.notes.append(f"the concurrent reader retried {reader.errors} failed fetch(es)")
 
     def check_durability(self, history: History, plan: LoadPlan, load: LoadProducer) -> None:
         """Every record the broker acknowledged is in the log where it said it put it."""

@@ -9,6 +9,17 @@ rule: header names with NUL or not UTF-8 (sent with kcat, since our client canno
 them), forged ``outbox-id`` and ``kafka_dlt-*`` headers, too many headers, a key and a value
 near Kafka's own size limit, and permissions split by a no-break space.
 
+Some records carry user headers (a name that is UTF-8 but not ASCII, a null value, a
+binary one, one as large as allowed, a name twice, a ``traceparent`` valid or not), some
+commands a ``traceparent`` attribute, and some keys are as large as the service allows
+(``MAX_KEY_BYTES``): refused commands for a kilobyte key, and every command for the
+customer ``LONG_CUSTOMER_ID``, whose id is 255 characters and over 1,000 bytes, if it is
+seeded. With ``signing_key`` the load is for workers in signed mode (``AUTH_JWT_KEY``):
+every command carries a JWT, and refusals are made with tokens that lack the permission,
+are signed with another key, have expired or are missing; ``principal`` and
+``permissions`` attributes that would grant it are ignored, and a resend with a fresh
+token is the same command.
+
 Two rules keep the reference model exact (see ``faults.model``): a command id is only
 ever sent under one key, and an invoice prefix is only ever asked for by one customer
 (fresh prefixes are unique; the one contested prefix belongs to customer 0, whose prefix
@@ -31,16 +42,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from devstack.kcat import produce_raw
-from faults.model import ReferenceModel, produced_command
+from faults.model import SIGNING_ALGORITHM, ReferenceModel, produced_command, signed_authorizer
 from schemas.command import AUTHORIZATION_ACTION
 from service.domain.customer import CustomerState
-from service.domain.inbound import DEFAULT_MAX_DEPTH, DEFAULT_MAX_HEADERS, DEFAULT_MAX_RECORD_BYTES
+from service.domain.inbound import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HEADER_VALUE_BYTES,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +92,30 @@ MIX: dict[str, int] = {
 POISON_SHARE = 0.04
 #: Share of hostile records when the load includes them.
 HOSTILE_SHARE = 0.06
+#: Share of records with user headers, and of commands with a ``traceparent`` attribute.
+HEADER_SHARE = 0.2
+TRACED_SHARE = 0.1
+#: Extra kinds of record in signed mode, with their weights.
+SIGNED_MIX: dict[str, int] = {
+    "signed:bad_signature": 2,
+    "signed:expired": 2,
+    "signed:scope": 3,
+    "signed:scope_nbsp": 1,
+    "signed:new_token": 3,
+}
+#: A seeded customer with a key as large as the service takes: 255 characters (the most
+#: an id may have), four UTF-8 bytes each but for ``cus_``: 1,008 bytes.
+LONG_CUSTOMER_ID = "cus_" + "\U0001d518" * 251
+
+
+def signing_key(seed: int) -> str:
+    """The HMAC key of signed mode's tokens (HS256 wants 32 bytes at least)."""
+    return f"faults-signing-key-{seed:020d}-hs256"
+
+
+#: ``exp`` of the tokens: valid ones for long, expired ones since 2020.
+TOKEN_EXPIRES = 4_102_444_800
+TOKEN_EXPIRED = 1_577_836_800
 
 INVALID_KINDS = (
     "bad_country",
@@ -88,6 +130,7 @@ INVALID_KINDS = (
     "taken_prefix",
     "missing_id",
     "missing_principal",
+    "key_at_limit",
 )
 POISON_KINDS = (
     "invalid_utf8",
@@ -124,7 +167,7 @@ class LoadRecord:
     value: bytes | None
     #: What the record is meant to exercise (for the summary only).
     kind: str
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     #: Headers whose names our client cannot write: the record is sent with kcat.
     raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
@@ -149,8 +192,13 @@ class _Generator:
     #: Earlier valid-looking commands per customer: (id, data).
     commands: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
     counter: int = 0
-    #: Hostile kinds sent so far.
+    #: Poison and hostile kinds sent so far.
     sent_once: set[str] = field(default_factory=set)
+    #: Signed mode: the key every valid token is signed with.
+    signing_key: str | None = None
+    #: Earlier plain updates per customer, as sent (signed mode resends them).
+    documents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tokens: int = 0
 
     def next_id(self) -> str:
         self.counter += 1
@@ -162,7 +210,7 @@ class _Generator:
         value: bytes | None,
         kind: str,
         *,
-        headers: tuple[tuple[str, bytes], ...] = (),
+        headers: tuple[tuple[str, bytes | None], ...] = (),
         raw_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         record = LoadRecord(key, value, kind, headers, raw_headers)
@@ -183,10 +231,16 @@ class _Generator:
         kind: str,
         key: str | None = None,
         command_id: str | None = "",
-        headers: tuple[tuple[str, bytes], ...] = (),
+        headers: tuple[tuple[str, bytes | None], ...] | None = None,
         raw_headers: tuple[tuple[bytes, bytes], ...] = (),
         **attributes: Any,
     ) -> None:
+        """A command record; ``headers`` None for user headers at random. In signed mode
+        it carries a valid token unless ``authtoken`` is given (None: no token)."""
+        if self.signing_key is not None and "authtoken" not in attributes:
+            attributes["authtoken"] = self.token()
+        if "traceparent" not in attributes and self.rng.random() < TRACED_SHARE:
+            attributes["traceparent"] = self.traceparent()
         document: dict[str, Any] = {
             "specversion": "1.0",
             "id": self.next_id() if command_id == "" else command_id,
@@ -202,15 +256,62 @@ class _Generator:
         }
         if document["id"] is None:
             del document["id"]
+        if document.get("authtoken", "") is None:
+            del document["authtoken"]
         if kind in ("update", "expected_version"):
             self.commands.setdefault(customer_id, []).append((document["id"], data))
+        if kind == "update":
+            self.documents.setdefault(customer_id, []).append(document)
         self.emit(
             (key or customer_id).encode(),
             orjson.dumps(document),
             kind,
-            headers=headers,
+            headers=self.user_headers() if headers is None else headers,
             raw_headers=raw_headers,
         )
+
+    def user_headers(self) -> tuple[tuple[str, bytes | None], ...]:
+        """None, mostly; else a few headers a producer may well send."""
+        rng = self.rng
+        if rng.random() >= HEADER_SHARE:
+            return ()
+        choices: list[tuple[str, bytes | None]] = [
+            ("x-request-id", f"req-{self.seed}-{self.counter}".encode()),
+            ("x-tenant", rng.choice([b"acme", b"globex", b""])),
+            ("x-r\u00e9gion", "\u00eele-de-France".encode()),
+            ("x-null", None),
+            ("x-binary", rng.randbytes(12)),
+            ("x-large", b"v" * rng.randint(1024, DEFAULT_MAX_HEADER_VALUE_BYTES)),
+            ("traceparent", self.traceparent().encode()),
+            # Ignored (W3C Trace Context asks so); the event then has no trace context.
+            ("traceparent", b"00-not-a-trace-01"),
+        ]
+        picked = rng.sample(choices, rng.randint(1, 3))
+        if rng.random() < 0.2:
+            picked.append(picked[0])  # one name twice
+        return tuple(picked)
+
+    def traceparent(self) -> str:
+        return f"00-{self.rng.getrandbits(128):032x}-{self.rng.getrandbits(64):016x}-01"
+
+    def token(
+        self,
+        *,
+        permissions: list[str] | None = None,
+        scope: str | None = None,
+        key: str | None = None,
+        expires: int = TOKEN_EXPIRES,
+    ) -> str:
+        """A JWT for the load's principal; by default signed with the workers' key and
+        holding the permission."""
+        assert self.signing_key is not None
+        self.tokens += 1
+        claims: dict[str, Any] = {"sub": PRINCIPAL, "exp": expires, "jti": f"t{self.tokens}"}
+        if scope is not None:
+            claims["scope"] = scope
+        else:
+            claims["permissions"] = [AUTHORIZATION_ACTION] if permissions is None else permissions
+        return jwt.encode(claims, key or self.signing_key, algorithm=SIGNING_ALGORITHM)
 
     # -- kinds of record -----------------------------------------------------------------
 
@@ -277,8 +378,33 @@ class _Generator:
             self.command(customer_id, changed, kind=kind, command_id=command_id)
         elif kind == "invalid":
             self.invalid(rng.choice(INVALID_KINDS), index)
+        elif kind.startswith("signed:"):
+            self.signed(kind, customer_id, index)
         else:
             self.command(customer_id, self.update_data(index), kind="update")
+
+    def signed(self, kind: str, customer_id: str, index: int) -> None:
+        """A command about the token itself (signed mode only)."""
+        other_key = f"{self.signing_key}-but-another-one"
+        rule = f"pay:customers:read\u00a0{AUTHORIZATION_ACTION}"
+        match kind:
+            case "signed:bad_signature":
+                token = self.token(key=other_key)
+            case "signed:expired":
+                token = self.token(expires=TOKEN_EXPIRED)
+            case "signed:scope":
+                token = self.token(scope=f"pay:customers:read {AUTHORIZATION_ACTION}")
+            case "signed:scope_nbsp":
+                token = self.token(scope=rule)
+            case _ if self.documents.get(customer_id):
+                # The same command again, with a token of its own: a duplicate.
+                document = self.rng.choice(self.documents[customer_id])
+                fresh = {**document, "authtoken": self.token()}
+                self.emit(customer_id.encode(), orjson.dumps(fresh), kind)
+                return
+            case _:
+                token = self.token()
+        self.command(customer_id, self.update_data(index), kind=kind, authtoken=token)
 
     def invalid(self, kind: str, index: int) -> None:
         customer_id = self.customers[index]
@@ -299,9 +425,22 @@ class _Generator:
             case "permission_denied":
                 data = {"name": "Mallory"}
                 attributes["permissions"] = "pay:customers:read"
+                if self.signing_key is not None:
+                    # The attribute is ignored; the token decides.
+                    attributes["permissions"] = AUTHORIZATION_ACTION
+                    attributes["authtoken"] = self.token(permissions=["pay:customers:read"])
             case "missing_principal":
                 data = {"name": "Nobody"}
                 attributes["principal"] = None
+                if self.signing_key is not None:
+                    # No token: the attributes, which would grant it, are ignored.
+                    attributes["principal"] = PRINCIPAL
+                    attributes["authtoken"] = None
+            case "key_at_limit":
+                # As large a key as the service takes; too long an id to be a customer's.
+                key = "cus_" + "k" * (DEFAULT_MAX_KEY_BYTES - 4)
+                customer_id = key
+                data = {"name": "Long key"}
             case "subject_mismatch":
                 data = {"name": "Elsewhere"}
                 key = other
@@ -328,7 +467,10 @@ class _Generator:
         rng = self.rng
         customer_id = rng.choice(self.customers)
         key = customer_id.encode()
-        kind = rng.choice(POISON_KINDS)
+        # Every kind once, in order, then at random.
+        unsent = [kind for kind in POISON_KINDS if kind not in self.sent_once]
+        kind = unsent[0] if unsent else rng.choice(POISON_KINDS)
+        self.sent_once.add(kind)
         value: bytes | None
         match kind:
             case "invalid_utf8":
@@ -354,7 +496,7 @@ class _Generator:
             case _:
                 key = b"\xffcus"
                 value = orjson.dumps({"id": self.next_id(), "data": {}})
-        self.emit(key, value, kind)
+        self.emit(key, value, kind, headers=self.user_headers())
 
     def hostile(self) -> None:
         rng = self.rng
@@ -384,7 +526,10 @@ class _Generator:
                 self.command(customer_id, data, kind=label, headers=many)
             case "permissions_nbsp":
                 sneaky = f"pay:customers:read\u00a0{AUTHORIZATION_ACTION}"
-                self.command(customer_id, data, kind=label, permissions=sneaky)
+                if self.signing_key is not None:
+                    self.command(customer_id, data, kind=label, authtoken=self.token(scope=sneaky))
+                else:
+                    self.command(customer_id, data, kind=label, permissions=sneaky)
             case "value_near_kafka_limit":
                 self.emit(customer_id.encode(), b"x" * NEAR_KAFKA_LIMIT, label)
             case _:
@@ -401,9 +546,11 @@ def build_load(
     poison: bool = False,
     hostile: bool = False,
     hot_share: float = 0.0,
+    signing_key: str | None = None,
 ) -> LoadPlan:
     """``commands`` records for the customers in ``seeded``, the same for the same seed;
-    ``hot_share`` of them update the first customer (a hot key), kind ``hot``."""
+    ``hot_share`` of them update the first customer (a hot key), kind ``hot``; for
+    workers in signed mode with ``signing_key``."""
     customers = sorted(seeded)
     if len(customers) < 2:
         raise ValueError("the load needs at least two seeded customers")
@@ -411,20 +558,36 @@ def build_load(
         rng=random.Random(seed),
         seed=seed,
         customers=customers,
-        model=ReferenceModel(seeded, topic=topic),
+        model=ReferenceModel(
+            seeded,
+            topic=topic,
+            authorizer=None if signing_key is None else signed_authorizer(signing_key),
+        ),
+        signing_key=signing_key,
     )
-    kinds = list(MIX)
-    weights = [MIX[kind] for kind in kinds]
+    mix = MIX if signing_key is None else {**MIX, **SIGNED_MIX}
+    kinds = list(mix)
+    weights = [mix[kind] for kind in kinds]
+    # However small the load, every poison and hostile kind is in it: one of each at
+    # these positions at least, spread over the load.
+    poison_at = _spread(commands, len(POISON_KINDS)) if poison else set()
+    hostile_at = _spread(commands, len(HOSTILE_KINDS)) if hostile else set()
     while len(generator.records) < commands:
-        if poison and generator.rng.random() < POISON_SHARE:
+        at = len(generator.records)
+        if poison and (at in poison_at or generator.rng.random() < POISON_SHARE):
             generator.poison()
-        elif hostile and generator.rng.random() < HOSTILE_SHARE:
+        elif hostile and (at in hostile_at or generator.rng.random() < HOSTILE_SHARE):
             generator.hostile()
         elif hot_share and generator.rng.random() < hot_share:
             generator.command(customers[0], generator.update_data(0), kind="hot")
         else:
             generator.add(generator.rng.choices(kinds, weights)[0])
     return LoadPlan(generator.records[:commands])
+
+
+def _spread(commands: int, count: int) -> set[int]:
+    """``count`` positions spread evenly over ``commands`` records."""
+    return {commands * (n + 1) // (count + 1) for n in range(count)}
 
 
 # -- sending -----------------------------------------------------------------------------
@@ -547,13 +710,15 @@ class LoadProducer:
         """A record our client cannot write, sent by librdkafka's kcat. kcat reports no
         offset, so the durability cross-check leaves it out; the checker still finds it."""
         record = self._plan.records[index]
+        # Such records carry no null header value (kcat cannot write one).
+        named = [(name.encode(), value or b"") for name, value in record.headers]
         try:
             await produce_raw(
                 self._bootstrap_servers,
                 self._topic,
                 key=record.key,
                 value=record.value,
-                headers=[*((n.encode(), v) for n, v in record.headers), *record.raw_headers],
+                headers=[*named, *record.raw_headers],
             )
         except (RuntimeError, OSError) as exc:
             self.failures.append(f"record {index} (kcat): {exc!r}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from service.domain.authorization import UnsignedAuthorizer
+from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
 from service.domain.batch import BatchState, Outcome, decide_batch
 from service.domain.customer import CustomerState
 from service.domain.inbound import Classified, InboundRecord, Limits, classify
@@ -28,6 +28,13 @@ Position = tuple[int, int]
 
 #: Longest command id the service echoes back in a rejection (``inbound._echo``).
 MAX_ECHOED_ID = 255
+#: The algorithm of the suite's signed mode (``AUTH_JWT_ALGORITHMS``), with a shared key.
+SIGNING_ALGORITHM = "HS256"
+
+
+def signed_authorizer(key: str) -> JwtAuthorizer:
+    """What a worker run with ``AUTH_JWT_KEY=key`` and the suite's algorithm checks."""
+    return JwtAuthorizer(key, algorithms=[SIGNING_ALGORITHM])
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +121,11 @@ def inbound_record(command: ProducedCommand, topic: str) -> InboundRecord:
     )
 
 
-def classify_produced(command: ProducedCommand, topic: str, limits: Limits) -> Classified:
-    return classify(inbound_record(command, topic), limits, UnsignedAuthorizer())
+def classify_produced(
+    command: ProducedCommand, topic: str, limits: Limits, authorizer: Authorizer | None = None
+) -> Classified:
+    """``authorizer`` is the workers' (unsigned mode when None)."""
+    return classify(inbound_record(command, topic), limits, authorizer or UnsignedAuthorizer())
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +143,22 @@ class ReferenceModel:
     """Feeds records one at a time through the service's decision code."""
 
     def __init__(
-        self, seeded: Mapping[str, CustomerState], *, topic: str, limits: Limits | None = None
+        self,
+        seeded: Mapping[str, CustomerState],
+        *,
+        topic: str,
+        limits: Limits | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.customers: dict[str, CustomerState] = dict(seeded)
         self._seen: dict[str, bytes] = {}
         self._topic = topic
         self._limits = limits or Limits()
+        self._authorizer = authorizer or UnsignedAuthorizer()
 
     def step(self, command: ProducedCommand) -> Expected:
         record = inbound_record(command, self._topic)
-        item = classify(record, self._limits, UnsignedAuthorizer())
+        item = classify(record, self._limits, self._authorizer)
         owners = {c.invoice_prefix: c.id for c in self.customers.values() if c.invoice_prefix}
         decided = decide_batch(
             [(record, item)],
@@ -166,9 +182,10 @@ def expected_outcomes(
     *,
     topic: str,
     limits: Limits | None = None,
+    authorizer: Authorizer | None = None,
 ) -> dict[Position, Expected]:
     """The model's outcome for every record, keyed by its position."""
-    model = ReferenceModel(seeded, topic=topic, limits=limits)
+    model = ReferenceModel(seeded, topic=topic, limits=limits, authorizer=authorizer)
     return {
         command.position: model.step(command)
         for command in sorted(produced, key=lambda command: command.position)

@@ -286,7 +286,7 @@ def _payload_bytes(load: LoadProducer) -> float:
     return statistics.fmean(
         len(record.key or b"")
         + len(record.value or b"")
-        + sum(len(name) + len(value) for name, value in record.headers)
+        + sum(len(name) + len(value or b"") for name, value in record.headers)
         for record in load.plan.records
     )
 

@@ -1,4 +1,6 @@
-"""The short form of the fault-injection suite, through its library API.
+"""The fault-injection suite, through its library API: the short form holds every
+invariant on the real worker, and each blind spot it once had now catches a worker
+broken on purpose (``tests/faults/workers/``).
 
 It runs on the suite's own Kafka and PostgreSQL (``.devstack/faults``, or
 ``$FAULTS_DEVSTACK_HOME``), never on the shared stack the other tests use, since it
@@ -9,10 +11,47 @@ dead-lettered: a suite that silently did nothing would otherwise pass.
 
 from __future__ import annotations
 
-from faults.scenarios import SCENARIOS, SHORT, SuiteOptions, run_suite
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from faults.scenarios import SCENARIOS, SHORT, ScenarioResult, SuiteOptions, run_suite
+from faults.stack import FaultStack, default_home
+
+BROKEN_WORKERS = Path(__file__).resolve().parents[1] / "faults" / "workers"
 
 
-async def test_the_short_fault_suite_holds_every_invariant() -> None:
+@pytest.fixture(scope="module")
+async def fault_stack() -> AsyncIterator[FaultStack]:
+    """The suite's own stack, started once for every run of this module (a run leaves a
+    stack it did not start running)."""
+    stack = FaultStack(default_home())
+    await stack.open()
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+async def run_broken(worker: str, scenario: str) -> ScenarioResult:
+    """One short scenario with ``tests/faults/workers/<worker>.py`` as the worker."""
+    suite = await run_suite(
+        SuiteOptions(
+            short=True,
+            scenarios=[scenario],
+            worker_command=[sys.executable, str(BROKEN_WORKERS / f"{worker}.py")],
+            # Its violations are expected: nothing to inspect afterwards.
+            keep_failed=False,
+            progress=print,
+        )
+    )
+    [result] = suite.results
+    return result
+
+
+async def test_the_short_fault_suite_holds_every_invariant(fault_stack: FaultStack) -> None:
     suite = await run_suite(SuiteOptions(short=True, progress=print))
 
     assert [r.scenario.name for r in suite.results] == [s.name for s in SCENARIOS if s.short]
@@ -36,3 +75,34 @@ async def test_the_short_fault_suite_holds_every_invariant() -> None:
     assert any("mid-batch" in fault for fault in by_name["sigkill-mid-batch"].faults)
     assert any("(exit -9)" in fault for fault in by_name["crash-after-db-commit"].faults)
     assert any("(exit 0)" in fault for fault in by_name["graceful-sigterm"].faults)
+
+
+async def test_a_worker_that_exits_on_its_own_is_a_violation(fault_stack: FaultStack) -> None:
+    # It exits once, after its first dead letter is committed; restarted, it loses nothing,
+    # so the checker alone finds nothing wrong.
+    result = await run_broken("crash_on_first_dead_letter", "poison")
+
+    assert result.unplanned_exits == 1
+    assert [v.kind for v in result.check.violations] == ["worker_crashed"]
+    assert "exited on its own with 3" in result.check.violations[0].message
+
+
+async def test_a_fault_that_could_not_be_injected_is_a_violation(fault_stack: FaultStack) -> None:
+    # The harness never sees this worker inside a batch transaction, so it cannot SIGKILL
+    # it mid-batch: it kills it anyway, and says the fault did not happen as designed.
+    result = await run_broken("hides_its_sessions", "sigkill-mid-batch")
+
+    assert [v.kind for v in result.check.violations] == ["fault_not_injected"]
+    assert "never caught inside a batch transaction" in result.check.violations[0].message
+    assert any("(no batch open)" in fault for fault in result.faults)
+
+
+async def test_a_record_subscribers_read_that_later_vanished_is_a_violation(
+    fault_stack: FaultStack,
+) -> None:
+    # The first batch of messages is published twice and the first copy deleted on the
+    # way out: the topics read afterwards look flawless, the live reader saw duplicates.
+    result = await run_broken("republish_then_hide", "poison")
+
+    assert result.check.kinds() == {"dirty_read"}
+    assert "a concurrent read_committed reader read" in result.check.violations[0].message

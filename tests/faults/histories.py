@@ -20,11 +20,13 @@ from faults.checker import ConsumedRecord, History
 from faults.model import ProducedCommand, inbound_record, produced_command
 from schemas.command import AUTHORIZATION_ACTION
 from schemas.customer import SubscriptionList
+from schemas.headers import OUTBOX_ID
 from schemas.topics import Topics
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import BatchState, decide_batch
 from service.domain.customer import CustomerState
 from service.domain.events import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     EventContext,
     OutboundMessage,
     dead_letter_message,
@@ -70,17 +72,30 @@ class HistoryBuilder:
     seeded: dict[str, CustomerState]
     produced: list[ProducedCommand] = dataclasses.field(default_factory=list)
 
-    def send(self, key: str | None, value: bytes | dict[str, Any] | None) -> ProducedCommand:
+    def send(
+        self,
+        key: str | None,
+        value: bytes | dict[str, Any] | None,
+        *,
+        headers: tuple[tuple[str, bytes | None], ...] = (),
+    ) -> ProducedCommand:
         partition = PARTITIONS[key]
         offset = sum(1 for command in self.produced if command.partition == partition)
         raw = orjson.dumps(value) if isinstance(value, dict) else value
-        command = produced_command(partition, offset, key.encode() if key else None, raw)
+        command = produced_command(partition, offset, key.encode() if key else None, raw, headers)
         self.produced.append(command)
         return command
 
-    def history(self, *, order: Sequence[ProducedCommand] | None = None) -> History:
+    def history(
+        self,
+        *,
+        order: Sequence[ProducedCommand] | None = None,
+        dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> History:
         """What a perfect worker leaves after processing the records in ``order``
-        (partition order unless told otherwise)."""
+        (partition order unless told otherwise), with dead letters cut to fit
+        ``dead_letter_max_bytes``. Every output carries an ``outbox-id`` header, as the
+        relay adds it."""
         processing = order or sorted(self.produced, key=lambda command: command.position)
         customers = dict(self.seeded)
         seen: dict[str, bytes] = {}
@@ -109,6 +124,7 @@ class HistoryBuilder:
                         subscriptions=NO_SUBSCRIPTIONS
                         if decision.command.data.expands("subscriptions")
                         else None,
+                        traceparent=decision.traceparent,
                     )
                 )
             elif decision.error is not None and decision.customer_id is not None:
@@ -120,12 +136,17 @@ class HistoryBuilder:
                         correlationid=decision.correlationid,
                         event_id=next(ids),
                         context=context,
+                        traceparent=decision.traceparent,
                     )
                 )
             elif decision.poison is not None:
                 messages.append(
                     dead_letter_message(
-                        record, decision.poison, consumer_group=GROUP, topic=TOPICS.dead_letters
+                        record,
+                        decision.poison,
+                        consumer_group=GROUP,
+                        topic=TOPICS.dead_letters,
+                        max_bytes=dead_letter_max_bytes,
                     )
                 )
         outputs: dict[str, list[ConsumedRecord]] = {
@@ -133,8 +154,8 @@ class HistoryBuilder:
             TOPICS.rejections: [],
             TOPICS.dead_letters: [],
         }
-        for message in messages:
-            outputs[message.topic].append(_consumed(message, outputs[message.topic]))
+        for row_id, message in enumerate(messages, start=1):
+            outputs[message.topic].append(_consumed(message, outputs[message.topic], row_id))
         return History(
             commands_topic=TOPICS.commands,
             produced=list(self.produced),
@@ -143,10 +164,13 @@ class HistoryBuilder:
             updated=outputs[TOPICS.events],
             rejected=outputs[TOPICS.rejections],
             dead_letters=outputs[TOPICS.dead_letters],
+            dead_letter_max_bytes=dead_letter_max_bytes,
         )
 
 
-def _consumed(message: OutboundMessage, earlier: Sequence[ConsumedRecord]) -> ConsumedRecord:
+def _consumed(
+    message: OutboundMessage, earlier: Sequence[ConsumedRecord], row_id: int
+) -> ConsumedRecord:
     key = message.key.decode() if message.key else None
     partition = PARTITIONS.get(key, 2)
     return ConsumedRecord(
@@ -155,7 +179,7 @@ def _consumed(message: OutboundMessage, earlier: Sequence[ConsumedRecord]) -> Co
         offset=sum(1 for record in earlier if record.partition == partition),
         key=message.key,
         value=message.value,
-        headers=message.headers,
+        headers=(*message.headers, (OUTBOX_ID, str(row_id).encode())),
     )
 
 
@@ -166,6 +190,19 @@ def event_of(history: History, command_id: str) -> ConsumedRecord:
         if orjson.loads(record.value or b"")["causationid"] == command_id
     ]
     return event
+
+
+def with_headers(
+    record: ConsumedRecord, headers: Sequence[tuple[str, bytes | None]]
+) -> ConsumedRecord:
+    return dataclasses.replace(record, headers=tuple(headers))
+
+
+def replaced(
+    records: Sequence[ConsumedRecord], old: ConsumedRecord, new: ConsumedRecord
+) -> list[ConsumedRecord]:
+    """``records`` with ``old`` (that very record) replaced by ``new``."""
+    return [new if record is old else record for record in records]
 
 
 def with_body(record: ConsumedRecord, **changes: Any) -> ConsumedRecord:
