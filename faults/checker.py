@@ -160,6 +160,8 @@ class History:
     dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: How the workers authorized commands (signed mode, or unsigned when None).
     authorizer: Authorizer | None = None
+    #: Signed mode's key, for the oracle (which does not use the service's authorizer).
+    jwt_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -990,6 +992,7 @@ def check_oracle(facts: _Facts, result: CheckResult) -> None:
         facts.produced,
         {customer_id: oracle_customer(state) for customer_id, state in history.seeded.items()},
         oracle.Limits(**dataclasses.asdict(history.limits)),
+        history.jwt_key,
     )
 
     def wanted(commands: Iterable[ProducedCommand]) -> str:

@@ -813,6 +813,7 @@ class ScenarioEnv:
             dead_letters=records[s.topic_dead_letters],
             limits=s.limits,
             authorizer=None if self.jwt_key is None else signed_authorizer(self.jwt_key),
+            jwt_key=self.jwt_key,
         )
 
     async def output_ends(self) -> dict[TopicPartition, int]:

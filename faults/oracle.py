@@ -19,7 +19,8 @@ are global, so like the model it is exact when every command id and every invoic
 a command asks for belongs to one partition: records of different partitions are
 processed in an order nobody controls. ``faults.load`` keeps to that.
 
-Only the unsigned authorization mode is covered (the fault suite runs no JWT key).
+Both authorization modes are covered: unsigned, and signed with the suite's HS256 key
+(PyJWT verifies the token, as the README's "Authorization" describes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol
 
 import email_validator
+import jwt
 import langcodes
 
 Outcome = Literal["applied", "rejected", "duplicate", "dead_lettered"]
@@ -150,9 +152,16 @@ class Oracle:
     that are recorded (README, "The rejection": refusals before any state was read are
     not; those that depend on stored state are)."""
 
-    def __init__(self, customers: Mapping[str, Customer], limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        customers: Mapping[str, Customer],
+        limits: Limits | None = None,
+        jwt_key: str | None = None,
+    ) -> None:
         self.customers: dict[str, Customer] = dict(customers)
         self.limits = limits or Limits()
+        #: Signed mode's verification key; unsigned mode when None.
+        self.jwt_key = jwt_key
         #: What each recorded command id asked for (subject, expectedversion, data).
         self._asked: dict[str, str] = {}
 
@@ -167,7 +176,7 @@ class Oracle:
             data = _command(document)
             if document["subject"] != key.decode():
                 _refuse("parameter_invalid", "subject")
-            _authorize(document)
+            _authorize(document, self.jwt_key)
         except _RefusalError as refused:
             return Expected("rejected", refused.code, refused.param)
         return self._decide(document, data)
@@ -228,10 +237,14 @@ class Oracle:
 
 
 def expected_outcomes(
-    records: Iterable[Record], customers: Mapping[str, Customer], limits: Limits | None = None
+    records: Iterable[Record],
+    customers: Mapping[str, Customer],
+    limits: Limits | None = None,
+    jwt_key: str | None = None,
 ) -> tuple[dict[Position, Expected], dict[str, Customer]]:
-    """Every record's expected outcome by position, and every customer's final state."""
-    oracle = Oracle(customers, limits)
+    """Every record's expected outcome by position, and every customer's final state
+    (in signed mode with ``jwt_key``)."""
+    oracle = Oracle(customers, limits, jwt_key)
     expected = {
         (record.partition, record.offset): oracle.step(record.key, record.value, record.headers)
         for record in sorted(records, key=lambda record: (record.partition, record.offset))
@@ -446,7 +459,36 @@ _ENVELOPE: tuple[tuple[str, bool, Check | None], ...] = (
 _ENVELOPE_NAMES = frozenset(name for name, _, _ in _ENVELOPE)
 
 
-def _authorize(document: Mapping[str, Any]) -> None:
+#: The algorithm of the fault suite's signed mode.
+SIGNING_ALGORITHM = "HS256"
+
+
+def _authorize(document: Mapping[str, Any], jwt_key: str | None) -> None:
+    if jwt_key is None:
+        _authorize_unsigned(document)
+        return
+    # Signed mode: ``authtoken`` is a JWT verified with the key, with ``sub`` and ``exp``;
+    # its ``permissions`` claim (a list) or ``scope`` claim (space-separated) must hold
+    # the action; the ``principal`` and ``permissions`` attributes are ignored.
+    token = document.get("authtoken")
+    if token is None:
+        _refuse("permission_denied", "authtoken")
+    try:
+        claims = jwt.decode(
+            token, jwt_key, algorithms=[SIGNING_ALGORITHM], options={"require": ["sub", "exp"]}
+        )
+    except jwt.PyJWTError:
+        _refuse("permission_denied", "authtoken")
+    listed, scope = claims.get("permissions"), claims.get("scope")
+    if isinstance(listed, list):
+        granted = {item for item in listed if isinstance(item, str)}
+    else:
+        granted = set(scope.split(" ")) if isinstance(scope, str) else set()
+    if ACTION not in granted:
+        _refuse("permission_denied", "authtoken")
+
+
+def _authorize_unsigned(document: Mapping[str, Any]) -> None:
     """Unsigned mode: the principal's space-separated permissions must hold the action."""
     # README gap: the params (the service names the attribute that falls short), and
     # that only U+0020 separates permissions (RFC 6749's scope syntax).

@@ -21,10 +21,12 @@ import dataclasses
 import itertools
 import string
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,9 +35,9 @@ from hypothesis import strategies as st
 from faults import oracle
 from faults.checker import oracle_customer
 from faults.load import build_load
-from faults.model import ReferenceModel, produced_command
+from faults.model import ReferenceModel, produced_command, signed_authorizer
 from schemas.command import AUTHORIZATION_ACTION
-from service.domain.authorization import UnsignedAuthorizer
+from service.domain.authorization import Authorizer, UnsignedAuthorizer
 from service.domain.batch import BatchState, decide_batch
 from service.domain.customer import Address, CustomerState
 from service.domain.inbound import InboundRecord, Limits, classify
@@ -75,9 +77,11 @@ class Sent:
 
 
 def by_service(
-    records: Sequence[Sent], cuts: Sequence[int] = ()
+    records: Sequence[Sent], cuts: Sequence[int] = (), jwt_key: str | None = None
 ) -> tuple[list[Decided], dict[str, Any]]:
-    """The service's classify and decide_batch, with a new batch at each cut."""
+    """The service's classify and decide_batch, with a new batch at each cut (in signed
+    mode with ``jwt_key``)."""
+    authorizer: Authorizer = UnsignedAuthorizer() if jwt_key is None else signed_authorizer(jwt_key)
     inbound = [
         InboundRecord("customer.update", 0, offset, 0, 0, r.key, r.value, r.headers)
         for offset, r in enumerate(records)
@@ -86,7 +90,7 @@ def by_service(
     decided: list[Decided] = []
     bounds = sorted({0, *cuts, len(inbound)})
     for start, end in itertools.pairwise(bounds):
-        items = [(r, classify(r, Limits(), UnsignedAuthorizer())) for r in inbound[start:end]]
+        items = [(r, classify(r, Limits(), authorizer)) for r in inbound[start:end]]
         owners = {c.invoice_prefix: c.id for c in customers.values() if c.invoice_prefix}
         batch = decide_batch(items, BatchState(customers, owners, dict(seen)))
         customers.update(batch.changed)
@@ -112,8 +116,10 @@ def by_service(
     return decided, {i: oracle_customer(c) for i, c in customers.items()}
 
 
-def by_oracle(records: Sequence[Sent]) -> tuple[list[Decided], dict[str, Any]]:
-    judge = oracle.Oracle({i: oracle_customer(c) for i, c in SEEDED.items()})
+def by_oracle(
+    records: Sequence[Sent], jwt_key: str | None = None
+) -> tuple[list[Decided], dict[str, Any]]:
+    judge = oracle.Oracle({i: oracle_customer(c) for i, c in SEEDED.items()}, jwt_key=jwt_key)
     decided: list[Decided] = []
     for record in records:
         want = judge.step(record.key, record.value, record.headers)
@@ -122,9 +128,11 @@ def by_oracle(records: Sequence[Sent]) -> tuple[list[Decided], dict[str, Any]]:
     return decided, dict(judge.customers)
 
 
-def assert_agree(records: Sequence[Sent], cuts: Sequence[int] = ()) -> list[Decided]:
-    service, service_final = by_service(records, cuts)
-    expected, oracle_final = by_oracle(records)
+def assert_agree(
+    records: Sequence[Sent], cuts: Sequence[int] = (), jwt_key: str | None = None
+) -> list[Decided]:
+    service, service_final = by_service(records, cuts, jwt_key)
+    expected, oracle_final = by_oracle(records, jwt_key)
     for index, (got, want) in enumerate(zip(service, expected, strict=True)):
         assert got == want, f"record {index} {records[index]!r}:\n service {got}\n oracle  {want}"
     assert service_final == oracle_final
@@ -629,7 +637,7 @@ def test_the_oracle_imports_nothing_of_the_service() -> None:
     }
 
     # The README names these two as the authority for their rules.
-    assert imported - set(sys.stdlib_module_names) == {"email_validator", "langcodes"}
+    assert imported - set(sys.stdlib_module_names) == {"email_validator", "jwt", "langcodes"}
 
 
 def test_a_seeded_customer_comes_back_as_it_went_in() -> None:
@@ -671,3 +679,49 @@ def test_the_oracle_and_the_model_agree_on_the_fault_suites_load() -> None:
 
     assert {i: oracle_customer(c) for i, c in model.customers.items()} == judge.customers
     assert seen == {"applied", "rejected", "duplicate", "dead_lettered"}
+
+
+SIGNING_KEY = "a-key-for-the-oracle-tests-only-and-long-enough-for-hs256"
+
+
+def token(claims: dict[str, Any], key: str = SIGNING_KEY) -> str:
+    return jwt.encode({"exp": time.time() + 3600, **claims}, key, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "outcome"),
+    [
+        ({"authtoken": token({"sub": "svc", "permissions": [AUTHORIZATION_ACTION]})}, "applied"),
+        ({"authtoken": token({"sub": "svc", "scope": f"read {AUTHORIZATION_ACTION}"})}, "applied"),
+        ({"authtoken": token({"sub": "svc", "scope": "read"})}, "rejected"),
+        ({"authtoken": token({"sub": "svc", "permissions": "not a list"})}, "rejected"),
+        ({"authtoken": token({"permissions": [AUTHORIZATION_ACTION]})}, "rejected"),
+        (
+            {"authtoken": token({"sub": "svc", "permissions": [AUTHORIZATION_ACTION]}, "x" * 40)},
+            "rejected",
+        ),
+        (
+            {"authtoken": token({"sub": "svc", "exp": 1, "permissions": [AUTHORIZATION_ACTION]})},
+            "rejected",
+        ),
+        ({}, "rejected"),
+    ],
+    ids=[
+        "permissions",
+        "scope",
+        "scope-without",
+        "not-a-list",
+        "no-sub",
+        "wrong-key",
+        "expired",
+        "no-token",
+    ],
+)
+def test_signed_mode_agrees_with_the_service(attributes: dict[str, Any], outcome: str) -> None:
+    """In signed mode the principal and permissions attributes count for nothing (every
+    command here carries both, granting the action)."""
+    record = sent("cus_a", {"name": "Signed"}, **attributes)
+    [decided] = assert_agree([record], jwt_key=SIGNING_KEY)
+    assert decided[0] == outcome
+    if outcome == "rejected":
+        assert decided[1:3] == ("permission_denied", "authtoken")
