@@ -26,9 +26,6 @@ from faults.stack import FaultStack, default_home
 
 #: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
 SESSION_TIMEOUT = 10.0
-#: How often a fault is tried again when its moment was missed (the batch had already
-#: ended, say) before the scenario records ``fault_not_injected``.
-INJECTION_ATTEMPTS = 5
 #: How many times the broker is paused, at most, for the group to rebalance.
 BROKER_PAUSES = 3
 
@@ -199,27 +196,18 @@ async def _terminate_backends(env: ScenarioEnv, load: LoadProducer) -> None:
     drained = _drained(env, load)
     for fraction in (0.2, 0.4, 0.6, 0.8):
         await load.reached(fraction)
-        in_batch = 0
-        for _ in range(INJECTION_ATTEMPTS):
-            if not await env.batch_in_flight(within=30, give_up=drained):
-                break
-            ended, in_batch = await env.terminate_backends()
-            if in_batch:
-                env.fault(
-                    f"pg_terminate_backend on {ended} session(s), {in_batch} of them inside "
-                    f"a batch transaction, at {load.progress:.0%}"
-                )
-                break
-            # The batch ended just before: the sessions were ended all the same.
-            env.notes.append(
-                f"pg_terminate_backend on {ended} session(s) just after a batch ended, at "
-                f"{load.progress:.0%}; trying again"
+        # Polled until one statement finds a batch open and ends it with every session.
+        ended, in_batch = await env.terminate_in_batch(within=30, give_up=drained)
+        if in_batch:
+            env.fault(
+                f"pg_terminate_backend on {ended} session(s), {in_batch} of them inside a "
+                f"batch transaction, at {load.progress:.0%}"
             )
-        if not in_batch:
+        else:
             env.violation(
                 "fault_not_injected",
-                f"no batch transaction was ended by pg_terminate_backend at {fraction:.0%} "
-                "of the load",
+                f"no batch transaction was open to end with pg_terminate_backend from "
+                f"{fraction:.0%} of the load on",
             )
 
 
