@@ -254,9 +254,11 @@ async def _rebalance(env: ScenarioEnv, load: LoadProducer) -> None:
 
 async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
     """Pause the broker past the session timeout: when it wakes, the group has lost the
-    worker's session and rebalances. The broker may also keep the session (it reads the
-    heartbeats queued during the pause first): then it is paused again, a few times at
-    most, before the scenario records that the fault did not happen."""
+    worker's session and rebalances. The broker may also keep the session: its own KRaft
+    session with its controller (9 s) lapses during the pause as well, and when it fences
+    itself on waking it reloads the group coordinator, which starts every member's
+    session afresh. Then it is paused again, a few times at most, before the scenario
+    records that the fault did not happen."""
     await load.reached(0.35)
     for _ in range(BROKER_PAUSES):
         revoked = env.logged("partitions_revoked")
