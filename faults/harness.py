@@ -682,34 +682,51 @@ class ScenarioEnv:
         result: bool = await self.query(run)
         return result
 
-    async def terminate_backends(self) -> tuple[int, int]:
-        """End every session of the scenario's database but the harness's own. Returns how
-        many it ended, and how many of those were inside a worker's batch transaction at
-        that moment (seen in the same snapshot of ``pg_stat_activity``)."""
-
-        async def run(connection: asyncpg.Connection) -> tuple[int, int]:
-            row = await connection.fetchrow(
-                """
-                SELECT count(pg_terminate_backend(pid)) AS ended,
-                       count(*) FILTER (WHERE in_batch) AS in_batch
-                FROM (
-                    SELECT pid,
-                           application_name LIKE $2
-                           AND xact_start IS NOT NULL
-                           AND state IN ('active', 'idle in transaction')
-                           AND query LIKE ANY($3::text[]) AS in_batch
-                    FROM pg_stat_activity
-                    WHERE datname = $1 AND pid <> pg_backend_pid()
-                ) AS sessions
-                """,
-                self.database,
-                _session_name("%"),
-                list(_BATCH_STATEMENTS),
-            )
-            return int(row["ended"]), int(row["in_batch"])
-
-        counts: tuple[int, int] = await self.query(run)
-        return counts
+    async def terminate_in_batch(
+        self, *, within: float, give_up: GiveUp | None = None
+    ) -> tuple[int, int]:
+        """End every session of the scenario's database but the harness's own, while a
+        worker's batch transaction is open: one statement looks for an open batch in
+        ``pg_stat_activity`` and, only if it finds one, ends every session of that same
+        snapshot, so that the batch has no time to end in between. Polled until it ends a
+        batch, for ``within`` seconds at most or until ``give_up()`` holds (every half
+        second). Returns how many sessions it ended and how many of them were in a batch
+        transaction: (0, 0) if it never found one open."""
+        deadline = time.monotonic() + within
+        connection = await asyncpg.connect(self.database_url)
+        try:
+            next_look = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                row = await connection.fetchrow(
+                    """
+                    WITH sessions AS MATERIALIZED (
+                        SELECT pid,
+                               application_name LIKE $2
+                               AND xact_start IS NOT NULL
+                               AND state IN ('active', 'idle in transaction')
+                               AND query LIKE ANY($3::text[]) AS in_batch
+                        FROM pg_stat_activity
+                        WHERE datname = $1 AND pid <> pg_backend_pid()
+                    )
+                    SELECT count(pg_terminate_backend(pid)) AS ended,
+                           count(*) FILTER (WHERE in_batch) AS in_batch
+                    FROM sessions
+                    WHERE EXISTS (SELECT FROM sessions WHERE in_batch)
+                    """,
+                    self.database,
+                    _session_name("%"),
+                    list(_BATCH_STATEMENTS),
+                )
+                if row["in_batch"]:
+                    return int(row["ended"]), int(row["in_batch"])
+                if give_up is not None and time.monotonic() > next_look:
+                    if await give_up():
+                        break
+                    next_look = time.monotonic() + 0.5
+                await asyncio.sleep(0.002)
+            return 0, 0
+        finally:
+            await connection.close()
 
     async def positions(self) -> dict[int, int]:
         """The next offset per command partition, as the database holds it."""
