@@ -50,10 +50,6 @@ class NativeKafka:
 
     home: Path
     proxy_listener: bool = False
-    #: ``broker.session.timeout.ms``, when Kafka's default (9 s) will not do: a broker
-    #: paused longer fences itself when it wakes, which restarts every group member's
-    #: session timer (the fault suite pauses it for 15 s and wants the members to expire).
-    broker_session_timeout_ms: int | None = None
 
     @property
     def libs(self) -> Path:
@@ -346,8 +342,6 @@ class NativeKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
-        if self.broker_session_timeout_ms is not None:
-            properties["broker.session.timeout.ms"] = str(self.broker_session_timeout_ms)
         text = "".join(f"{key}={value}\n" for key, value in properties.items())
         self.properties_file.write_text(text)
 

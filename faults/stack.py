@@ -57,12 +57,7 @@ class FaultStack:
                 "pauses its services, so give it a home of its own"
             )
         # With the listener that advertises the Kafka proxy's port (see faults.network).
-        # The broker's own KRaft lease outlasts broker-pause's 15 s: one that lapsed would
-        # fence the broker on waking and restart the members' sessions, so the group whose
-        # rebalance the scenario waits for would not rebalance.
-        self.kafka = NativeKafka(
-            self.home / "kafka", proxy_listener=True, broker_session_timeout_ms=60_000
-        )
+        self.kafka = NativeKafka(self.home / "kafka", proxy_listener=True)
         self.postgres = NativePostgres(self.home / "postgres")
 
     @property
