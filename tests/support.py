@@ -297,11 +297,17 @@ class TcpForwarder:
         self._pipes: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._cut_after_send = False
 
     def cut(self) -> None:
         """Stop carrying bytes either way while every connection stays open, as a network
         partition does: no reset, no close, just silence."""
         self._flowing.clear()
+
+    def cut_after_next_send(self) -> None:
+        """Carry the client's next chunk of bytes to the server, then cut: a partition
+        that falls between two messages of one exchange."""
+        self._cut_after_send = True
 
     async def open(self) -> None:
         self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
@@ -318,16 +324,24 @@ class TcpForwarder:
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
         server_in, server_out = await asyncio.open_connection(*self._target)
-        for source, sink in ((client_in, server_out), (server_in, client_out)):
-            pipe = asyncio.create_task(self._pipe(source, sink))
+        for source, sink, to_server in (
+            (client_in, server_out, True),
+            (server_in, client_out, False),
+        ):
+            pipe = asyncio.create_task(self._pipe(source, sink, to_server=to_server))
             self._pipes.add(pipe)
             pipe.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, to_server: bool
+    ) -> None:
         try:
             while data := await source.read(65536):
                 await self._flowing.wait()
                 sink.write(data)
+                if to_server and self._cut_after_send:
+                    self._cut_after_send = False
+                    self.cut()
                 await sink.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from devstack.processes import free_port
-from service.adapters.postgres.outbox import OutboxStore
+from service.adapters.postgres.outbox import LEADER_LOCK, OutboxStore
 from service.application.relay import OutboxRelay
 from service.bootstrap import build_relay, relay_producer, relay_publishers
 from service.domain.outbox import OutboxRow
@@ -208,6 +208,57 @@ async def test_a_commit_whose_outcome_is_unknown_gets_a_fresh_producer_and_no_du
 
 async def _outbox_empty(db: asyncpg.Connection) -> bool:
     return await outbox_size(db) == 0
+
+
+async def test_a_leader_cut_off_inside_a_statement_loses_the_lead_within_the_takeover_bound(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A partition can fall between two messages of one statement: asyncpg sends Parse and
+    Describe, then waits for the answer before it binds. PostgreSQL then waits for the
+    rest, "active" and not idle, so ``idle_session_timeout`` never ends that session; the
+    standby must end it once it has been silent for the bound."""
+    takeover = 2.0
+    quick = settings.model_copy(
+        update={"relay_takeover_seconds": takeover, "relay_idle_interval": 0.2}
+    )
+    real = urlsplit(quick.database_url.get_secret_value())
+    assert real.hostname is not None
+    assert real.port is not None
+    forwarder = TcpForwarder(real.hostname, real.port, free_port())
+    await forwarder.open()
+    through = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    # A leader's session, with the timeout the relay gives its own.
+    holder = await asyncpg.connect(
+        through, server_settings={"idle_session_timeout": str(round(takeover * 1000))}
+    )
+    stuck: asyncio.Task[object] | None = None
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK)
+        forwarder.cut_after_next_send()
+        stuck = asyncio.create_task(holder.fetchval("SELECT $1::int + 1", 1))
+        await eventually(
+            lambda: db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+                "WHERE state = 'active' AND query = 'SELECT $1::int + 1')"
+            ),
+            what="the holder's session to wait inside its statement",
+        )
+        relay = build_relay(quick)
+        async with running_relay(relay):
+            await eventually(
+                lambda: relay.state == "leading",
+                within=takeover + 20,
+                what="the relay to take the lead from the silent session",
+            )
+        ended = await db.fetchval(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT $1::int + 1')"
+        )
+        assert ended, "the silent session should have been ended"
+    finally:
+        if stuck is not None:
+            stuck.cancel()
+        holder.terminate()
+        await forwarder.close()
 
 
 async def test_a_leader_cut_off_from_postgresql_loses_the_lead_within_the_takeover_bound(

@@ -219,6 +219,13 @@ class PostgresLeadership:
     ``transactional.id`` all relays share fences off its Kafka transaction if it wakes up.
     Every statement on the connection has the same timeout, so a leader that is cut off
     notices too, instead of waiting on a statement forever.
+
+    ``idle_session_timeout`` only covers a session waiting for its next statement. A
+    partition can also fall between the messages of one statement (PostgreSQL then waits
+    for the rest, "active", with no timeout) or inside a transaction, so a standby also
+    ends the leader's session itself when it has not changed state for longer than the
+    bound (``pg_terminate_backend``: the relays share a role, which may end its own
+    sessions). A live leader's heartbeat changes its state far more often than that.
     """
 
     def __init__(
@@ -252,6 +259,7 @@ class PostgresLeadership:
             try:
                 while not await shared.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
                     on_standby()
+                    await _end_a_silent_leader(shared, self._takeover_seconds)
                     if stopping.is_set():
                         yield None
                         return
@@ -292,6 +300,33 @@ class _OneAtATime:
         async with self._lock:
             status: str = await self._connection.execute(query, *args)
             return status
+
+
+async def _end_a_silent_leader(connection: _OneAtATime, takeover_seconds: float) -> None:
+    ended = await connection.fetch(
+        """
+        SELECT a.pid, extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS silent,
+               a.state, pg_terminate_backend(a.pid) AS ended
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = ($1::bigint >> 32)::oid
+          AND l.objid = ($1::bigint & 4294967295)::oid
+          AND l.objsubid = 1
+          AND a.usename = current_user
+          AND a.state_change < clock_timestamp() - make_interval(secs => $2)
+        """,
+        LEADER_LOCK,
+        takeover_seconds,
+    )
+    for row in ended:
+        log.warning(
+            "relay_silent_leader_ended",
+            pid=row["pid"],
+            state=row["state"],
+            silent_seconds=round(row["silent"], 1),
+            ended=row["ended"],
+        )
 
 
 async def _heartbeat(connection: _OneAtATime, interval: float) -> None:
