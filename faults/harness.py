@@ -171,7 +171,7 @@ class Worker:
         """Until the process is stopped by a signal (a ``:stop`` failpoint), or give up."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if self.running and _process_state(self.pid) == "T":
+            if self.running and process_state(self.pid) == "T":
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -234,7 +234,7 @@ class Worker:
 # -- reading topics --------------------------------------------------------------------------
 
 
-def _process_state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
     """The state letter of ``/proc/<pid>/stat`` (``T`` when stopped), None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
