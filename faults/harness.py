@@ -98,6 +98,8 @@ class RunConfig:
     short: bool = False
     #: Every scenario's workers in signed mode (``AUTH_JWT_KEY``), with a load to match.
     signed: bool = False
+    #: The workers' ``KAFKA_SESSION_TIMEOUT_MS``; the service's default when None.
+    session_timeout_ms: int | None = None
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -453,10 +455,15 @@ class ScenarioEnv:
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
                 **self._signed_mode(),
+                **self._session_timeout(),
                 **self.worker_settings,
             }
         )
         return env
+
+    def _session_timeout(self) -> dict[str, str]:
+        timeout = self.config.session_timeout_ms
+        return {} if timeout is None else {"KAFKA_SESSION_TIMEOUT_MS": str(timeout)}
 
     def _signed_mode(self) -> dict[str, str]:
         if self.jwt_key is None:

@@ -26,7 +26,7 @@ from faults.load import HOSTILE_KINDS, POISON_KINDS, LoadProducer, build_load, s
 from faults.network_faults import kafka_bandwidth, kafka_cut, postgres_cut, postgres_slow
 from faults.stack import FaultStack, default_home
 
-#: The consumer's session timeout (``service.adapters.kafka.clients.command_consumer``).
+#: The workers' session timeout in the full form (``KAFKA_SESSION_TIMEOUT_MS``'s default).
 SESSION_TIMEOUT = 10.0
 #: The relay leader's takeover bound in relay-leader-freeze (RELAY_TAKEOVER_SECONDS's
 #: default), and how long that scenario keeps the leader frozen.
@@ -284,6 +284,7 @@ async def _broker_pause(env: ScenarioEnv, load: LoadProducer) -> None:
         env.violation("fault_not_injected", "the Kafka broker has no process to pause")
         return
     revoked = env.logged("partitions_revoked")
+
     def stopped() -> bool:
         return process_state(pid) == "T"
 
@@ -923,8 +924,17 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
+#: The CI form. Its workers' session timeout is the broker's minimum, 6 s: each of its
+#: three worker kills is followed by a restart that waits for the dead member's session
+#: to end before the group gives out partitions again, which is most of the form's time.
 SHORT = RunConfig(
-    commands=400, rate=200, customers=20, seed=20260131, settle_within=120, short=True
+    commands=400,
+    rate=200,
+    customers=20,
+    seed=20260131,
+    settle_within=120,
+    short=True,
+    session_timeout_ms=6_000,
 )
 FULL = RunConfig(commands=3000, rate=500, customers=40, seed=20260131, settle_within=240)
 
@@ -1000,6 +1010,7 @@ def config_for(options: SuiteOptions) -> RunConfig:
         worker_command=tuple(options.worker_command),
         short=base.short,
         signed=options.signed,
+        session_timeout_ms=base.session_timeout_ms,
     )
 
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: Annotated[str, Field(min_length=1)] = "localhost:9092"
     kafka_client_id: str = "customer-service"
     kafka_consumer_group: str = "customer-service"
+    #: How long the group coordinator waits for a silent worker before it gives the
+    #: worker's partitions to the others (the broker bounds it: 6 s to 30 min by default).
+    kafka_session_timeout_ms: Annotated[int, Field(ge=1_000, le=3_600_000)] = 10_000
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

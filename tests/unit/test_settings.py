@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.adapters.kafka.clients import connection_options
+from service.adapters.kafka.clients import command_consumer, connection_options
 from service.infrastructure.settings import Settings, SettingsError, load_settings
 
 
@@ -107,3 +107,15 @@ def test_tls_settings_build_a_verifying_context(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(context, ssl.SSLContext)
     assert context.check_hostname is True
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_the_session_timeout_reaches_the_consumer_with_heartbeats_a_third_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "6000")
+    consumer = command_consumer(load_settings())
+    try:
+        coordinator_options = (consumer._session_timeout_ms, consumer._heartbeat_interval_ms)
+    finally:
+        await consumer.stop()  # never started: nothing was connected
+    assert coordinator_options == (6000, 2000)

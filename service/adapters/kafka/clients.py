@@ -82,8 +82,9 @@ def command_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_poll_interval_ms": 300_000,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 3_000,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        # A third of the session, as Kafka advises: two heartbeats may be lost.
+        "heartbeat_interval_ms": settings.kafka_session_timeout_ms // 3,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         **overrides,
     }
