@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from devstack import tools
 from devstack.stack import home as default_home
 
 PACKAGE = "kcat"
@@ -53,28 +52,16 @@ class KcatSetupError(RuntimeError):
 
 def kcat_path(home: Path) -> Path:
     """A kcat binary that runs; ``home`` is the devstack folder (``devstack.stack.home()``)."""
-    given = os.environ.get(ENV_VAR)
-    if given:
-        path = Path(shutil.which(given) or given)
-        problem = _problem_running(path)
-        if problem is not None:
-            raise KcatSetupError(f"{ENV_VAR}={given} is not a kcat that runs: {problem}")
-        return path
-
-    on_path = shutil.which(PACKAGE)
-    if on_path is not None:
-        return Path(on_path)
-
-    cached = cached_path(home)
-    if _problem_running(cached) is None:
-        return cached
-
-    home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / "kcat.lock"):
-        # Another process may have installed it while this one waited for the lock.
-        if _problem_running(cached) is None:
-            return cached
-        return _install(home)
+    return tools.provide(
+        what="kcat",
+        env_var=ENV_VAR,
+        on_path=PACKAGE,
+        cached=cached_path(home),
+        lock=home / "kcat.lock",
+        problem_running=_problem_running,
+        install=lambda: _install(home),
+        error=KcatSetupError,
+    )
 
 
 def cached_path(home: Path) -> Path:
@@ -315,7 +302,7 @@ def _unresolved_libraries(binary: Path, library_dirs: Sequence[Path]) -> list[st
         env={"LD_LIBRARY_PATH": ":".join(str(directory) for directory in library_dirs)},
     )
     if result.returncode != 0:
-        raise KcatSetupError(f"ldd {binary} failed: {_tail(result.stdout + result.stderr)}")
+        raise KcatSetupError(f"ldd {binary} failed: {tools.tail(result.stdout + result.stderr)}")
     return re.findall(r"^\s*(\S+) => not found", result.stdout, re.MULTILINE)
 
 
@@ -352,7 +339,7 @@ def _problem_running(path: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{path} -V: {exc}"
     if result.returncode != 0:
-        return f"{path} -V exited with {result.returncode}: {_tail(result.stderr)}"
+        return f"{path} -V exited with {result.returncode}: {tools.tail(result.stderr)}"
     return None
 
 
@@ -379,28 +366,13 @@ def _run(
     if check and result.returncode != 0:
         raise KcatSetupError(
             f"{' '.join(command)} exited with {result.returncode}:\n"
-            + _tail(result.stdout + result.stderr)
+            + tools.tail(result.stdout + result.stderr)
         )
     return result
 
 
-def _tail(output: str, lines: int = 15) -> str:
-    return "\n".join(output.strip().splitlines()[-lines:])
-
-
 def _is_root() -> bool:
     return os.geteuid() == 0
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (blocking): one installer at a time."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- producing with it ---------------------------------------------------------------
@@ -484,12 +456,7 @@ async def produce_raw(
 def _require_loopback(bootstrap_servers: str) -> None:
     """Only the local test brokers: kcat here never talks to anything else."""
     for server in bootstrap_servers.split(","):
-        host = server.strip().rsplit(":", 1)[0].strip("[]")
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not tools.is_loopback(server.strip()):
             raise ValueError(f"produce_raw talks only to a loopback broker, not {server!r}")
 
 

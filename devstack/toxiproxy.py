@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 
-from devstack import processes
+from devstack import processes, tools
 
 VERSION = "2.5.0"
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
@@ -67,24 +65,15 @@ class ToxiproxySetupError(RuntimeError):
 
 def server_path(home: Path) -> Path:
     """A toxiproxy-server of ``VERSION`` that runs; ``home`` is the devstack folder."""
-    given = os.environ.get(ENV_VAR)
-    if given:
-        path = Path(shutil.which(given) or given)
-        problem = _problem_running(path)
-        if problem is not None:
-            raise ToxiproxySetupError(f"{ENV_VAR}={given} is not a toxiproxy that runs: {problem}")
-        return path
-
-    cached = cached_path(home)
-    if _problem_running(cached) is None:
-        return cached
-
-    home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / "toxiproxy.lock"):
-        # Another process may have built it while this one waited for the lock.
-        if _problem_running(cached) is None:
-            return cached
-        return _build(home)
+    return tools.provide(
+        what="toxiproxy",
+        env_var=ENV_VAR,
+        cached=cached_path(home),
+        lock=home / "toxiproxy.lock",
+        problem_running=_problem_running,
+        install=lambda: _build(home),
+        error=ToxiproxySetupError,
+    )
 
 
 def cached_path(home: Path) -> Path:
@@ -143,7 +132,7 @@ def _build(home: Path) -> Path:
         if result.returncode != 0:
             raise ToxiproxySetupError(
                 f"go install {MODULE}@v{VERSION} exited with {result.returncode}:\n"
-                + _tail(result.stdout + result.stderr)
+                + tools.tail(result.stdout + result.stderr)
             )
         problem = _problem_running(staging / "bin" / BINARY)
         if problem is not None:
@@ -172,25 +161,10 @@ def _problem_running(path: Path) -> str | None:
         return f"{path} -version: {exc}"
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        return f"{path} -version exited with {result.returncode}: {_tail(output)}"
+        return f"{path} -version exited with {result.returncode}: {tools.tail(output)}"
     if re.search(rf"\b{re.escape(VERSION)}\b", output) is None:
-        return f"{path} is not version {VERSION}: {_tail(output)}"
+        return f"{path} is not version {VERSION}: {tools.tail(output)}"
     return None
-
-
-def _tail(output: str, lines: int = 15) -> str:
-    return "\n".join(output.strip().splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (blocking): one builder at a time."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- running it -------------------------------------------------------------------------
@@ -250,7 +224,7 @@ class ToxiproxyServer:
                 if attempt == 2:
                     raise ToxiproxySetupError(
                         f"toxiproxy-server exited during start-up; see {self.log_path}:\n"
-                        + _tail(self.log_path.read_text(errors="replace"))
+                        + tools.tail(self.log_path.read_text(errors="replace"))
                     ) from None
 
     def _answers(self) -> bool:
@@ -388,12 +362,7 @@ class Proxy:
 
 def require_loopback(address: str) -> None:
     """Network faults stay on this machine: a proxy listens on and forwards to loopback."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not tools.is_loopback(address):
         raise ValueError(f"a proxy listens on and forwards to loopback only, not {address!r}")
 
 
