@@ -210,6 +210,18 @@ async def _outbox_empty(db: asyncpg.Connection) -> bool:
     return await outbox_size(db) == 0
 
 
+async def forwarded_database(settings: Settings) -> tuple[TcpForwarder, str]:
+    """An open forwarder to the test's database, and a database URL that goes through it:
+    the link a test can cut."""
+    real = urlsplit(settings.database_url.get_secret_value())
+    assert real.hostname is not None
+    assert real.port is not None
+    forwarder = TcpForwarder(real.hostname, real.port, free_port())
+    await forwarder.open()
+    through = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    return forwarder, through
+
+
 async def test_a_leader_cut_off_inside_a_statement_loses_the_lead_within_the_takeover_bound(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -221,12 +233,7 @@ async def test_a_leader_cut_off_inside_a_statement_loses_the_lead_within_the_tak
     quick = settings.model_copy(
         update={"relay_takeover_seconds": takeover, "relay_idle_interval": 0.2}
     )
-    real = urlsplit(quick.database_url.get_secret_value())
-    assert real.hostname is not None
-    assert real.port is not None
-    forwarder = TcpForwarder(real.hostname, real.port, free_port())
-    await forwarder.open()
-    through = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    forwarder, through = await forwarded_database(quick)
     # A leader's session, with the timeout the relay gives its own.
     holder = await asyncpg.connect(
         through, server_settings={"idle_session_timeout": str(round(takeover * 1000))}
@@ -272,12 +279,7 @@ async def test_a_leader_cut_off_from_postgresql_loses_the_lead_within_the_takeov
     quick = settings.model_copy(
         update={"relay_takeover_seconds": takeover, "relay_idle_interval": 0.2}
     )
-    real = urlsplit(quick.database_url.get_secret_value())
-    assert real.hostname is not None
-    assert real.port is not None
-    forwarder = TcpForwarder(real.hostname, real.port, free_port())
-    await forwarder.open()
-    through = urlunsplit(real._replace(netloc=f"{real.username}@127.0.0.1:{forwarder.port}"))
+    forwarder, through = await forwarded_database(quick)
     # A short drain: once stopped, the cut-off relay cannot publish anything anyway.
     cut_off = quick.model_copy(
         update={"database_url": SecretStr(through), "relay_drain_timeout": 1.0}
