@@ -10,8 +10,9 @@ library, plus the two libraries the README itself names as the authority for a r
 an email address is what email-validator accepts, and a language tag's subtags are
 looked up in the IANA registry by langcodes. The ISO 3166-1 list is written out below.
 
-Where the README says nothing and the behaviour had to be read off the service, the
-comment says ``README gap``.
+Where the README's rules left a choice, the behaviour was read off the service and then
+written into the README ("When the rules above leave a choice"); the comments mark those
+places with ``README, choice``.
 
 Give it the seeded customers and the command records in offset order, partition by
 partition (``Oracle.step`` or ``expected_outcomes``). Command ids and invoice prefixes
@@ -192,7 +193,7 @@ class Oracle:
         if earlier is not None:
             if earlier == asked:
                 return Expected("duplicate")
-            # README gap: the param of idempotency_key_reused (the service names "id").
+            # README, choice: the param of idempotency_key_reused (the service names "id").
             return Expected("rejected", "idempotency_key_reused", "id")
         self._asked[document["id"]] = asked
         try:
@@ -201,7 +202,7 @@ class Oracle:
             return Expected("rejected", refused.code, refused.param)
 
     def _apply(self, document: dict[str, Any], data: dict[str, Any]) -> Expected:
-        # README gap: the order of the refusals that need stored state, and their params
+        # README, choice: the order of the refusals that need stored state, and their params
         # (the service: the customer, then the version, then the fields in table order).
         current = self.customers.get(document["subject"])
         if current is None:
@@ -224,7 +225,7 @@ class Oracle:
             if name == "address" and value is not None:
                 # Merges: only the given subfields change.
                 merged = {**(current["address"] or dict.fromkeys(_ADDRESS)), **value}
-                # README gap: an address whose every subfield is cleared is null (as the
+                # README, choice: an address whose every subfield is cleared is null (as the
                 # service stores it), not an object of nulls.
                 value = None if all(v is None for v in merged.values()) else merged
             changes[name] = value
@@ -263,13 +264,13 @@ def _readable(
 ) -> dict[str, Any] | str:
     """The record's value as a JSON object, or the reason code of its dead letter.
 
-    README gap: which of several reasons is given, and the codes the README does not
+    README, choice: which of several reasons is given, and the codes the README does not
     name (it names record_invalid_json, record_too_large and record_key_missing); both
     follow the service. A header name is a ``str``; one that was not UTF-8 on the wire
     holds surrogates (read back with ``surrogateescape``).
     """
     if not key:
-        return "record_key_missing"  # README gap: an empty key is no key either
+        return "record_key_missing"  # README, choice: an empty key is no key either
     if len(key) > limits.max_key_bytes:
         return "record_key_too_large"
     if len(headers) > limits.max_headers:
@@ -284,11 +285,11 @@ def _readable(
     try:
         key.decode()
     except UnicodeDecodeError:
-        return "record_key_invalid"  # README gap: a key that is not UTF-8
+        return "record_key_invalid"  # README, choice: a key that is not UTF-8
     if value is None:
         return "record_value_missing"  # a tombstone
     if len(value) > limits.max_record_bytes:
-        return "record_too_large"  # README gap: the value's size (key and headers have theirs)
+        return "record_too_large"  # README, choice: the value's size (key and headers have theirs)
     try:
         text = value.decode()
     except UnicodeDecodeError:
@@ -305,11 +306,11 @@ def _readable(
         return "record_not_object"
     depth, lone_surrogate = _walk(document)
     if lone_surrogate:
-        # README gap: JSON's grammar allows an escaped lone surrogate, but no UTF-8 text
+        # README, choice: JSON's grammar allows an escaped lone surrogate, but no UTF-8 text
         # holds one and I-JSON (RFC 7493) forbids it; the service reads it as not JSON.
         return "record_invalid_json"
     if depth > limits.max_depth:
-        return "record_too_deep"  # README gap: the top-level object is level 1
+        return "record_too_deep"  # README, choice: the top-level object is level 1
     return document
 
 
@@ -347,7 +348,7 @@ def _walk(document: object) -> tuple[int, bool]:
 
 
 def _command(document: dict[str, Any]) -> dict[str, Any]:
-    """Check the envelope and ``data``, in the README's table order (README gap: which
+    """Check the envelope and ``data``, in the README's table order (README, choice: which
     refusal a command that breaks several rules gets; the service reports the first in
     that order, and unknown attributes after every known one); return the update."""
     data: dict[str, Any] = {}
@@ -392,7 +393,7 @@ def _identifier(value: object, param: str, limit: int = 255) -> None:
 
 
 def _source(value: object, param: str) -> None:
-    # README gap: "URI-reference" is not checked as such, only as the JSON Schema says.
+    # README, choice: "URI-reference" is not checked as such, only as the JSON Schema says.
     _identifier(value, param, limit=1024)
 
 
@@ -419,12 +420,12 @@ def _time(value: object, param: str) -> None:
 def _version(value: object, param: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _refuse("parameter_invalid_integer", param)
-    if value < 1:  # README gap: versions start at 1 (JSON Schema minimum)
+    if value < 1:  # README, choice: versions start at 1 (JSON Schema minimum)
         _refuse("parameter_invalid", param)
 
 
 def _traceparent(value: object, param: str) -> None:
-    # README gap: an attribute that is not a W3C traceparent is refused (not ignored).
+    # README, choice: an attribute that is not a W3C traceparent is refused (not ignored).
     if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value) or value[:2] == "ff":
         _refuse("parameter_invalid", param)
 
@@ -490,7 +491,7 @@ def _authorize(document: Mapping[str, Any], jwt_key: str | None) -> None:
 
 def _authorize_unsigned(document: Mapping[str, Any]) -> None:
     """Unsigned mode: the principal's space-separated permissions must hold the action."""
-    # README gap: the params (the service names the attribute that falls short), and
+    # README, choice: the params (the service names the attribute that falls short), and
     # that only U+0020 separates permissions (RFC 6749's scope syntax).
     if document.get("principal") is None:
         _refuse("permission_denied", "principal")
@@ -538,7 +539,7 @@ def _field(name: str, value: Any, param: str) -> Any:
         return None if cleared else _address(value, param)
     if name in _TEXT_LIMITS:
         text = _text(value, param, _TEXT_LIMITS[name], lines=name == "description")
-        # README gap: an email longer than 512 is parameter_invalid, not email_invalid.
+        # README, choice: an email longer than 512 is parameter_invalid, not email_invalid.
         if text is not None and name == "email":
             try:
                 email_validator.validate_email(text, check_deliverability=False)
@@ -576,7 +577,7 @@ def _field(name: str, value: Any, param: str) -> Any:
 
 def _text(value: object, param: str, limit: int, *, lines: bool = False) -> str | None:
     """A clearable text field: None when cleared. README: no control characters, but
-    newline and tab in ``description``. README gap: a carriage return counts as part
+    newline and tab in ``description``. README, choice: a carriage return counts as part
     of a newline there (the service allows it)."""
     if value is None or value == "":
         return None
@@ -613,7 +614,7 @@ def _locales(value: object, param: str) -> list[str]:
     if not isinstance(value, list):
         _refuse("parameter_invalid", param)
     for index, tag in enumerate(value):
-        # README gap: at most 35 characters (the JSON Schema; RFC 5646 4.4.1's minimum
+        # README, choice: at most 35 characters (the JSON Schema; RFC 5646 4.4.1's minimum
         # buffer), and BCP 47's own syntax before the registry (langcodes also takes "_").
         if not isinstance(tag, str) or len(tag) > 35 or not _registered(tag):
             _refuse("parameter_invalid", f"{param}.{index}")
