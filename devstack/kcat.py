@@ -328,19 +328,7 @@ def _write_wrapper(wrapper: Path, library_dirs: Sequence[Path]) -> None:
 
 def _problem_running(path: Path) -> str | None:
     """None when ``path`` is an executable that answers ``-V``; else what is wrong."""
-    if not path.is_file():
-        return f"{path} does not exist"
-    if not os.access(path, os.X_OK):
-        return f"{path} is not executable"
-    try:
-        result = subprocess.run(
-            [str(path), "-V"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{path} -V: {exc}"
-    if result.returncode != 0:
-        return f"{path} -V exited with {result.returncode}: {tools.tail(result.stderr)}"
-    return None
+    return tools.run_problem(path, "-V")[0]
 
 
 def _run(

@@ -17,6 +17,7 @@ import fcntl
 import ipaddress
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +62,26 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_problem(path: Path, *args: str) -> tuple[str | None, str]:
+    """Run ``path args`` (a version flag, say): None and its output when it ran and
+    exited 0, else what is wrong and the output so far."""
+    command = f"{path} {' '.join(args)}"
+    if not path.is_file():
+        return f"{path} does not exist", ""
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable", ""
+    try:
+        result = subprocess.run(
+            [str(path), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{command}: {exc}", ""
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        return f"{command} exited with {result.returncode}: {tail(output)}", output
+    return None, output
 
 
 def tail(output: str, lines: int = 15) -> str:

@@ -149,22 +149,10 @@ def _build(home: Path) -> Path:
 
 def _problem_running(path: Path) -> str | None:
     """None when ``path`` is a toxiproxy-server of ``VERSION``; else what is wrong."""
-    if not path.is_file():
-        return f"{path} does not exist"
-    if not os.access(path, os.X_OK):
-        return f"{path} is not executable"
-    try:
-        result = subprocess.run(
-            [str(path), "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{path} -version: {exc}"
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        return f"{path} -version exited with {result.returncode}: {tools.tail(output)}"
-    if re.search(rf"\b{re.escape(VERSION)}\b", output) is None:
+    problem, output = tools.run_problem(path, "-version")
+    if problem is None and re.search(rf"\b{re.escape(VERSION)}\b", output) is None:
         return f"{path} is not version {VERSION}: {tools.tail(output)}"
-    return None
+    return problem
 
 
 # -- running it -------------------------------------------------------------------------
