@@ -105,12 +105,13 @@ class NaiveHandler:
                 correlationid=item.correlationid,
                 event_id=str(uuid.uuid4()),
                 context=context,
+                record=record.position,
                 traceparent=item.traceparent,
             )
-        return await self._apply(item, context)
+        return await self._apply(item, record, context)
 
     async def _apply(
-        self, item: Valid, context: EventContext
+        self, item: Valid, record: InboundRecord, context: EventContext
     ) -> tuple[str, OutboundMessage | None]:
         command = item.command
         async with self._pool.acquire() as connection, connection.transaction():
@@ -129,7 +130,7 @@ class NaiveHandler:
                 )
                 if bytes(known) == item.fingerprint:
                     return "duplicate", None
-                return "rejected", self._rejection(item, context, reused_id_error(command))
+                return "rejected", self._rejection(item, record, context, reused_id_error(command))
             row = await connection.fetchrow(_SELECT_CUSTOMER, command.subject)
             current = customer_from_row(row) if row is not None else None
             owner: str | None = None
@@ -140,7 +141,7 @@ class NaiveHandler:
                 )
             verdict = apply_update(current, command, lambda _: owner)
             if not isinstance(verdict, Applied):
-                return "rejected", self._rejection(item, context, verdict.error)
+                return "rejected", self._rejection(item, record, context, verdict.error)
             await connection.execute(_UPDATE_CUSTOMER, *_columns(verdict.after))
             await connection.execute(
                 "UPDATE processed_commands SET outcome = 'applied', version = $2 "
@@ -161,7 +162,9 @@ class NaiveHandler:
             traceparent=item.traceparent,
         )
 
-    def _rejection(self, item: Valid, context: EventContext, error: ErrorObject) -> OutboundMessage:
+    def _rejection(
+        self, item: Valid, record: InboundRecord, context: EventContext, error: ErrorObject
+    ) -> OutboundMessage:
         return rejected_message(
             error,
             customer_id=item.command.subject,
@@ -169,6 +172,7 @@ class NaiveHandler:
             correlationid=item.command.correlationid,
             event_id=str(uuid.uuid4()),
             context=context,
+            record=record.position,
             traceparent=item.traceparent,
         )
 

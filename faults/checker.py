@@ -235,6 +235,10 @@ class _Rejection:
     code: str
     param: Any = None
     traceparent: Any = None
+    #: ``data.record``: the topic and the position of the command it names (None when
+    #: the rejection has none, or it is not an object of the three).
+    topic: str | None = None
+    position: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +290,12 @@ def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection |
         assert body is not None
         data = body["data"]
         command_id = data["command_id"]
+        named = data.get("record")
+        topic, position = None, None
+        if isinstance(named, dict) and isinstance(named.get("topic"), str):
+            topic = named["topic"]
+            if isinstance(named.get("partition"), int) and isinstance(named.get("offset"), int):
+                position = (named["partition"], named["offset"])
         return _Rejection(
             record,
             event_id=str(body["id"]),
@@ -294,6 +304,8 @@ def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection |
             code=str(data["error"]["code"]),
             param=data["error"].get("param"),
             traceparent=body.get("traceparent"),
+            topic=topic,
+            position=position,
         )
     except (AssertionError, KeyError, TypeError):
         result.add("malformed_output", f"{record.where()} is not a readable rejection")
@@ -418,16 +430,24 @@ class _Facts:
             result.rejected += used
             result.resent += len(copies) - applied - used
 
-        #: Id-less records paired with the id-less rejections of their key, in order.
+        #: Id-less records paired with the id-less rejection that names their position.
         self.idless_pairs: list[tuple[ProducedCommand, _Rejection]] = []
+        naming: dict[Position, _Rejection] = {}
         self.unpaired_rejections: list[_Rejection] = []
-        keys = set(self.idless) | set(self.idless_rejections)
-        for key in sorted(keys, key=lambda key: key or ""):
-            records = self.idless.get(key, [])
-            matching = self.idless_rejections.get(key, []) if key is not None else []
-            self.idless_pairs.extend(zip(records, matching, strict=False))
-            self.unaccounted.extend(records[len(matching) :])
-            self.unpaired_rejections.extend(matching[len(records) :])
+        for keyed in self.idless_rejections.values():
+            for rejection in keyed:
+                if rejection.position is None or rejection.position in naming:
+                    self.unpaired_rejections.append(rejection)
+                else:
+                    naming[rejection.position] = rejection
+        for key in sorted(self.idless, key=lambda key: key or ""):
+            for command in self.idless[key]:
+                match = naming.pop(command.position, None)
+                if match is None:
+                    self.unaccounted.append(command)
+                else:
+                    self.idless_pairs.append((command, match))
+        self.unpaired_rejections.extend(naming.values())
         result.rejected += len(self.idless_pairs)
         self.unaccounted.sort(key=lambda command: command.position)
         result.unaccounted = len(self.unaccounted)
@@ -681,7 +701,8 @@ def check_accounted(facts: _Facts, result: CheckResult) -> None:
         result.add(
             "unexpected_output",
             f"{rejection.record.where()} rejects a command without id for key "
-            f"{rejection.customer_id!r}, but no such record is left to match it",
+            f"{rejection.customer_id!r} at {rejection.position}, but no record without id "
+            "is left there to match it",
         )
     for letter in facts.stray_letters:
         result.add(
@@ -689,6 +710,27 @@ def check_accounted(facts: _Facts, result: CheckResult) -> None:
             f"dead letter {letter.record.where()} points at {letter.topic}"
             f"[{letter.position}], which is not a produced record",
         )
+
+
+def check_rejection_record(facts: _Facts, result: CheckResult) -> None:
+    """Every rejection names the record it answers (``data.record``) and carries that
+    record's id: what a producer matches a rejection on, even for a command without id."""
+    topic = facts.history.commands_topic
+    for rejection in facts.distinct_rejections:
+        named = facts.by_position.get(rejection.position) if rejection.position else None
+        if rejection.topic != topic or named is None:
+            result.add(
+                "unmatchable_rejection",
+                f"{rejection.record.where()} names the command record {rejection.topic}"
+                f"{list(rejection.position or ())}, which was not produced: its producer "
+                "cannot match it",
+            )
+        elif named.command_id != rejection.command_id:
+            result.add(
+                "unmatchable_rejection",
+                f"{rejection.record.where()} is for command {rejection.command_id!r}, but "
+                f"names the record at {rejection.position}, whose id is {named.command_id!r}",
+            )
 
 
 def check_outcomes(facts: _Facts, result: CheckResult) -> None:
@@ -1094,6 +1136,7 @@ CHECKS: dict[str, Check] = {
     "customer_partition": check_customer_partition,
     "event_details": check_event_details,
     "dead_letter_content": check_dead_letter_content,
+    "rejection_record": check_rejection_record,
 }
 
 

@@ -86,16 +86,38 @@ class CustomerUpdatedEvent(_Envelope):
     data: CustomerUpdatedData
 
 
+class CommandRecord(BaseModel):
+    """Where a command was read: what its producer's acknowledgement said."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    offset: Annotated[int, Field(ge=0)]
+
+
 class RejectionData(BaseModel):
     """Which command was refused, for which customer, and why."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     command_id: Annotated[
-        str | None, Field(description="The command's id; null when the command had none.")
+        str | None,
+        Field(
+            description=(
+                "The command's id, as sent when it is a printable string of at most 255 "
+                "characters (even one the rules refuse); else null, and ``record`` is what "
+                "the producer can match on."
+            )
+        ),
     ]
     customer_id: str
     error: ErrorObject
+    # Optional only so that rejections published before it existed still read back.
+    record: Annotated[
+        CommandRecord | None,
+        Field(description="Where the refused command was read: topic, partition, offset."),
+    ] = None
 
 
 class CustomerUpdateRejectedEvent(_Envelope):

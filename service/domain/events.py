@@ -111,9 +111,12 @@ def rejected_message(
     correlationid: str | None,
     event_id: str,
     context: EventContext,
+    record: tuple[str, int, int],
     traceparent: str | None = None,
 ) -> OutboundMessage:
-    """A ``customer.update.rejected`` event (``schemas.event.CustomerUpdateRejectedEvent``)."""
+    """A ``customer.update.rejected`` event (``schemas.event.CustomerUpdateRejectedEvent``).
+    ``record`` is the command's topic, partition and offset: a producer can match on it
+    whatever the command's ``id`` was."""
     event = _envelope(event_id, context, customer_id, correlationid, traceparent)
     event["type"] = REJECTED_TYPE
     if command_id is not None:
@@ -122,6 +125,7 @@ def rejected_message(
         "command_id": command_id,
         "customer_id": customer_id,
         "error": error.model_dump(mode="json"),
+        "record": {"topic": record[0], "partition": record[1], "offset": record[2]},
     }
     return OutboundMessage(
         context.topics.rejections,

@@ -54,6 +54,11 @@ class InboundRecord:
     #: a value may be null.
     headers: Headers = ()
 
+    @property
+    def position(self) -> tuple[str, int, int]:
+        """Topic, partition and offset: what the producer's acknowledgement named."""
+        return (self.topic, self.partition, self.offset)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -83,6 +83,7 @@ def messages_for(
                     correlationid=decision.correlationid,
                     event_id=new_id(),
                     context=context,
+                    record=decision.record.position,
                     traceparent=traceparent,
                 )
             )

@@ -136,6 +136,7 @@ class HistoryBuilder:
                         correlationid=decision.correlationid,
                         event_id=next(ids),
                         context=context,
+                        record=record.position,
                         traceparent=decision.traceparent,
                     )
                 )

@@ -4,6 +4,7 @@ damage a fault could do is reported by the check that is there to catch it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 import orjson
@@ -152,6 +153,15 @@ def publish_a_ghost(history: History) -> History:
     )
 
 
+def misplace_a_rejection(history: History) -> History:
+    """A rejection names another record than the one it answers (the offset after it)."""
+    [rejection] = [r for r in history.rejected if b'"command_id":"cmd-stale"' in (r.value or b"")]
+    body = json.loads(rejection.value or b"")
+    body["data"]["record"]["offset"] += 1
+    moved = dataclasses.replace(rejection, value=json.dumps(body).encode())
+    return dataclasses.replace(history, rejected=replaced(history.rejected, rejection, moved))
+
+
 def tamper_with_an_event(history: History) -> History:
     event = event_of(history, "cmd-email")
     body = (event.value or b"").replace(b"ada@example.com", b"eve@example.com")
@@ -212,6 +222,7 @@ CAUGHT: list[tuple[Damage, str, str]] = [
     (split_a_customer, "partition_split", "customer_partition"),
     (misstate_previous_attributes, "previous_attributes", "event_details"),
     (drop_a_traceparent, "output_headers", "event_details"),
+    (misplace_a_rejection, "unmatchable_rejection", "rejection_record"),
 ]
 
 
@@ -380,6 +391,7 @@ ONLY_ONE_CHECK_SEES: list[Damage] = [
     corrupt_a_dead_letter,
     split_a_customer,
     drop_a_traceparent,
+    misplace_a_rejection,
 ]
 
 

@@ -28,6 +28,8 @@ from tests.unit.builders import CUSTOMER_ID, command, customer, no_owner, value_
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 CONTEXT = EventContext(source="customer-service", time=NOW, topics=Topics())
+#: Where a command was read (topic, partition, offset).
+POSITION = ("customer.update", 2, 41)
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SUBSCRIPTIONS = SubscriptionList(
     data=[
@@ -84,6 +86,7 @@ def rejected(command_id: str | None, correlationid: str | None = None) -> bytes:
             correlationid=correlationid,
             event_id="evt-2",
             context=CONTEXT,
+            record=POSITION,
         ).value
         or b""
     )
@@ -188,6 +191,7 @@ def test_a_rejection_is_published_to_the_rejections_topic_keyed_by_customer() ->
         correlationid=None,
         event_id="evt-2",
         context=EventContext("customer-service", NOW, Topics(rejections="rejections.v2")),
+        record=POSITION,
     )
     assert (message.topic, message.key) == ("rejections.v2", CUSTOMER_ID.encode())
 
@@ -240,6 +244,7 @@ def test_the_rejected_error_round_trips() -> None:
             correlationid=None,
             event_id="evt-3",
             context=CONTEXT,
+            record=POSITION,
         )
     )
     assert CustomerUpdateRejectedEvent.model_validate_json(value).data.error == error

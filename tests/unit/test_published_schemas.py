@@ -138,6 +138,7 @@ def rejection_of(document: Json, *, event_id: str) -> tuple[bytes | None, Json]:
         correlationid=outcome.correlationid,
         event_id=event_id,
         context=CONTEXT,
+        record=record.position,
     )
     assert message.topic == REJECTED
     return message.key, json.loads(value_of(message))

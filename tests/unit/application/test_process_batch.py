@@ -234,6 +234,27 @@ async def test_an_update_of_an_unknown_customer_is_rejected_with_an_event(
     assert position(db) == 1
 
 
+@pytest.mark.parametrize("given", [{}, {"id": 42}, {"id": "x" * 256}], ids=["none", "int", "long"])
+async def test_a_rejection_of_a_command_without_a_usable_id_names_its_record(
+    db: FakeDatabase, processor: BatchProcessor, given: dict[str, Any]
+) -> None:
+    """Its producer has nothing else to match on: the acknowledgement's position is it."""
+    document = {**command_document({"name": "Ada"}, id="cmd-1"), **given}
+    if not given:
+        del document["id"]
+    inbound = dataclasses.replace(
+        record(orjson.dumps(document), key=CUSTOMER_ID.encode(), offset=7), partition=2
+    )
+
+    decisions = await processor.process([inbound])
+
+    assert outcomes(decisions) == ["rejected"]
+    [message] = db.outbox
+    data = event(message)["data"]
+    assert data["command_id"] is None
+    assert data["record"] == {"topic": COMMANDS, "partition": 2, "offset": 7}
+
+
 async def test_an_unreadable_record_is_dead_lettered_and_its_position_moves_on(
     db: FakeDatabase, processor: BatchProcessor
 ) -> None:
