@@ -397,6 +397,73 @@ def _source(value: object, param: str) -> None:
     _identifier(value, param, limit=1024)
 
 
+# RFC 9110 5.6.2 and 8.3.1: a token, a quoted string, and "; name=value" parameters.
+_TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _media_parameters(rest: str) -> list[tuple[str, str]] | None:
+    """The parameters after ``type/subtype``, or None when they are not RFC 9110's."""
+    found = []
+    while rest:
+        rest = rest.lstrip(" \t")
+        if not rest.startswith(";"):
+            return None
+        rest = rest[1:].lstrip(" \t")
+        name_end = next((i for i, c in enumerate(rest) if c not in _TOKEN_CHARS), len(rest))
+        name, rest = rest[:name_end], rest[name_end:]
+        if not name or not rest.startswith("="):
+            return None
+        rest = rest[1:]
+        if rest.startswith('"'):
+            i, value = 1, ""
+            while i < len(rest) and rest[i] != '"':
+                if rest[i] == "\\":
+                    i += 1
+                if i >= len(rest) or ord(rest[i]) < 0x20 or rest[i] == "\x7f":
+                    return None
+                value += rest[i]
+                i += 1
+            if i >= len(rest):
+                return None
+            rest = rest[i + 1 :]
+        else:
+            end = next((i for i, c in enumerate(rest) if c not in _TOKEN_CHARS), len(rest))
+            value, rest = rest[:end], rest[end:]
+            if not value:
+                return None
+        found.append((name, value))
+    return found
+
+
+def _content_type(value: object, param: str) -> None:
+    # README: application/json in any case, with parameters; a charset must be UTF-8.
+    if not isinstance(value, str) or len(value) > 255:
+        _refuse("parameter_invalid", param)
+    if value[:16].lower() != "application/json":
+        _refuse("parameter_invalid", param)
+    parameters = _media_parameters(value[16:])
+    if parameters is None:
+        _refuse("parameter_invalid", param)
+    for name, given in parameters:
+        if name.lower() == "charset" and given.lower() not in ("utf-8", "utf8"):
+            _refuse("parameter_invalid", param)
+
+
+def _absolute_uri(value: object, param: str) -> None:
+    # README: an absolute URI (RFC 3986 4.3: a scheme, ":", then printable ASCII).
+    if value == "":
+        _refuse("parameter_invalid_empty", param)  # as every empty attribute
+    if not isinstance(value, str) or len(value) > 1024 or ":" not in value:
+        _refuse("parameter_invalid", param)
+    scheme, _, rest = value.partition(":")
+    if not (scheme[:1].isascii() and scheme[:1].isalpha()) or not all(
+        c.isascii() and (c.isalnum() or c in "+-.") for c in scheme
+    ):
+        _refuse("parameter_invalid", param)
+    if not all("!" <= c <= "~" for c in rest):
+        _refuse("parameter_invalid", param)
+
+
 def _time(value: object, param: str) -> None:
     found = _RFC3339.fullmatch(value) if isinstance(value, str) else None
     if found is None:
@@ -447,7 +514,8 @@ _ENVELOPE: tuple[tuple[str, bool, Check | None], ...] = (
     ("type", True, _constant("customer.update")),
     ("subject", True, _identifier),
     ("time", False, _time),
-    ("datacontenttype", False, _constant("application/json")),
+    ("datacontenttype", False, _content_type),
+    ("dataschema", False, _absolute_uri),
     ("expectedversion", False, _version),
     ("correlationid", False, _identifier),
     ("traceparent", False, _traceparent),

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -174,7 +175,28 @@ class CustomerUpdateCommand(_Strict):
         BeforeValidator(fields.ensure_rfc3339),
         Field(description="When the command was created (RFC 3339, with an offset)."),
     ] = None
-    datacontenttype: Literal["application/json"] = "application/json"
+    datacontenttype: Annotated[
+        StrictStr,
+        Field(
+            max_length=255,
+            description=(
+                "application/json, with parameters if any; a charset must be utf-8. "
+                "Absent means application/json."
+            ),
+        ),
+        AfterValidator(fields.ensure_json_media_type),
+        fields.documented(pattern=f"^{fields.JSON_MEDIA_TYPE.pattern}$"),
+    ] = "application/json"
+    dataschema: Annotated[
+        Annotated[
+            StrictStr,
+            Field(min_length=1, max_length=1024),
+            AfterValidator(fields.ensure_absolute_uri),
+            fields.documented(pattern=f"^{fields.ABSOLUTE_URI.pattern}$"),
+        ]
+        | None,
+        Field(description="The schema data adheres to (CloudEvents): an absolute URI, not read."),
+    ] = None
     expectedversion: Annotated[
         StrictInt | None,
         Field(ge=1, description="Apply only if the customer is at this version."),

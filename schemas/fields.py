@@ -199,6 +199,38 @@ def ensure_rfc3339(value: object) -> object:
     return value
 
 
+# RFC 9110 8.3.1: type "/" subtype *( OWS ";" OWS parameter ), names case-insensitive.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"'
+_PARAMETER = re.compile(rf"[ \t]*;[ \t]*({_TOKEN})=({_TOKEN}|{_QUOTED})")
+#: ``application/json`` in any case, as JSON Schema (which has no flags) can say it.
+_JSON_TYPE = "[Aa][Pp][Pp][Ll][Ii][Cc][Aa][Tt][Ii][Oo][Nn]/[Jj][Ss][Oo][Nn]"
+JSON_MEDIA_TYPE = re.compile(rf"{_JSON_TYPE}(?:{_PARAMETER.pattern})*")
+
+
+def ensure_json_media_type(value: str) -> str:
+    """``datacontenttype``: JSON, with parameters if any (CloudEvents SDKs send
+    ``application/json; charset=utf-8``); a charset other than UTF-8 would mean the
+    bytes are not what the record was read as."""
+    if not JSON_MEDIA_TYPE.fullmatch(value):
+        raise _invalid("must be application/json, optionally with parameters")
+    for name, raw in _PARAMETER.findall(value):
+        charset = raw.strip('"').lower()
+        if name.lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise _invalid("must declare charset=utf-8 if any: the record is read as UTF-8")
+    return value
+
+
+#: An absolute URI (RFC 3986 4.3: a scheme, then anything printable in ASCII).
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[!-~]*")
+
+
+def ensure_absolute_uri(value: str) -> str:
+    if not ABSOLUTE_URI.fullmatch(value):
+        raise _invalid("must be an absolute URI, such as https://example.com/schema.json")
+    return value
+
+
 def documented(**keywords: JsonValue) -> Any:
     """JSON Schema keywords that publish a rule a validator already enforces.
 

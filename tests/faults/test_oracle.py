@@ -256,7 +256,10 @@ ENVELOPE_VALID: dict[str, list[Any]] = {
     # Leap seconds and year 0000 are left out: see test_rfc3339_times.
     "time": [MISSING, None, "2025-03-14T09:26:53Z", "2025-03-14t09:26:53.123456789+01:00",
              "2024-02-29 23:59:59-00:00", "2025-03-14T09:26:53+23:59"],
-    "datacontenttype": [MISSING, "application/json"],
+    "datacontenttype": [MISSING, "application/json", "Application/JSON",
+                        "application/json; charset=utf-8", 'application/json;charset="UTF8"',
+                        "application/json ; profile=x ; charset=utf-8"],
+    "dataschema": [MISSING, None, "urn:x", "https://example.com/s.json", "a:"],
     "correlationid": [MISSING, None, "req-1", "x" * 255],
     "traceparent": [MISSING, None, TRACEPARENT, "00-" + "0" * 32 + "-" + "0" * 16 + "-00"],
     "tracestate": [MISSING, None, "a=b", "x" * 512],
@@ -276,7 +279,10 @@ ENVELOPE_INVALID: dict[str, list[Any]] = {
              "2025-03-14T24:00:00Z", "2025-03-14T09:60:00Z", "2025-13-01T00:00:00Z",
              "2025-03-14T09:26:53+24:00", "2025-03-14T09:26:53+01:60", "2025-03-14T09:26:53.Z",
              5],
-    "datacontenttype": ["text/plain", None, 5],
+    "datacontenttype": ["text/plain", None, 5, "", "application/jsonx", "application/json;",
+                        "application/json; charset=latin1", "application/json; charset",
+                        'application/json; a="b', "application/json; a=b c",
+                        "application/json; charset=" + "u" * 250],
     "expectedversion": [0, -1, "1", 1.0, True, [1]],
     "correlationid": ["", "a b", 5, "x" * 256],
     "traceparent": ["x", "00-" + "A" * 32 + "-" + "0" * 16 + "-00", "ff" + TRACEPARENT[2:], 5],
@@ -288,7 +294,9 @@ ENVELOPE_INVALID: dict[str, list[Any]] = {
     "authtoken": [5, "x" * 8193],
     "data": [MISSING, None, [], "x"],
     "nickname": ["x"],
-    "dataschema": ["urn:x"],
+    "expectedverison": [1],
+    "dataschema": ["", "no-scheme", "1http://x", "https://a b", 5, "urn:\u00e9",
+                   "urn:" + "x" * 1021],
 }  # fmt: skip
 
 

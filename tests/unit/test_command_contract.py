@@ -78,7 +78,9 @@ def test_the_baseline_command_is_valid() -> None:
 # Unknown fields
 
 
-@pytest.mark.parametrize("name", ["foo", "dataschema", "partitionkey", "Subject", "customer_id"])
+@pytest.mark.parametrize(
+    "name", ["foo", "expectedverison", "partitionkey", "Subject", "customer_id"]
+)
 def test_unknown_envelope_attribute_is_refused(name: str) -> None:
     attributes: dict[str, Any] = {name: "x"}
     error = assert_refused(command_document(**attributes), "parameter_unknown", name)
@@ -525,12 +527,37 @@ def test_datacontenttype_defaults_to_json() -> None:
 
 
 @pytest.mark.parametrize(
-    "content_type", ["text/plain", "application/xml", "APPLICATION/JSON", "", None]
-)
+    "content_type",
+    ["application/json", "APPLICATION/JSON", "application/json; charset=utf-8",
+     'application/json;charset="UTF-8"', "application/json; profile=customer"],
+)  # fmt: skip
+def test_datacontenttype_is_json_with_any_parameters(content_type: str) -> None:
+    assert command(datacontenttype=content_type).datacontenttype == content_type
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/xml", "", None, "application/json;", "application/jsonx",
+     "application/json; charset=iso-8859-1", "application/json charset=utf-8"],
+)  # fmt: skip
 def test_datacontenttype_refuses_anything_but_json(content_type: object) -> None:
     assert_refused(
         command_document(datacontenttype=content_type), "parameter_invalid", "datacontenttype"
     )
+
+
+@pytest.mark.parametrize("uri", ["https://example.com/customer.update.json", "urn:schema:1"])
+def test_dataschema_is_an_absolute_uri(uri: str) -> None:
+    assert command(dataschema=uri).dataschema == uri
+
+
+def test_an_empty_dataschema_is_refused_as_empty() -> None:
+    assert_refused(command_document(dataschema=""), "parameter_invalid_empty", "dataschema")
+
+
+@pytest.mark.parametrize("uri", ["customer.update.json", "https://a b", "urn:caf\u00e9", 5])
+def test_dataschema_refuses_what_is_not_an_absolute_uri(uri: object) -> None:
+    assert_refused(command_document(dataschema=uri), "parameter_invalid", "dataschema")
 
 
 @pytest.mark.parametrize("version", [1, 2, 2**40])
