@@ -173,7 +173,11 @@ class Oracle:
         if isinstance(document, str):
             return Expected("dead_lettered", document)
         assert key is not None
+        assert value is not None
         try:
+            twice = _repeated_key(value)
+            if twice is not None:
+                _refuse("parameter_invalid", twice)
             data = _command(document)
             if document["subject"] != key.decode():
                 _refuse("parameter_invalid", "subject")
@@ -312,6 +316,36 @@ def _readable(
     if depth > limits.max_depth:
         return "record_too_deep"  # README, choice: the top-level object is level 1
     return document
+
+
+@dataclass(frozen=True)
+class _Members:
+    pairs: list[tuple[str, Any]]
+
+
+def _repeated_key(value: bytes) -> str | None:
+    """README: a key twice in one object is refused, naming it; the outermost first (an
+    object's own keys in order, then what its members hold, in order)."""
+    tree = json.loads(value, object_pairs_hook=_Members)
+
+    def search(node: Any, path: list[str]) -> str | None:
+        if isinstance(node, _Members):
+            keys = [key for key, _ in node.pairs]
+            for index, key in enumerate(keys):
+                if key in keys[:index]:
+                    return ".".join([*path, key])
+            children = [(key, child) for key, child in node.pairs]
+        elif isinstance(node, list):
+            children = [(str(index), child) for index, child in enumerate(node)]
+        else:
+            return None
+        for key, child in children:
+            found = search(child, [*path, key])
+            if found is not None:
+                return found
+        return None
+
+    return search(tree, [])
 
 
 def _not_json(constant: str) -> NoReturn:

@@ -21,6 +21,7 @@ from schemas.command import CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error, invalid
 from schemas.fields import TRACEPARENT
 from service.domain.authorization import Authorizer, Principal
+from service.domain.duplicate_keys import duplicate_key
 
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 DEFAULT_MAX_DEPTH = 16
@@ -152,10 +153,11 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         return Poison(
             "record_too_deep", f"The record value nests deeper than {limits.max_depth} levels"
         )
-    return _parse(document, customer_id, _header_traceparent(record), authorizer)
+    return _parse(record.value, document, customer_id, _header_traceparent(record), authorizer)
 
 
 def _parse(
+    raw: bytes,
     document: dict[str, object],
     customer_id: str,
     header_traceparent: str | None,
@@ -165,6 +167,15 @@ def _parse(
     correlationid = _echo(document.get("correlationid"))
     attribute = document.get("traceparent")
     traceparent = attribute if _is_traceparent(attribute) else header_traceparent
+    twice = duplicate_key(raw, document)
+    if twice is not None:
+        error = invalid(
+            "parameter_invalid",
+            twice,
+            f"Invalid {twice}: the key appears twice in one object, and JSON readers "
+            "disagree on which value counts",
+        )
+        return Invalid(error, customer_id, command_id, correlationid, traceparent)
     try:
         command = CustomerUpdateCommand.model_validate(document)
     except ValidationError as exc:

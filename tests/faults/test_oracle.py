@@ -733,3 +733,53 @@ def test_signed_mode_agrees_with_the_service(attributes: dict[str, Any], outcome
     assert decided[0] == outcome
     if outcome == "rejected":
         assert decided[1:3] == ("permission_denied", "authtoken")
+
+
+def with_member(raw: bytes, before: bytes, member: bytes) -> bytes:
+    """``raw`` with ``member`` written again just before the first ``before``."""
+    at = raw.index(before)
+    return raw[:at] + member + b"," + raw[at:]
+
+
+_BASE = orjson.dumps(document("cus_a", {"name": "Ada", "address": {"city": "Rome"}}))
+#: Raw commands with a key twice (orjson and the oracle's json both keep the last), and
+#: the param the refusal must name.
+REPEATED: dict[str, tuple[bytes, str]] = {
+    "envelope": (with_member(_BASE, b'"data"', b'"source":"other"'), "source"),
+    "data": (_BASE.replace(b'{"name":"Ada"', b'{"name":"Eve","name":"Ada"'), "data.name"),
+    "nested": (_BASE.replace(b'{"city":"Rome"}', b'{"city":"X","city":"Rome"}'),
+               "data.address.city"),
+    "same value": (_BASE.replace(b'{"name":"Ada"', b'{"name":"Ada","name":"Ada"'), "data.name"),
+    "escaped": (_BASE.replace(b'{"name":"Ada"', b'{"n\\u0061me":"Eve","name":"Ada"'),
+                "data.name"),
+    "outermost first": (
+        with_member(_BASE.replace(b'{"city":"Rome"}', b'{"city":"X","city":"Rome"}'),
+                    b'"data"', b'"type":"customer.update"'),
+        "type",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "param"), REPEATED.values(), ids=list(REPEATED))
+def test_a_key_twice_in_one_object_is_refused_naming_it(raw: bytes, param: str) -> None:
+    [(outcome, code, named)] = outcomes([Sent(b"cus_a", raw)])
+
+    assert (outcome, code, named) == ("rejected", "parameter_invalid", param)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Colons in strings and escaped ones are no members; equal keys in two objects
+        # are two keys.
+        (_BASE.replace(b'"Ada"', b'"a:b::c"'), ("applied", None, None)),
+        (_BASE.replace(b'"Ada"', b'"a\\u003ab"'), ("applied", None, None)),
+        (
+            _BASE.replace(b'{"city":"Rome"}', b'{"city":"Rome","name":"x"}'),
+            ("rejected", "parameter_unknown", "data.address.name"),
+        ),
+    ],
+    ids=["colons", "escaped colon", "same key in two objects"],
+)
+def test_keys_that_are_not_repeated_pass(raw: bytes, expected: tuple[str, Any, Any]) -> None:
+    assert outcomes([Sent(b"cus_a", raw)]) == [expected]
