@@ -5,11 +5,14 @@ Read back with kcat too: aiokafka itself fails on a header name that is not UTF-
 
 from __future__ import annotations
 
+import binascii
 import os
 from pathlib import Path
 
 from devstack.kcat import produce_raw, run_kcat
+from service.adapters.kafka.publisher import partition_for
 from service.infrastructure.settings import Settings
+from tests.conftest import TEST_PARTITIONS
 
 BAD_NAME = b"\xff\xfebad"
 
@@ -39,3 +42,29 @@ async def test_kcat_produces_a_header_name_that_is_not_utf8_and_a_large_value(
     )
 
     assert out == b"1|8|cus_kcat|" + BAD_NAME + b"=v1,ce_id=cmd-1|200000|" + value
+
+
+async def test_kcat_with_murmur2_puts_each_customer_where_our_client_does(
+    settings: Settings, kcat: Path
+) -> None:
+    """What the README's "Producing from other languages and tools" says: librdkafka's
+    murmur2_random agrees with our partitioner, its default (consistent_random) does not."""
+    topic = settings.topic_commands
+    keys = [f"cus_demo_{n:06d}".encode() for n in range(1, 11)]
+    for key in keys:  # produce_raw sets partitioner=murmur2_random
+        await produce_raw(settings.kafka_bootstrap_servers, topic, key=key, value=b"{}", kcat=kcat)
+    out = await run_kcat(
+        kcat,
+        [
+            *(b"-F", b"none", b"-q", b"-C", b"-b", settings.kafka_bootstrap_servers.encode()),
+            *(b"-t", topic.encode(), b"-o", b"beginning", b"-e", b"-f", b"%p %k\\n"),
+        ],
+    )
+    placed = dict(line.split(b" ")[::-1] for line in out.splitlines())
+    count = TEST_PARTITIONS
+
+    assert {key: int(placed[key]) for key in keys} == {
+        key: partition_for(key, count) for key in keys
+    }
+    crc32 = [key for key in keys if binascii.crc32(key) % count != partition_for(key, count)]
+    assert len(crc32) >= len(keys) // 2, "the default partitioner should mostly differ"
