@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from service.domain import binary_mode
 from service.domain.authorization import Authorizer, JwtAuthorizer, UnsignedAuthorizer
 from service.domain.batch import BatchState, Outcome, decide_batch
 from service.domain.customer import CustomerState
@@ -70,6 +71,7 @@ def produced_command(
     headers: Iterable[tuple[str, bytes | None]] = (),
 ) -> ProducedCommand:
     """Read what the checker needs out of a raw command record."""
+    headers = tuple(headers)
     customer_id = None
     if key:
         try:
@@ -82,14 +84,19 @@ def produced_command(
             parsed = orjson.loads(value)
         except orjson.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict):
+        if binary_mode.is_binary(headers):
+            # The command binary mode makes, read as the service reads it; a header that
+            # cannot be an attribute leaves it without a body (it is refused whole).
+            built = binary_mode.document(headers, parsed)
+            body = built if isinstance(built, dict) else None
+        elif isinstance(parsed, dict):
             body = parsed
     return ProducedCommand(
         partition=partition,
         offset=offset,
         key=key,
         value=value,
-        headers=tuple(headers),
+        headers=headers,
         customer_id=customer_id,
         command_id=echoed_id(body.get("id")) if body is not None else None,
         body=body,

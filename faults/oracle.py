@@ -169,21 +169,28 @@ class Oracle:
     def step(
         self, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
     ) -> Expected:
-        document = _readable(key, value, headers, self.limits)
-        if isinstance(document, str):
-            return Expected("dead_lettered", document)
+        binary = _binary_mode(headers)
+        document = _readable(key, value, headers, self.limits, binary=binary)
+        if isinstance(document, _Unreadable):
+            return Expected("dead_lettered", document.code)
         assert key is not None
         assert value is not None
+        if binary:
+            try:
+                document = _from_headers(headers, document)
+            except _RefusalError as refused:  # its param is the header already
+                return Expected("rejected", refused.code, refused.param)
         try:
             twice = _repeated_key(value)
             if twice is not None:
-                _refuse("parameter_invalid", twice)
+                _refuse("parameter_invalid", f"data.{twice}" if binary else twice)
             data = _command(document)
             if document["subject"] != key.decode():
                 _refuse("parameter_invalid", "subject")
             _authorize(document, self.jwt_key)
         except _RefusalError as refused:
-            return Expected("rejected", refused.code, refused.param)
+            param = _header_of(refused.param) if binary else refused.param
+            return Expected("rejected", refused.code, param)
         return self._decide(document, data)
 
     def _decide(self, document: dict[str, Any], data: dict[str, Any]) -> Expected:
@@ -260,13 +267,23 @@ def expected_outcomes(
 # -- dead letters ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """A record that is a dead letter, and its reason code."""
+
+    code: str
+
+
 def _readable(
     key: bytes | None,
     value: bytes | None,
     headers: Sequence[tuple[str, bytes | None]],
     limits: Limits,
-) -> dict[str, Any] | str:
-    """The record's value as a JSON object, or the reason code of its dead letter.
+    *,
+    binary: bool = False,
+) -> Any:
+    """The record's value as JSON (an object unless ``binary``), or why it is a dead
+    letter.
 
     README, choice: which of several reasons is given, and the codes the README does not
     name (it names record_invalid_json, record_too_large and record_key_missing); both
@@ -274,48 +291,104 @@ def _readable(
     holds surrogates (read back with ``surrogateescape``).
     """
     if not key:
-        return "record_key_missing"  # README, choice: an empty key is no key either
+        return _Unreadable("record_key_missing")  # README, choice: an empty key is none
     if len(key) > limits.max_key_bytes:
-        return "record_key_too_large"
+        return _Unreadable("record_key_too_large")
     if len(headers) > limits.max_headers:
-        return "record_headers_too_many"
+        return _Unreadable("record_headers_too_many")
     for name, header_value in headers:
         if "\x00" in name or not _encodes(name):
-            return "record_header_invalid"
+            return _Unreadable("record_header_invalid")
         if len(name.encode()) > limits.max_header_name_bytes:
-            return "record_header_too_large"
+            return _Unreadable("record_header_too_large")
         if header_value is not None and len(header_value) > limits.max_header_value_bytes:
-            return "record_header_too_large"
+            return _Unreadable("record_header_too_large")
     try:
         key.decode()
     except UnicodeDecodeError:
-        return "record_key_invalid"  # README, choice: a key that is not UTF-8
+        return _Unreadable("record_key_invalid")  # README, choice: a key that is not UTF-8
     if value is None:
-        return "record_value_missing"  # a tombstone
+        return _Unreadable("record_value_missing")  # a tombstone
     if len(value) > limits.max_record_bytes:
-        return "record_too_large"  # README, choice: the value's size (key and headers have theirs)
+        return _Unreadable(
+            "record_too_large"
+        )  # README, choice: the value's size (key and headers have theirs)
     try:
         text = value.decode()
     except UnicodeDecodeError:
-        return "record_invalid_utf8"
+        return _Unreadable("record_invalid_utf8")
     try:
         document = json.loads(text, parse_constant=_not_json)
     except ValueError:
-        return "record_invalid_json"
+        return _Unreadable("record_invalid_json")
     except RecursionError:
         # Deeper than Python's own parser goes, so far beyond the limit (whether or not
         # the rest of it is JSON, which the parser did not get to see).
-        return "record_too_deep" if text.lstrip().startswith("{") else "record_not_object"
-    if not isinstance(document, dict):
-        return "record_not_object"
+        deep = text.lstrip().startswith("{")
+        return _Unreadable("record_too_deep" if deep else "record_not_object")
+    if not binary and not isinstance(document, dict):
+        # In binary mode the value is data, judged as data.
+        return _Unreadable("record_not_object")
     depth, lone_surrogate = _walk(document)
     if lone_surrogate:
         # README, choice: JSON's grammar allows an escaped lone surrogate, but no UTF-8 text
         # holds one and I-JSON (RFC 7493) forbids it; the service reads it as not JSON.
-        return "record_invalid_json"
+        return _Unreadable("record_invalid_json")
     if depth > limits.max_depth:
-        return "record_too_deep"  # README, choice: the top-level object is level 1
+        return _Unreadable("record_too_deep")  # README, choice: the top-level object is level 1
     return document
+
+
+# -- binary content mode (README, "The command": CloudEvents' Kafka binding) ------------
+
+
+def _binary_mode(headers: Sequence[tuple[str, bytes | None]]) -> bool:
+    """A ``ce_specversion`` header, and no ``content-type`` starting
+    ``application/cloudevents`` (which says structured mode)."""
+    names = [name for name, _ in headers]
+    types = [value for name, value in headers if name == "content-type" and value is not None]
+    if types and types[-1].lower().startswith(b"application/cloudevents"):
+        return False
+    return "ce_specversion" in names
+
+
+def _from_headers(headers: Sequence[tuple[str, bytes | None]], data: Any) -> dict[str, Any]:
+    """The command: each ``ce_<name>`` header an attribute, ``content-type`` the
+    datacontenttype, the value its data; integers as decimal strings. A header that
+    cannot be an attribute is refused naming the header."""
+    document: dict[str, Any] = {}
+    for name, value in headers:
+        if name == "content-type":
+            attribute = "datacontenttype"
+        elif name.startswith("ce_"):
+            attribute = name[3:]
+        else:
+            continue
+        if attribute in document or value is None:
+            raise _RefusalError("parameter_invalid", name)
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _RefusalError("parameter_invalid", name) from None
+        if attribute == "data":
+            raise _RefusalError("parameter_unknown", name)
+        if attribute == "expectedversion" and re.fullmatch(r"-?\d{1,20}", text, re.ASCII):
+            document[attribute] = int(text)
+        else:
+            document[attribute] = text
+    document["data"] = data
+    return document
+
+
+def _header_of(param: str | None) -> str | None:
+    """The name a refusal gives in binary mode: the header the attribute came in."""
+    if param is None:
+        return None
+    first, dot, rest = param.partition(".")
+    if first == "data" and (dot or param == "data"):
+        return param
+    header = "content-type" if first == "datacontenttype" else f"ce_{first}"
+    return header + dot + rest
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import json
 import orjson
 
 
-def duplicate_key(raw: bytes, document: dict[str, object]) -> str | None:
+def duplicate_key(raw: bytes, document: object) -> str | None:
     """The dotted path (``data.address.city``) of the first key that appears twice in one
     object of ``raw``, whose orjson parse is ``document``; None when there is none.
     First means outermost: an object's own keys in order, then its values in order."""

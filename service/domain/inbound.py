@@ -10,6 +10,7 @@ is *invalid*: the producer gets a ``customer.update.rejected`` event saying whic
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -20,6 +21,7 @@ from schemas import headers
 from schemas.command import CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error, invalid
 from schemas.fields import TRACEPARENT
+from service.domain import binary_mode
 from service.domain.authorization import Authorizer, Principal
 from service.domain.duplicate_keys import duplicate_key
 
@@ -141,7 +143,9 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         document = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
         return Poison("record_invalid_json", f"The record value is not valid JSON: {exc}")
-    if not isinstance(document, dict):
+    # In binary mode the value is ``data`` alone, and any JSON the model then judges.
+    binary = bool(record.headers) and binary_mode.is_binary(record.headers)
+    if not binary and not isinstance(document, dict):
         return Poison(
             "record_not_object",
             f"The record value is a JSON {_json_kind(document)}, not an object",
@@ -153,7 +157,20 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         return Poison(
             "record_too_deep", f"The record value nests deeper than {limits.max_depth} levels"
         )
-    return _parse(record.value, document, customer_id, _header_traceparent(record), authorizer)
+    header_traceparent = _header_traceparent(record)
+    if not binary:
+        return _parse(record.value, document, customer_id, header_traceparent, authorizer)
+    built = binary_mode.document(record.headers, document)
+    if isinstance(built, ErrorObject):
+        return Invalid(built, customer_id, None, None, header_traceparent)
+    return _parse(
+        record.value,
+        built,
+        customer_id,
+        header_traceparent,
+        authorizer,
+        names=binary_mode.header_name,
+    )
 
 
 def _parse(
@@ -162,36 +179,63 @@ def _parse(
     customer_id: str,
     header_traceparent: str | None,
     authorizer: Authorizer,
+    *,
+    names: Callable[[str], str] | None = None,
 ) -> Classified:
+    """``names`` says what an attribute was called in the record (binary mode's headers);
+    ``raw`` is the record's value: the command, or in binary mode its ``data``."""
     command_id = _echo(document.get("id"))
     correlationid = _echo(document.get("correlationid"))
     attribute = document.get("traceparent")
     traceparent = attribute if _is_traceparent(attribute) else header_traceparent
-    twice = duplicate_key(raw, document)
+
+    def refused(error: ErrorObject) -> Invalid:
+        return Invalid(_named(error, names), customer_id, command_id, correlationid, traceparent)
+
+    twice = duplicate_key(raw, document if names is None else document["data"])
     if twice is not None:
-        error = invalid(
-            "parameter_invalid",
-            twice,
-            f"Invalid {twice}: the key appears twice in one object, and JSON readers "
-            "disagree on which value counts",
+        twice = twice if names is None else f"data.{twice}"
+        return Invalid(
+            invalid(
+                "parameter_invalid",
+                twice,
+                f"Invalid {twice}: the key appears twice in one object, and JSON readers "
+                "disagree on which value counts",
+            ),
+            customer_id,
+            command_id,
+            correlationid,
+            traceparent,
         )
-        return Invalid(error, customer_id, command_id, correlationid, traceparent)
     try:
         command = CustomerUpdateCommand.model_validate(document)
     except ValidationError as exc:
-        error = from_validation_error(exc)
-        return Invalid(error, customer_id, command_id, correlationid, traceparent)
+        return refused(from_validation_error(exc))
     if command.subject != customer_id:
-        error = invalid(
-            "parameter_invalid",
-            "subject",
-            f"Invalid subject: '{command.subject}' differs from the record key '{customer_id}'",
+        return refused(
+            invalid(
+                "parameter_invalid",
+                "subject",
+                f"Invalid subject: '{command.subject}' differs from the record key '{customer_id}'",
+            )
         )
-        return Invalid(error, customer_id, command_id, correlationid, traceparent)
     principal = authorizer.authorize(command)
     if isinstance(principal, ErrorObject):
-        return Invalid(principal, customer_id, command_id, correlationid, traceparent)
+        return refused(principal)
     return Valid(command, principal, fingerprint(document), traceparent)
+
+
+def _named(error: ErrorObject, names: Callable[[str], str] | None) -> ErrorObject:
+    """``error`` with its param as the producer wrote it (a binary mode header)."""
+    if names is None or error.param is None:
+        return error
+    first, dot, rest = error.param.partition(".")
+    param = names(first) + dot + rest
+    if param == error.param:
+        return error
+    return error.model_copy(
+        update={"param": param, "message": error.message.replace(error.param, param, 1)}
+    )
 
 
 def _check_headers(record_headers: Headers, limits: Limits) -> Poison | None:
