@@ -95,6 +95,9 @@ HOSTILE_SHARE = 0.06
 #: Share of records with user headers, and of commands with a ``traceparent`` attribute.
 HEADER_SHARE = 0.2
 TRACED_SHARE = 0.1
+#: Share of plain updates sent in CloudEvents binary content mode (attributes in ce_
+#: headers, data alone in the value), as CloudEvents SDKs send them.
+BINARY_SHARE = 0.25
 #: Extra kinds of record in signed mode, with their weights.
 SIGNED_MIX: dict[str, int] = {
     "signed:bad_signature": 2,
@@ -180,6 +183,16 @@ class LoadPlan:
         return Counter(record.kind for record in self.records)
 
 
+def _binary_headers(document: dict[str, Any]) -> tuple[tuple[str, bytes | None], ...]:
+    """The attributes of ``document`` as binary content mode's headers (text; integers
+    in decimal), and its data's content type."""
+    headers: list[tuple[str, bytes | None]] = [("content-type", b"application/json")]
+    for name, value in document.items():
+        if name != "data":
+            headers.append((f"ce_{name}", str(value).encode()))
+    return tuple(headers)
+
+
 @dataclass
 class _Generator:
     rng: random.Random
@@ -262,12 +275,12 @@ class _Generator:
             self.commands.setdefault(customer_id, []).append((document["id"], data))
         if kind == "update":
             self.documents.setdefault(customer_id, []).append(document)
+        extra = self.user_headers() if headers is None else headers
+        value = orjson.dumps(document)
+        if kind in ("update", "expected_version") and self.rng.random() < BINARY_SHARE:
+            value, extra = orjson.dumps(data), (*extra, *_binary_headers(document))
         self.emit(
-            (key or customer_id).encode(),
-            orjson.dumps(document),
-            kind,
-            headers=self.user_headers() if headers is None else headers,
-            raw_headers=raw_headers,
+            (key or customer_id).encode(), value, kind, headers=extra, raw_headers=raw_headers
         )
 
     def user_headers(self) -> tuple[tuple[str, bytes | None], ...]:
@@ -361,7 +374,14 @@ class _Generator:
 
         if kind == "resend" and self.sent.get(customer_id):
             record = rng.choice(self.sent[customer_id])
-            self.emit(record.key, record.value, "resend")
+            # Headers and all: a binary-mode command is its headers as much as its value.
+            self.emit(
+                record.key,
+                record.value,
+                "resend",
+                headers=record.headers,
+                raw_headers=record.raw_headers,
+            )
         elif kind == "expected_version":
             data = self.update_data(index)
             self.command(customer_id, data, kind=kind, expectedversion=version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from typing import Any
 
 import orjson
 
@@ -14,6 +15,7 @@ from faults.load import (
     LONG_CUSTOMER_ID,
     POISON_KINDS,
     LoadPlan,
+    LoadRecord,
     build_load,
     signing_key,
 )
@@ -78,6 +80,18 @@ def test_the_model_gives_every_outcome_to_the_load() -> None:
         assert ("rejected", code) in outcomes
 
 
+def document_of(record: LoadRecord) -> dict[str, Any]:
+    """The command a record holds, in either content mode (as the checker reads it)."""
+    body = produced_command(0, 0, record.key, record.value, record.headers).body
+    assert body is not None, record
+    return dict(body)
+
+
+def user_headers(record: LoadRecord) -> list[tuple[str, bytes | None]]:
+    """The headers a producer added, not those binary content mode carries the event in."""
+    return [(n, v) for n, v in record.headers if not n.startswith("ce_") and n != "content-type"]
+
+
 def test_ids_and_invoice_prefixes_never_span_two_keys() -> None:
     plan = build_load(seed=5, commands=3000, seeded=seeded(), topic=TOPIC, poison=True)
     keys_of_id: dict[str, set[bytes | None]] = defaultdict(set)
@@ -85,7 +99,7 @@ def test_ids_and_invoice_prefixes_never_span_two_keys() -> None:
     for record in plan.records:
         if record.kind in POISON_KINDS or record.value is None:
             continue
-        body = orjson.loads(record.value)
+        body = document_of(record)
         if "id" in body:
             keys_of_id[body["id"]].add(record.key)
         prefix = body["data"].get("invoice_prefix")
@@ -124,19 +138,20 @@ def outcomes_by_kind(
 
 def test_some_records_carry_user_headers_and_trace_context() -> None:
     plan = build_load(seed=6, commands=2000, seeded=seeded(), topic=TOPIC, poison=True)
-    headers = [header for record in plan.records for header in record.headers]
+    headers = [header for record in plan.records for header in user_headers(record)]
     names = {name for name, _ in headers}
 
-    assert 0.1 < sum(1 for r in plan.records if r.headers) / len(plan.records) < 0.3
+    assert 0.1 < sum(1 for r in plan.records if user_headers(r)) / len(plan.records) < 0.3
     assert {"x-request-id", "x-r\u00e9gion", "x-null", "x-large", "traceparent"} <= names
     assert ("x-null", None) in headers
     assert max(len(value or b"") for _, value in headers) <= DEFAULT_MAX_HEADER_VALUE_BYTES
     assert any(r.headers for r in plan.records if r.kind in POISON_KINDS)
     assert any(
-        r.kind == "update" and b'"traceparent":"00-' in (r.value or b"") for r in plan.records
+        r.kind == "update" and str(document_of(r).get("traceparent")).startswith("00-")
+        for r in plan.records
     )
     # A record with a name twice.
-    assert any(len({n for n, _ in r.headers}) < len(r.headers) for r in plan.records)
+    assert any(len({n for n, _ in user_headers(r)}) < len(user_headers(r)) for r in plan.records)
 
 
 def test_keys_as_large_as_allowed_are_refused_or_applied_but_never_dead_letters() -> None:
@@ -161,7 +176,7 @@ def test_a_signed_load_carries_a_token_per_command_and_is_judged_by_it() -> None
     key = signing_key(8)
     plan = build_load(seed=8, commands=3000, seeded=seeded(), topic=TOPIC, signing_key=key)
     outcomes = outcomes_by_kind(plan, seeded(), key=key)
-    documents = [orjson.loads(r.value or b"") for r in plan.records if r.kind == "update"]
+    documents = [document_of(r) for r in plan.records if r.kind == "update"]
 
     assert all("authtoken" in document for document in documents)
     for kind in ("signed:bad_signature", "signed:expired", "signed:scope_nbsp"):
@@ -185,3 +200,15 @@ def test_even_a_small_load_holds_every_poison_and_hostile_kind() -> None:
 
         assert set(POISON_KINDS) <= set(poisoned.kinds()), seed
         assert {f"hostile:{kind}" for kind in HOSTILE_KINDS} <= set(hostile.kinds()), seed
+
+
+def test_a_quarter_of_the_plain_updates_come_in_binary_content_mode() -> None:
+    plan = build_load(seed=9, commands=3000, seeded=seeded(), topic=TOPIC)
+    updates = [r for r in plan.records if r.kind == "update"]
+    binary = [r for r in updates if ("ce_specversion", b"1.0") in r.headers]
+    outcomes = outcomes_by_kind(plan, seeded())
+
+    assert 0.15 < len(binary) / len(updates) < 0.35
+    assert all(orjson.loads(r.value or b"") == document_of(r)["data"] for r in binary)
+    assert outcomes[("update", "applied", None)] > 1000
+    assert not any(k == "update" and o == "rejected" for (k, o, _) in outcomes)
