@@ -9,10 +9,20 @@ import binascii
 import os
 from pathlib import Path
 
+import asyncpg
+
 from devstack.kcat import produce_raw, run_kcat
 from service.adapters.kafka.publisher import partition_for
 from service.infrastructure.settings import Settings
 from tests.conftest import TEST_PARTITIONS
+from tests.support import (
+    TopicReader,
+    command,
+    encode,
+    event_topics,
+    insert_customer,
+    running_worker,
+)
 
 BAD_NAME = b"\xff\xfebad"
 
@@ -68,3 +78,43 @@ async def test_kcat_with_murmur2_puts_each_customer_where_our_client_does(
     }
     crc32 = [key for key in keys if binascii.crc32(key) % count != partition_for(key, count)]
     assert len(crc32) >= len(keys) // 2, "the default partitioner should mostly differ"
+
+
+async def test_commands_kcat_sends_in_either_content_mode_are_applied(
+    settings: Settings, kcat: Path, db: asyncpg.Connection
+) -> None:
+    """kcat (librdkafka) as a producer we did not write: the README's structured-mode
+    example, then the same update in binary mode (ce_ headers, data as the value)."""
+    customer = "cus_demo_000001"
+    await insert_customer(db, customer, invoice_prefix="KCT1")
+    structured = command(customer, {"name": "Ada"}, id="cmd-kcat-1")
+    binary_headers = [
+        (b"content-type", b"application/json"),
+        *(
+            (f"ce_{name}".encode(), str(value).encode())
+            for name, value in command(customer, id="cmd-kcat-2").items()
+            if name != "data"
+        ),
+    ]
+    async with TopicReader(settings, event_topics(settings)) as reader:
+        await produce_raw(
+            settings.kafka_bootstrap_servers,
+            settings.topic_commands,
+            key=customer.encode(),
+            value=encode(structured),
+            kcat=kcat,
+        )
+        await produce_raw(
+            settings.kafka_bootstrap_servers,
+            settings.topic_commands,
+            key=customer.encode(),
+            value=b'{"name":"Grace"}',
+            headers=binary_headers,
+            kcat=kcat,
+        )
+        async with running_worker(settings):
+            events = await reader.wait_for_count(settings.topic_events, 2)
+
+    bodies = [event.json() for event in events]
+    assert [body["causationid"] for body in bodies] == ["cmd-kcat-1", "cmd-kcat-2"]
+    assert [body["data"]["object"]["name"] for body in bodies] == ["Ada", "Grace"]
