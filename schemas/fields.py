@@ -262,27 +262,54 @@ class _ClearedByEmptyString(BeforeValidator):
 
 
 SingleLine = AfterValidator(_single_line)
+# The control-character rules as patterns (surrogates, which the validators refuse too,
+# cannot be in a JSON text that is UTF-8 at all).
+NoControl = documented(pattern="^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
+NoControlButLines = documented(
+    pattern="^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+)
+#: Every ISO 3166-1 alpha-2 code, as the published schema's enum.
+COUNTRY_CODES = sorted(country.alpha_2 for country in pycountry.countries)
 Clearable = _ClearedByEmptyString(_empty_to_none)
 
 # Text fields that may be cleared: absent = unchanged, null or "" = cleared.
-Name = Annotated[Annotated[StrictStr, Field(max_length=MAX_NAME), SingleLine] | None, Clearable]
-Phone = Annotated[Annotated[StrictStr, Field(max_length=MAX_PHONE), SingleLine] | None, Clearable]
+Name = Annotated[
+    Annotated[StrictStr, Field(max_length=MAX_NAME), SingleLine, NoControl] | None, Clearable
+]
+Phone = Annotated[
+    Annotated[StrictStr, Field(max_length=MAX_PHONE), SingleLine, NoControl] | None, Clearable
+]
 Description = Annotated[
-    Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION), AfterValidator(_multi_line)] | None,
+    Annotated[
+        StrictStr,
+        Field(max_length=MAX_DESCRIPTION),
+        AfterValidator(_multi_line),
+        NoControlButLines,
+    ]
+    | None,
     Clearable,
 ]
 AddressLine = Annotated[
-    Annotated[StrictStr, Field(max_length=MAX_ADDRESS_LINE), SingleLine] | None, Clearable
+    Annotated[StrictStr, Field(max_length=MAX_ADDRESS_LINE), SingleLine, NoControl] | None,
+    Clearable,
 ]
 PostalCode = Annotated[
-    Annotated[StrictStr, Field(max_length=MAX_POSTAL_CODE), SingleLine] | None, Clearable
+    Annotated[StrictStr, Field(max_length=MAX_POSTAL_CODE), SingleLine, NoControl] | None,
+    Clearable,
 ]
 Country = Annotated[
-    Annotated[StrictStr, AfterValidator(_country), documented(pattern="^[A-Z]{2}$")] | None,
+    Annotated[StrictStr, AfterValidator(_country), documented(enum=COUNTRY_CODES)] | None,
     Clearable,
 ]
 Email = Annotated[
-    Annotated[StrictStr, Field(max_length=MAX_EMAIL), SingleLine, AfterValidator(_email)] | None,
+    Annotated[
+        StrictStr,
+        Field(max_length=MAX_EMAIL),
+        SingleLine,
+        AfterValidator(_email),
+        documented(format="email"),
+    ]
+    | None,
     Clearable,
 ]
 Locale = Annotated[

@@ -417,3 +417,28 @@ def test_asyncapi_payload_schemas_accept_the_examples(asyncapi: Json, message_ty
     assert [error.message for error in embedded.iter_errors(example(message_type))] == []
     if message_type == COMMAND:
         assert list(embedded.iter_errors(command_with({"tax_exempt": "maybe"}))) != []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({"address": {"country": "ZZ"}}, id="no such country"),
+        pytest.param({"email": "not-an-email"}, id="not an email"),
+        pytest.param({"name": "Ada\x00"}, id="NUL in a name"),
+        pytest.param({"address": {"city": "Rome\x1b"}}, id="escape in a city"),
+        pytest.param({"description": "a\x07b"}, id="bell in a description"),
+    ],
+)
+def test_the_schema_refuses_what_the_worker_refuses(data: Json) -> None:
+    document = command_with(data)
+
+    assert schema_errors(COMMAND, document) != []
+    with pytest.raises(ValidationError):
+        CustomerUpdateCommand.model_validate(document)
+
+
+def test_the_schema_takes_the_line_breaks_a_description_may_hold() -> None:
+    document = command_with({"description": "one\r\ntwo\tthree"})
+
+    assert schema_errors(COMMAND, document) == []
+    CustomerUpdateCommand.model_validate(document)
