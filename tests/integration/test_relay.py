@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from devstack.processes import free_port
 from service.adapters.postgres.outbox import LEADER_LOCK, OutboxStore
+from service.application.errors import TransientError
 from service.application.relay import OutboxRelay
 from service.bootstrap import build_relay, relay_producer, relay_publishers
 from service.domain.outbox import OutboxRow
@@ -310,3 +311,26 @@ async def test_a_leader_cut_off_from_postgresql_loses_the_lead_within_the_takeov
         await forwarder.close()
 
     assert [e.json()["causationid"] for e in events] == [c["id"] for c in commands]
+
+
+async def test_a_fenced_publisher_fails_transient_and_stops_cleanly(settings: Settings) -> None:
+    """A relay leader frozen past the takeover wakes with a producer the new leader has
+    fenced. aiokafka then asserts its transaction state (FATAL_ERROR cannot abort): that
+    must be the transient fencing error, which makes the relay start over, and never an
+    AssertionError, which failed the whole process."""
+    publishers = relay_publishers(settings, transaction_timeout=10.0)
+    woken, newer = publishers(), publishers()
+    row = OutboxRow(1, settings.topic_events, b"cus_fenced", b"{}", [])
+    await woken.start()
+    try:
+        await newer.start()  # the same transactional.id: fences the first
+        try:
+            with pytest.raises(TransientError):
+                await woken.publish([row], {})
+            with pytest.raises(TransientError):
+                await woken.publish([row], {})  # and again: still not an assertion
+            await newer.publish([row], {})  # the newer one publishes
+        finally:
+            await newer.stop()
+    finally:
+        await woken.stop()

@@ -60,7 +60,10 @@ class KafkaOutboxPublisher:
         producer = self._producer
         deliveries: list[asyncio.Future[Any]] = []
         with translated(sending=True):
-            await producer.begin_transaction()
+            try:
+                await producer.begin_transaction()
+            except AssertionError as exc:  # fenced before: see _end
+                raise TransientError(f"the producer cannot begin a transaction: {exc}") from exc
             try:
                 # Bounded too: aiokafka's transactional producer never expires a batch, so
                 # a partition without a leader would hold the relay here for good.
@@ -88,6 +91,13 @@ class KafkaOutboxPublisher:
             if what == "commit":
                 raise
             # The abort of a failed batch: the batch's own error is what propagates.
+        except AssertionError as exc:
+            # aiokafka guards its transaction states with asserts: a producer that was
+            # fenced (a newer leader started) is in FATAL_ERROR, which can neither commit
+            # nor abort. It is done for; the relay starts over with a new one.
+            if what == "commit":
+                raise TransientError(f"the producer cannot commit any more: {exc}") from exc
+            log.warning("relay_producer_cannot_abort", error=str(exc))
 
 
 def _retrieve(delivery: asyncio.Future[Any]) -> None:
