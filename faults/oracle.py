@@ -344,12 +344,11 @@ def _readable(
 
 def _binary_mode(headers: Sequence[tuple[str, bytes | None]]) -> bool:
     """A ``ce_specversion`` header, and no ``content-type`` starting
-    ``application/cloudevents`` (which says structured mode)."""
-    names = [name for name, _ in headers]
+    ``application/cloudevents`` (which says structured mode); names in lowercase."""
     types = [value for name, value in headers if name == "content-type" and value is not None]
-    if types and types[-1].lower().startswith(b"application/cloudevents"):
+    if any(value.lower().startswith(b"application/cloudevents") for value in types):
         return False
-    return "ce_specversion" in names
+    return any(name == "ce_specversion" for name, _ in headers)
 
 
 def _from_headers(headers: Sequence[tuple[str, bytes | None]], data: Any) -> dict[str, Any]:
@@ -364,14 +363,18 @@ def _from_headers(headers: Sequence[tuple[str, bytes | None]], data: Any) -> dic
             attribute = name[3:]
         else:
             continue
+        # README: data is the value and datacontenttype the content-type header; any
+        # other attribute name is lowercase letters and digits (CloudEvents' naming rule).
+        if attribute in ("data", "datacontenttype") and name != "content-type":
+            raise _RefusalError("parameter_unknown", name)
+        if name != "content-type" and not re.fullmatch(r"[a-z0-9]{1,20}", attribute):
+            raise _RefusalError("parameter_unknown", name)
         if attribute in document or value is None:
             raise _RefusalError("parameter_invalid", name)
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
             raise _RefusalError("parameter_invalid", name) from None
-        if attribute == "data":
-            raise _RefusalError("parameter_unknown", name)
         if attribute == "expectedversion" and re.fullmatch(r"-?\d{1,20}", text, re.ASCII):
             document[attribute] = int(text)
         else:
@@ -595,6 +598,8 @@ def _version(value: object, param: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _refuse("parameter_invalid_integer", param)
     if value < 1:  # README, choice: versions start at 1 (JSON Schema minimum)
+        _refuse("parameter_invalid", param)
+    if value > 2**63 - 1:  # README: a version is a PostgreSQL bigint
         _refuse("parameter_invalid", param)
 
 

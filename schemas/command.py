@@ -151,6 +151,11 @@ class CustomerUpdate(_Patch):
         return bool(self.expand) and field in (self.expand or ())
 
 
+#: The highest version a customer can reach (PostgreSQL bigint), and so the highest
+#: ``expectedversion``: a larger one is refused rather than carried into the database.
+MAX_VERSION = 2**63 - 1
+
+
 class CustomerUpdateCommand(_Strict):
     """A request to update one customer, published to topic ``customer.update``.
 
@@ -199,7 +204,11 @@ class CustomerUpdateCommand(_Strict):
     ] = None
     expectedversion: Annotated[
         StrictInt | None,
-        Field(ge=1, description="Apply only if the customer is at this version."),
+        Field(
+            ge=1,
+            le=MAX_VERSION,
+            description="Apply only if the customer is at this version.",
+        ),
     ] = None
     correlationid: Annotated[
         fields.Identifier | None,

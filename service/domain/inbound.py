@@ -10,6 +10,7 @@ is *invalid*: the producer gets a ``customer.update.rejected`` event saying whic
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeGuard
@@ -162,7 +163,14 @@ def classify(record: InboundRecord, limits: Limits, authorizer: Authorizer) -> C
         return _parse(record.value, document, customer_id, header_traceparent, authorizer)
     built = binary_mode.document(record.headers, document)
     if isinstance(built, ErrorObject):
-        return Invalid(built, customer_id, None, None, header_traceparent)
+        # Still what the producer can match on, where those headers are readable.
+        return Invalid(
+            built,
+            customer_id,
+            _echo(binary_mode.text(record.headers, "ce_id")),
+            _echo(binary_mode.text(record.headers, "ce_correlationid")),
+            header_traceparent,
+        )
     return _parse(
         record.value,
         built,
@@ -233,9 +241,9 @@ def _named(error: ErrorObject, names: Callable[[str], str] | None) -> ErrorObjec
     param = names(first) + dot + rest
     if param == error.param:
         return error
-    return error.model_copy(
-        update={"param": param, "message": error.message.replace(error.param, param, 1)}
-    )
+    # The param as a whole word of the message ("Invalid id:"), not inside another word.
+    word = re.compile(rf"(?<![\w.]){re.escape(error.param)}(?![\w.])")
+    return error.model_copy(update={"param": param, "message": word.sub(param, error.message, 1)})
 
 
 def _check_headers(record_headers: Headers, limits: Limits) -> Poison | None:

@@ -592,7 +592,7 @@ NUMBERS = {
         orjson.dumps(document("cus_a", {}, {"expectedversion": 7})).replace(
             b'"expectedversion":7', f'"expectedversion":{BIG_INTEGER}'.encode()
         ),
-        ("rejected", "version_conflict", "expectedversion"),
+        ("rejected", "parameter_invalid", "expectedversion"),  # beyond a bigint
     ),
     "next_invoice_sequence_10**20": (
         orjson.dumps(document("cus_a", {"next_invoice_sequence": 7})).replace(

@@ -133,3 +133,61 @@ def test_a_key_twice_in_the_value_is_named_under_data() -> None:
     outcome = refused(dataclasses.replace(record, value=value))
 
     assert outcome == ("parameter_invalid", "data.name")
+
+
+# Found by attacking the first version of binary mode.
+
+
+def test_an_expected_version_beyond_a_bigint_is_refused_not_a_crash() -> None:
+    document = command_document({"name": "Ada"}, expectedversion=2**64)
+
+    assert refused(binary(document)) == ("parameter_invalid", "ce_expectedversion")
+    assert refused(structured({**document, "expectedversion": 2**63})) == (
+        "parameter_invalid",
+        "expectedversion",
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id": "a b"}, "Invalid ce_id: must be printable characters without whitespace"),
+        ({"e": "x"}, "Received unknown parameter: ce_e"),
+    ],
+)
+def test_a_message_names_the_header_as_a_whole_word(change: dict[str, Any], message: str) -> None:
+    outcome = judged(binary({**command_document({"name": "Ada"}), **change}))
+
+    assert isinstance(outcome, Invalid)
+    assert outcome.error.message == message
+
+
+def test_a_refused_header_still_echoes_the_ids_a_producer_matches_on() -> None:
+    document = command_document({"name": "Ada"}, correlationid="req-1")
+    outcome = judged(binary(document, ("ce_principal", None)))
+
+    assert isinstance(outcome, Invalid)
+    assert (outcome.command_id, outcome.correlationid) == ("cmd-1", "req-1")
+
+
+@pytest.mark.parametrize(
+    ("header", "param"),
+    [
+        ("ce_datacontenttype", "ce_datacontenttype"),  # content-type carries it
+        ("ce_data.name", "ce_data.name"),
+        ("ce_", "ce_"),
+        ("ce_Subject", "ce_Subject"),
+    ],
+)
+def test_a_header_that_names_no_attribute_is_unknown(header: str, param: str) -> None:
+    record = binary(command_document({"name": "Ada"}), (header, b"x"))
+
+    assert refused(record) == ("parameter_unknown", param)
+
+
+def test_any_cloudevents_content_type_means_structured_mode_whatever_the_order() -> None:
+    record = structured(command_document({"name": "Ada"}))
+    for types in [(b"application/json", b"application/cloudevents+json")] * 2:
+        for ordered in (types, types[::-1]):
+            headers = (*(("content-type", t) for t in ordered), ("ce_specversion", b"1.0"))
+            assert isinstance(judged(dataclasses.replace(record, headers=headers)), Valid)
