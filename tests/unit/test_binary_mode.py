@@ -187,7 +187,7 @@ def test_a_header_that_names_no_attribute_is_unknown(header: str, param: str) ->
 
 def test_any_cloudevents_content_type_means_structured_mode_whatever_the_order() -> None:
     record = structured(command_document({"name": "Ada"}))
-    for types in [(b"application/json", b"application/cloudevents+json")] * 2:
-        for ordered in (types, types[::-1]):
-            headers = (*(("content-type", t) for t in ordered), ("ce_specversion", b"1.0"))
-            assert isinstance(judged(dataclasses.replace(record, headers=headers)), Valid)
+    types = (b"application/json", b"application/cloudevents+json")
+    for ordered in (types, types[::-1]):
+        headers = (*(("content-type", t) for t in ordered), ("ce_specversion", b"1.0"))
+        assert isinstance(judged(dataclasses.replace(record, headers=headers)), Valid)
