@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,7 +36,7 @@ SIGNING_ALGORITHM = "HS256"
 
 def signed_authorizer(key: str) -> JwtAuthorizer:
     """What a worker run with ``AUTH_JWT_KEY=key`` and the suite's algorithm checks."""
-    return JwtAuthorizer(key, algorithms=[SIGNING_ALGORITHM])
+    return JwtAuthorizer(key, algorithms=[SIGNING_ALGORITHM], clock=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import asyncpg
@@ -58,6 +59,7 @@ def build_authorizer(settings: Settings) -> Authorizer:
     return JwtAuthorizer(
         key,
         algorithms=settings.auth_jwt_algorithms,
+        clock=lambda: datetime.now(UTC),
         audience=settings.auth_jwt_audience,
         issuer=settings.auth_jwt_issuer,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -16,7 +16,15 @@ from tests.unit.builders import command
 # 64 bytes each: long enough for HS512 too, so PyJWT raises no InsecureKeyLengthWarning.
 SECRET = "unit-test-secret-" + "s" * 47
 OTHER_SECRET = "another-secret--" + "o" * 48
-SIGNED = JwtAuthorizer(SECRET, algorithms=["HS256"])
+#: The authorizer's clock: a moment far from today, so a test that passes only because
+#: the wall clock was read instead would fail.
+NOW = datetime(2031, 5, 4, 12, 0, tzinfo=UTC)
+SIGNED = JwtAuthorizer(SECRET, algorithms=["HS256"], clock=lambda: NOW)
+
+
+def at(offset_seconds: int) -> int:
+    """A JWT time ``offset_seconds`` from the authorizer's clock."""
+    return int((NOW + timedelta(seconds=offset_seconds)).timestamp())
 
 
 def token(claims: dict[str, Any], key: str = SECRET, algorithm: str = "HS256") -> str:
@@ -26,7 +34,7 @@ def token(claims: dict[str, Any], key: str = SECRET, algorithm: str = "HS256") -
 def claims(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "sub": "svc-billing",
-        "exp": int(time.time()) + 300,
+        "exp": at(300),
         "permissions": [AUTHORIZATION_ACTION],
     }
     base.update(overrides)
@@ -121,9 +129,52 @@ def test_a_command_without_authtoken_is_denied_even_with_attributes() -> None:
 
 
 def test_an_expired_token_is_denied() -> None:
-    expired = token(claims(exp=int(time.time()) - 60))
+    expired = token(claims(exp=at(-60)))
     error = denied(SIGNED.authorize(command(authtoken=expired)), "authtoken")
     assert "expired" in error.message
+
+
+def test_times_are_read_against_the_given_clock_not_the_wall_clock() -> None:
+    # Valid for five minutes after NOW, which is years from the wall clock.
+    assert SIGNED.authorize(command(authtoken=token(claims()))) == Principal("svc-billing")
+    wall = int(datetime.now(UTC).timestamp())
+    live_today = token(claims(exp=wall + 300, nbf=wall - 60, iat=wall - 60))
+    error = denied(SIGNED.authorize(command(authtoken=live_today)), "authtoken")
+    assert "expired" in error.message
+
+
+def test_a_token_expiring_at_the_clocks_second_is_expired() -> None:
+    error = denied(SIGNED.authorize(command(authtoken=token(claims(exp=at(0))))), "authtoken")
+    assert "expired" in error.message
+    assert SIGNED.authorize(command(authtoken=token(claims(exp=at(1))))) == Principal("svc-billing")
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_token_from_the_clocks_future_is_denied(claim: str) -> None:
+    early = token(claims(**{claim: at(60)}))
+    error = denied(SIGNED.authorize(command(authtoken=early)), "authtoken")
+    assert f"not yet valid ({claim})" in error.message
+    assert SIGNED.authorize(command(authtoken=token(claims(**{claim: at(0)})))) == Principal(
+        "svc-billing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("claim", "title"),
+    [("exp", "Expiration Time"), ("nbf", "Not Before"), ("iat", "Issued At")],
+)
+def test_a_time_claim_that_is_not_a_number_is_denied(claim: str, title: str) -> None:
+    odd = token(claims(**{claim: "soon"}))
+    error = denied(SIGNED.authorize(command(authtoken=odd)), "authtoken")
+    assert f"{title} claim ({claim}) must be an integer" in error.message
+
+
+def test_a_token_both_immature_and_expired_is_refused_as_pyjwt_would() -> None:
+    both = token(claims(exp=at(-60), iat=at(60)))
+    error = denied(SIGNED.authorize(command(authtoken=both)), "authtoken")
+    with pytest.raises(jwt.ImmatureSignatureError) as pyjwt_says:
+        jwt.decode(both, SECRET, algorithms=["HS256"], options={"verify_exp": True})
+    assert str(pyjwt_says.value) in error.message
 
 
 def test_a_token_signed_with_another_key_is_denied() -> None:
@@ -179,7 +230,9 @@ def test_a_garbage_token_is_denied() -> None:
 
 
 def test_the_audience_is_checked_when_configured() -> None:
-    authorizer = JwtAuthorizer(SECRET, algorithms=["HS256"], audience="customer-service")
+    authorizer = JwtAuthorizer(
+        SECRET, algorithms=["HS256"], clock=lambda: NOW, audience="customer-service"
+    )
     assert authorizer.authorize(
         command(authtoken=token(claims(aud="customer-service")))
     ) == Principal("svc-billing")
@@ -187,7 +240,9 @@ def test_the_audience_is_checked_when_configured() -> None:
 
 
 def test_the_issuer_is_checked_when_configured() -> None:
-    authorizer = JwtAuthorizer(SECRET, algorithms=["HS256"], issuer="https://idp.example")
+    authorizer = JwtAuthorizer(
+        SECRET, algorithms=["HS256"], clock=lambda: NOW, issuer="https://idp.example"
+    )
     assert authorizer.authorize(
         command(authtoken=token(claims(iss="https://idp.example")))
     ) == Principal("svc-billing")
