@@ -65,6 +65,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="run every scenario's workers in signed mode (a JWT per command)",
     )
     parser.add_argument(
+        "--binary-events",
+        action="store_true",
+        help="run every scenario's workers with EVENT_CONTENT_MODE=binary",
+    )
+    parser.add_argument(
         "--worker-command",
         help="run this command line as the worker instead of `customer-service worker`",
     )
@@ -144,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         home=args.home,
         keep=args.keep,
         signed=args.signed,
+        binary_events=args.binary_events,
         worker_command=shlex.split(args.worker_command or ""),
         progress=progress,
     )

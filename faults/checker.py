@@ -46,8 +46,11 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     by field), and nothing else. Every event and rejection carries the headers the
     contract gives it: the command's ``traceparent`` when it had one (its attribute, or
     else its record header; workers run without tracing, so it passes unchanged), as a
-    header and an attribute, none when it had none, and the relay's one ``outbox-id``.
-    Kinds: ``previous_attributes``, ``output_headers``.
+    header and an attribute, none when it had none, and the relay's one ``outbox-id``;
+    and it is in the run's content mode (``History.event_content_mode``, the workers'
+    ``EVENT_CONTENT_MODE``): in structured mode one ``content-type`` naming the format,
+    in binary mode each attribute once as a ``ce_`` header and ``content-type:
+    application/json``. Kinds: ``previous_attributes``, ``output_headers``.
 ``dead_letter_content``
     Every dead letter carries the record it points at: the same key and value bytes and
     the same headers in the same order, but for what the contract changes (a header of
@@ -58,7 +61,9 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     carry none of the original headers, and give the original's key and value sizes
     and the value's SHA-256. Kind: ``dead_letter_content``.
 
-Outputs that cannot be read at all are reported as ``malformed_output``.
+Outputs that cannot be read at all are reported as ``malformed_output``. An output is
+read in either content mode, as the README's "Content modes" table says, without the
+service's code.
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ DLT_PROVENANCE = (
 #: topic's ``max.message.bytes`` (the relay's own header needs room too).
 CUT_SLACK_BYTES = 1024
 _ROW_ID = re.compile(rb"[0-9]{1,19}")
+#: README, "Content modes": a structured event's content-type, and a binary event's.
+STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
+BINARY_CONTENT_TYPE = b"application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +170,8 @@ class History:
     authorizer: Authorizer | None = None
     #: Signed mode's key, for the oracle (which does not use the service's authorizer).
     jwt_key: str | None = None
+    #: The workers' ``EVENT_CONTENT_MODE``: how every event and rejection must travel.
+    event_content_mode: str = "structured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,18 +259,32 @@ class _DeadLetter:
     code: str | None
 
 
-def _json(record: ConsumedRecord) -> dict[str, Any] | None:
+def envelope(record: ConsumedRecord) -> dict[str, Any] | None:
+    """The CloudEvent an output record holds, in either content mode, as structured JSON."""
     if record.value is None:
         return None
     try:
         body = orjson.loads(record.value)
     except orjson.JSONDecodeError:
         return None
-    return body if isinstance(body, dict) else None
+    if record.header("ce_specversion") is None:
+        return body if isinstance(body, dict) else None
+    # Binary mode: each attribute in a ce_ header, datacontenttype in content-type, and
+    # the value is the data alone. A doubled header is output_headers' to report.
+    event: dict[str, Any] = {
+        name.removeprefix("ce_"): (value or b"").decode("utf-8", "replace")
+        for name, value in record.headers
+        if name.startswith("ce_")
+    }
+    content_type = record.header("content-type")
+    if content_type is not None:
+        event["datacontenttype"] = content_type.decode("utf-8", "replace")
+    event["data"] = body
+    return event
 
 
 def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | None:
-    body = _json(record)
+    body = envelope(record)
     try:
         assert body is not None
         updated = _Updated(
@@ -285,7 +309,7 @@ def _read_updated(record: ConsumedRecord, result: CheckResult) -> _Updated | Non
 
 
 def _read_rejection(record: ConsumedRecord, result: CheckResult) -> _Rejection | None:
-    body = _json(record)
+    body = envelope(record)
     try:
         assert body is not None
         data = body["data"]
@@ -799,6 +823,7 @@ def check_customer_partition(facts: _Facts, result: CheckResult) -> None:
 
 
 def check_event_details(facts: _Facts, result: CheckResult) -> None:
+    mode = facts.history.event_content_mode
     for command_id, events in facts.events_by_command.items():
         before, after = facts.before.get(command_id), facts.after.get(command_id)
         copy = facts.applied_copy(command_id)
@@ -814,7 +839,7 @@ def check_event_details(facts: _Facts, result: CheckResult) -> None:
                     f"{_compact(event.previous_attributes)}; the customer before it had "
                     f"{_compact(expected)} in the fields the command changed",
                 )
-            problems = _header_problems(event.record, event.traceparent, [traceparent])
+            problems = _header_problems(event.record, event.traceparent, [traceparent], mode)
             if problems:
                 result.add(
                     "output_headers",
@@ -833,7 +858,7 @@ def check_event_details(facts: _Facts, result: CheckResult) -> None:
         if not candidates:
             continue  # reported by accounted
         traceparents = [_traceparent(facts.classified[c.position]) for c in candidates]
-        problems = _header_problems(rejection.record, rejection.traceparent, traceparents)
+        problems = _header_problems(rejection.record, rejection.traceparent, traceparents, mode)
         if problems:
             result.add(
                 "output_headers",
@@ -856,17 +881,29 @@ def _traceparent(item: Classified) -> str | None:
 
 
 def _header_problems(
-    record: ConsumedRecord, attribute: object, traceparents: Sequence[str | None]
+    record: ConsumedRecord, attribute: object, traceparents: Sequence[str | None], mode: str
 ) -> list[str]:
-    """What is wrong with the headers of an event or rejection whose command carried one
-    of ``traceparents`` (several when several records carry its command id)."""
+    """What is wrong with the headers of an event or rejection in content ``mode`` whose
+    command carried one of ``traceparents`` (several when several records carry its
+    command id)."""
     problems = []
     relay_ids = [value for name, value in record.headers if name == contract.OUTBOX_ID]
     if len(relay_ids) != 1 or relay_ids[0] is None or not _ROW_ID.fullmatch(relay_ids[0]):
         problems.append(f"{contract.OUTBOX_ID} headers {relay_ids}, not one row id")
     others = [(name, value) for name, value in record.headers if name != contract.OUTBOX_ID]
+    if mode == "binary":
+        carried = [(n, v) for n, v in others if n.startswith("ce_") or n == "content-type"]
+        names = [name for name, _ in carried]
+        if len(set(names)) != len(names) or "ce_specversion" not in names:
+            problems.append(f"binary-mode attribute headers {names}, not each attribute once")
+        if record.header("content-type") != BINARY_CONTENT_TYPE:
+            problems.append(f"content-type {record.header('content-type')!r} in binary mode")
+        others = [header for header in others if header not in carried]
+        framing: list[tuple[str, bytes | None]] = []
+    else:
+        framing = [("content-type", STRUCTURED_CONTENT_TYPE)]
     allowed = [
-        [] if traceparent is None else [(contract.TRACEPARENT, traceparent.encode())]
+        framing + ([] if traceparent is None else [(contract.TRACEPARENT, traceparent.encode())])
         for traceparent in traceparents
     ]
     if others not in allowed:

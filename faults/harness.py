@@ -98,6 +98,8 @@ class RunConfig:
     short: bool = False
     #: Every scenario's workers in signed mode (``AUTH_JWT_KEY``), with a load to match.
     signed: bool = False
+    #: Every scenario's workers with ``EVENT_CONTENT_MODE=binary``.
+    binary_events: bool = False
     #: The workers' ``KAFKA_SESSION_TIMEOUT_MS``; the service's default when None.
     session_timeout_ms: int | None = None
 
@@ -322,6 +324,8 @@ class ScenarioEnv:
     proxied_slots: frozenset[int] = frozenset()
     #: Signed mode: the key the workers verify command tokens with.
     jwt_key: str | None = None
+    #: The workers' ``EVENT_CONTENT_MODE``, which the checker holds every output to.
+    event_content_mode: str = "structured"
     _supervisor: asyncio.Task[None] | None = None
     #: Reads the output topics for the whole scenario (``faults.reader``).
     reader: ConcurrentReader | None = None
@@ -455,6 +459,7 @@ class ScenarioEnv:
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
                 **self._signed_mode(),
+                "EVENT_CONTENT_MODE": self.event_content_mode,
                 **self._session_timeout(),
                 **self.worker_settings,
             }
@@ -838,6 +843,7 @@ class ScenarioEnv:
             limits=s.limits,
             authorizer=None if self.jwt_key is None else signed_authorizer(self.jwt_key),
             jwt_key=self.jwt_key,
+            event_content_mode=self.event_content_mode,
         )
 
     async def output_ends(self) -> dict[TopicPartition, int]:

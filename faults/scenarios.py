@@ -70,6 +70,8 @@ class Scenario:
     proxied_slots: tuple[int, ...] = ()
     #: Workers in signed mode (``AUTH_JWT_KEY``) and a load of signed commands.
     signed: bool = False
+    #: Workers publish events and rejections in binary content mode (``EVENT_CONTENT_MODE``).
+    binary_events: bool = False
 
 
 # -- the faults ----------------------------------------------------------------------------
@@ -718,8 +720,10 @@ async def _graceful(env: ScenarioEnv, load: LoadProducer) -> None:
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "sigkill-mid-batch",
-        "SIGKILL the worker while a batch transaction is open, then restart it",
+        "SIGKILL the worker while a batch transaction is open, then restart it; events "
+        "in binary content mode (EVENT_CONTENT_MODE=binary)",
         partitions=3,
+        binary_events=True,
         inject=_sigkill_mid_batch,
         short=True,
         # A restarted member waits out the dead one's session (10 s) before it gets
@@ -743,7 +747,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "relay-crash-after-publish",
         "the relay SIGKILLs its process after the Kafka commit, before deleting the outbox "
-        "rows (FAILPOINTS=after_relay_publish@2); restarted without the failpoint",
+        "rows (FAILPOINTS=after_relay_publish@2); restarted without the failpoint; events "
+        "in binary content mode, which the relay's recovery reads back",
+        binary_events=True,
         partitions=3,
         inject=_crash_after_relay_publish,
         failpoints="after_relay_publish@2",
@@ -974,6 +980,8 @@ class SuiteOptions:
     keep_failed: bool = True
     #: Every scenario in signed mode (some are anyway).
     signed: bool = False
+    #: Every scenario with events in binary content mode (some are anyway).
+    binary_events: bool = False
     progress: Progress = lambda _: None
 
 
@@ -1010,6 +1018,7 @@ def config_for(options: SuiteOptions) -> RunConfig:
         worker_command=tuple(options.worker_command),
         short=base.short,
         signed=options.signed,
+        binary_events=options.binary_events,
         session_timeout_ms=base.session_timeout_ms,
     )
 
@@ -1058,6 +1067,9 @@ async def run_scenario(
         progress=say,
         worker_settings=dict(scenario.worker_settings),
         jwt_key=signing_key(config.seed) if signed else None,
+        event_content_mode="binary"
+        if scenario.binary_events or config.binary_events
+        else "structured",
     )
     load: LoadProducer | None = None
     result = CheckResult()

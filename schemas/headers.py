@@ -5,6 +5,19 @@ from __future__ import annotations
 #: W3C trace context of a command (read) and of an event (written).
 TRACEPARENT = "traceparent"
 
+#: CloudEvents on Kafka (the protocol binding, section 3). In binary content mode each
+#: attribute travels in a ``ce_`` header, ``datacontenttype`` in ``content-type`` and the
+#: data alone in the value; in structured mode ``content-type`` names the event format.
+CE_PREFIX = "ce_"
+CONTENT_TYPE = "content-type"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+
+
+def binary_header(attribute: str) -> str:
+    """The header a CloudEvents attribute travels in, in binary content mode."""
+    return CONTENT_TYPE if attribute == "datacontenttype" else CE_PREFIX + attribute
+
+
 #: On every record the relay publishes: the outbox row it came from. The relay reads it
 #: back after a crash to tell what it already published; subscribers can ignore it.
 OUTBOX_ID = "outbox-id"

@@ -208,6 +208,7 @@ class WorkerProcess:
                 topics=settings.topics,
                 limits=settings.limits,
                 dead_letter_max_bytes=dead_letter_limit[settings.topic_dead_letters],
+                content_mode=settings.event_content_mode,
             ),
             build_authorizer(settings),
             tracing=self.tracing,

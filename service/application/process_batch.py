@@ -31,6 +31,7 @@ from service.application.errors import ClaimConflictError, TransientError
 from service.application.ports import BatchUnitOfWork, BeginBatch, Clock, NewId, Tracing
 from service.domain.authorization import Authorizer
 from service.domain.batch import BatchState, Decision, decide_batch, requested_prefixes
+from service.domain.binary_mode import ContentMode
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventContext
 from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
 from service.domain.messages import BatchMessages, expanding_subscriptions, messages_for
@@ -49,6 +50,7 @@ class ProcessorConfig:
     limits: Limits = field(default_factory=Limits)
     #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
     dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    content_mode: ContentMode = "structured"
 
 
 class BatchProcessor:
@@ -176,7 +178,12 @@ class BatchProcessor:
         config = self._config
         return messages_for(
             decisions,
-            context=EventContext(source=config.source, time=self._clock(), topics=config.topics),
+            context=EventContext(
+                source=config.source,
+                time=self._clock(),
+                topics=config.topics,
+                content_mode=config.content_mode,
+            ),
             consumer_group=config.consumer_group,
             dead_letter_max_bytes=config.dead_letter_max_bytes,
             subscriptions=await store.subscriptions(expanding_subscriptions(decisions)),

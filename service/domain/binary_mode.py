@@ -1,6 +1,10 @@
 """CloudEvents binary content mode on Kafka: the attributes in ``ce_`` headers, the
 ``data`` alone in the value (the CloudEvents Kafka protocol binding, section 3.2).
 
+Commands are read in either mode; events and rejections are written in the one mode
+``EVENT_CONTENT_MODE`` chooses (``encode`` here, or structured), and ``as_structured``
+reads either back for the service's own client and operator verbs.
+
 A record is in binary mode when it has a ``ce_specversion`` header and no
 ``content-type`` says ``application/cloudevents`` (which is structured mode, as is a
 record with neither). Header names are read as the binding spells them, in lowercase:
@@ -14,13 +18,19 @@ rule, error and fingerprint is the same in both modes; only the names in errors 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
 
 from schemas.errors import ErrorObject, invalid
+from schemas.headers import CE_PREFIX, CONTENT_TYPE, binary_header
 
-#: Header names of the binding, and the attribute that ``content-type`` carries.
-PREFIX = "ce_"
-SPECVERSION = "ce_specversion"
-CONTENT_TYPE = "content-type"
+ContentMode = Literal["structured", "binary"]
+
+PREFIX = CE_PREFIX
+SPECVERSION = binary_header("specversion")
 _STRUCTURED = "application/cloudevents"
 #: Integer attributes, sent as their canonical decimal string (CloudEvents type system).
 _INTEGERS = frozenset({"expectedversion"})
@@ -55,9 +65,7 @@ def text(headers: Headers, name: str) -> str | None:
 
 def header_name(attribute: str) -> str:
     """Where ``attribute`` of a command travels in binary mode."""
-    if attribute == "data":
-        return attribute
-    return CONTENT_TYPE if attribute == "datacontenttype" else PREFIX + attribute
+    return attribute if attribute == "data" else binary_header(attribute)
 
 
 def document(headers: Headers, data: object) -> dict[str, object] | ErrorObject:
@@ -100,3 +108,39 @@ def document(headers: Headers, data: object) -> dict[str, object] | ErrorObject:
         )
     found["data"] = data
     return found
+
+
+def encode(event: Mapping[str, Any]) -> tuple[bytes, Headers]:
+    """The value and headers of ``event`` (a structured envelope, as plain data) in binary
+    mode: ``data`` as the value, ``datacontenttype`` as ``content-type``, every other
+    attribute as a ``ce_`` header in the envelope's order, its value as text."""
+    headers: list[tuple[str, bytes | None]] = []
+    for attribute, value in event.items():
+        if attribute == "data":
+            continue
+        headers.append((header_name(attribute), _header_text(value)))
+    return orjson.dumps(event["data"], option=orjson.OPT_UTC_Z), tuple(headers)
+
+
+def _header_text(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, datetime):
+        # The same RFC 3339 text the structured envelope carries.
+        return orjson.dumps(value, option=orjson.OPT_UTC_Z)[1:-1]
+    return str(value).encode()
+
+
+def as_structured(value: bytes | None, headers: Headers) -> bytes | None:
+    """The structured JSON of a record in either mode: ``value`` itself in structured
+    mode, else the envelope that the ``ce_`` headers and the ``data`` in ``value`` make.
+
+    Raises:
+        ValueError: a binary-mode record whose headers or value are not an event.
+    """
+    if value is None or not is_binary(headers):
+        return value
+    made = document(headers, orjson.loads(value))
+    if isinstance(made, ErrorObject):
+        raise ValueError(made.message)
+    return orjson.dumps(made)

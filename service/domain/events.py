@@ -15,6 +15,7 @@ from schemas.customer import SubscriptionList
 from schemas.errors import ErrorObject
 from schemas.event import REJECTED_TYPE, UPDATED_TYPE, format_sequence
 from schemas.headers import (
+    CONTENT_TYPE,
     DLT_ERROR_CODE,
     DLT_ERROR_MESSAGE,
     DLT_HEADERS_DROPPED,
@@ -29,10 +30,13 @@ from schemas.headers import (
     DLT_ORIGINAL_VALUE_SIZE,
     DLT_TRUNCATED,
     ORIGINAL_PREFIX,
+    STRUCTURED_CONTENT_TYPE,
     TRACEPARENT,
     is_reserved,
 )
 from schemas.topics import Topics
+from service.domain import binary_mode
+from service.domain.binary_mode import ContentMode
 from service.domain.inbound import (
     UNREADABLE_BATCH_HEADER,
     Headers,
@@ -70,6 +74,8 @@ class EventContext:
     source: str
     time: datetime
     topics: Topics
+    #: How events and rejections travel (``EVENT_CONTENT_MODE``).
+    content_mode: ContentMode = "structured"
 
 
 def updated_message(
@@ -95,12 +101,7 @@ def updated_message(
         ),
         "previous_attributes": applied.previous_attributes,
     }
-    return OutboundMessage(
-        context.topics.events,
-        after.id.encode(),
-        orjson.dumps(event, option=orjson.OPT_UTC_Z),
-        _trace_headers(traceparent),
-    )
+    return _message(context.topics.events, after.id, event, context, traceparent)
 
 
 def rejected_message(
@@ -127,12 +128,7 @@ def rejected_message(
         "error": error.model_dump(mode="json"),
         "record": {"topic": record[0], "partition": record[1], "offset": record[2]},
     }
-    return OutboundMessage(
-        context.topics.rejections,
-        customer_id.encode(),
-        orjson.dumps(event, option=orjson.OPT_UTC_Z),
-        _trace_headers(traceparent),
-    )
+    return _message(context.topics.rejections, customer_id, event, context, traceparent)
 
 
 def _envelope(
@@ -158,9 +154,26 @@ def _envelope(
     return event
 
 
-def _trace_headers(traceparent: str | None) -> Headers:
-    # Also as a record header, where Kafka instrumentations of subscribers look for it.
-    return () if traceparent is None else ((TRACEPARENT, traceparent.encode()),)
+def _message(
+    topic: str,
+    customer_id: str,
+    event: dict[str, Any],
+    context: EventContext,
+    traceparent: str | None,
+) -> OutboundMessage:
+    if context.content_mode == "binary":
+        value, headers = binary_mode.encode(event)
+    else:
+        value = orjson.dumps(event, option=orjson.OPT_UTC_Z)
+        headers = _STRUCTURED_HEADERS
+    if traceparent is not None:
+        # Also as a plain record header, where Kafka instrumentations of subscribers look.
+        headers = (*headers, (TRACEPARENT, traceparent.encode()))
+    return OutboundMessage(topic, customer_id.encode(), value, headers)
+
+
+#: The Kafka binding's structured mode names its event format in ``content-type``.
+_STRUCTURED_HEADERS: Headers = ((CONTENT_TYPE, STRUCTURED_CONTENT_TYPE.encode()),)
 
 
 def record_size(

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.topics import Topics
+from service.domain.binary_mode import ContentMode
 from service.domain.inbound import Limits
 from service.infrastructure import failpoints
 
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     retry_initial_delay: Annotated[float, Field(gt=0)] = 0.1
     retry_max_delay: Annotated[float, Field(gt=0)] = 30.0
     event_source: Annotated[str, Field(min_length=1)] = "customer-service"
+    #: How events and rejections travel: one structured JSON value, or CloudEvents binary
+    #: content mode (``ce_`` headers, the data alone in the value).
+    event_content_mode: ContentMode = "structured"
 
     # -- Outbox relay ------------------------------------------------------------------
     relay_enabled: bool = True

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from faults.checker import ConsumedRecord, History
+from faults.checker import ConsumedRecord, History, envelope
 from faults.model import ProducedCommand, inbound_record, produced_command
 from schemas.command import AUTHORIZATION_ACTION
 from schemas.customer import SubscriptionList
@@ -24,6 +24,7 @@ from schemas.headers import OUTBOX_ID
 from schemas.topics import Topics
 from service.domain.authorization import UnsignedAuthorizer
 from service.domain.batch import BatchState, decide_batch
+from service.domain.binary_mode import ContentMode
 from service.domain.customer import CustomerState
 from service.domain.events import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -91,16 +92,22 @@ class HistoryBuilder:
         *,
         order: Sequence[ProducedCommand] | None = None,
         dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        content_mode: ContentMode = "structured",
     ) -> History:
         """What a perfect worker leaves after processing the records in ``order``
         (partition order unless told otherwise), with dead letters cut to fit
         ``dead_letter_max_bytes``. Every output carries an ``outbox-id`` header, as the
-        relay adds it."""
+        relay adds it. Events and rejections are in ``content_mode``."""
         processing = order or sorted(self.produced, key=lambda command: command.position)
         customers = dict(self.seeded)
         seen: dict[str, bytes] = {}
         ids = (f"evt-{n}" for n in itertools.count(1))
-        context = EventContext(source="tests", time=datetime(2026, 1, 1, tzinfo=UTC), topics=TOPICS)
+        context = EventContext(
+            source="tests",
+            time=datetime(2026, 1, 1, tzinfo=UTC),
+            topics=TOPICS,
+            content_mode=content_mode,
+        )
         messages: list[OutboundMessage] = []
         for command in processing:
             record = inbound_record(command, TOPICS.commands)
@@ -166,6 +173,7 @@ class HistoryBuilder:
             rejected=outputs[TOPICS.rejections],
             dead_letters=outputs[TOPICS.dead_letters],
             dead_letter_max_bytes=dead_letter_max_bytes,
+            event_content_mode=content_mode,
         )
 
 
@@ -188,7 +196,7 @@ def event_of(history: History, command_id: str) -> ConsumedRecord:
     [event] = [
         record
         for record in history.updated
-        if orjson.loads(record.value or b"")["causationid"] == command_id
+        if (envelope(record) or {})["causationid"] == command_id
     ]
     return event
 

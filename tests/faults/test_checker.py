@@ -625,7 +625,11 @@ def test_the_commands_trace_context_is_carried_as_header_and_attribute() -> None
 @pytest.mark.parametrize(
     ("command_id", "change", "complaint"),
     [
-        ("cmd-header-traced", lambda r: drop_header(r, "traceparent"), "headers [], expected"),
+        (
+            "cmd-header-traced",
+            lambda r: drop_header(r, "traceparent"),
+            "headers [('content-type', b'application/cloudevents+json; charset=UTF-8')], expected",
+        ),
         ("cmd-traced", lambda r: with_body(r, traceparent=TRACE_HEADER), "attribute '00-4bf9"),
         ("cmd-name", lambda r: with_headers(r, [*r.headers, ("x-user", b"u")]), "headers [("),
         ("cmd-name", lambda r: drop_header(r, "outbox-id"), "outbox-id headers []"),
@@ -666,3 +670,70 @@ def test_a_rejection_that_lost_its_trace_context_is_caught() -> None:
 
 def drop_header(record: ConsumedRecord, name: str) -> ConsumedRecord:
     return with_headers(record, [h for h in record.headers if h[0] != name])
+
+
+# -- binary content mode (EVENT_CONTENT_MODE=binary) -------------------------------------
+
+
+def binary() -> History:
+    return builder().history(content_mode="binary")
+
+
+def test_a_clean_history_in_binary_mode_passes_with_every_record_accounted() -> None:
+    history = binary()
+    assert all(record.header("ce_specversion") == b"1.0" for record in history.updated)
+
+    result = check(history)
+
+    assert result.violations == []
+    assert (result.commands, result.applied, result.rejected, result.dead_lettered) == (
+        15,
+        7,
+        4,
+        3,
+    )
+
+
+def test_events_in_another_mode_than_the_runs_are_caught() -> None:
+    structured, in_binary = clean(), binary()
+
+    wrong_way = [
+        dataclasses.replace(in_binary, event_content_mode="structured"),
+        dataclasses.replace(structured, event_content_mode="binary"),
+    ]
+
+    for history in wrong_way:
+        result = check(history)
+        assert result.kinds() == {"output_headers"}
+        flagged = [v for v in result.violations if v.kind == "output_headers"]
+        assert len(flagged) == len(history.updated) + len(history.rejected)
+
+
+def with_header(record: ConsumedRecord, name: str, value: bytes | None) -> ConsumedRecord:
+    """``record`` with header ``name`` (every copy of it) set to ``value``."""
+    return with_headers(record, [(n, value if n == name else v) for n, v in record.headers])
+
+
+@pytest.mark.parametrize(
+    ("change", "kinds"),
+    [
+        (lambda r: with_header(r, "ce_sequence", str(9).zfill(20).encode()), {"version_gap"}),
+        (lambda r: with_header(r, "ce_causationid", b"cmd-ghost"), {"unexpected_output"}),
+        (lambda r: with_headers(r, [*r.headers, ("ce_id", b"evt-x")]), {"output_headers"}),
+        (lambda r: drop_header(r, "content-type"), {"output_headers"}),
+        (lambda r: with_header(r, "content-type", b"text/plain"), {"output_headers"}),
+    ],
+    ids=["sequence", "causationid", "doubled-id", "no-content-type", "other-content-type"],
+)
+def test_damage_to_a_binary_events_headers_is_caught(
+    change: Callable[[ConsumedRecord], ConsumedRecord], kinds: set[str]
+) -> None:
+    history = binary()
+    event = event_of(history, "cmd-country")
+
+    result = check(
+        dataclasses.replace(history, updated=replaced(history.updated, event, change(event)))
+    )
+
+    assert kinds <= result.kinds()
+    assert "output_headers" not in result.kinds() or "output_headers" in kinds

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
+from cloudevents.v1.kafka import KafkaMessage, from_binary
 
 from schemas.customer import Customer, Subscription, SubscriptionList
 from schemas.errors import ErrorObject, invalid
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from schemas.topics import Topics
+from service.domain import binary_mode
 from service.domain.customer import Address, CustomerState
 from service.domain.events import (
     EventContext,
+    OutboundMessage,
     dead_letter_message,
     is_partial_copy,
     record_size,
@@ -248,6 +254,101 @@ def test_the_rejected_error_round_trips() -> None:
         )
     )
     assert CustomerUpdateRejectedEvent.model_validate_json(value).data.error == error
+
+
+# Content modes (EVENT_CONTENT_MODE)
+
+BINARY = dataclasses.replace(CONTEXT, content_mode="binary")
+
+
+def both_modes(
+    context_of: Callable[[EventContext], OutboundMessage],
+) -> tuple[OutboundMessage, OutboundMessage]:
+    return context_of(CONTEXT), context_of(BINARY)
+
+
+def an_update(context: EventContext) -> OutboundMessage:
+    return updated_message(
+        applied_update({"name": "Ada King"}),
+        command({"name": "Ada King"}, id="cmd-42", correlationid="corr-1"),
+        event_id="evt-1",
+        context=context,
+        subscriptions=None,
+        traceparent=TRACEPARENT,
+    )
+
+
+def a_rejection(context: EventContext, command_id: str | None = "cmd-9") -> OutboundMessage:
+    return rejected_message(
+        ERROR,
+        customer_id=CUSTOMER_ID,
+        command_id=command_id,
+        correlationid=None,
+        event_id="evt-2",
+        context=context,
+        record=POSITION,
+    )
+
+
+def test_a_structured_event_names_its_format_in_content_type() -> None:
+    for message in (an_update(CONTEXT), a_rejection(CONTEXT)):
+        assert message.headers[0] == (
+            "content-type",
+            b"application/cloudevents+json; charset=UTF-8",
+        )
+
+
+def test_a_binary_event_carries_the_data_as_value_and_every_attribute_as_a_ce_header() -> None:
+    structured, binary = both_modes(an_update)
+    envelope = orjson.loads(structured.value or b"")
+    assert orjson.loads(binary.value or b"") == envelope["data"]
+    assert (binary.topic, binary.key) == (structured.topic, structured.key)
+    expected = [
+        ("content-type" if name == "datacontenttype" else f"ce_{name}", str(value).encode())
+        for name, value in envelope.items()
+        if name != "data"
+    ]
+    assert list(binary.headers) == [*expected, ("traceparent", TRACEPARENT.encode())]
+    assert dict(binary.headers)["ce_time"] == b"2024-05-01T12:00:00Z"
+    assert dict(binary.headers)["ce_sequence"] == envelope["sequence"].encode()
+
+
+@pytest.mark.parametrize("build", [an_update, a_rejection, partial(a_rejection, command_id=None)])
+def test_a_binary_event_reads_back_as_its_structured_twin(
+    build: Callable[[EventContext], OutboundMessage],
+) -> None:
+    structured, binary = both_modes(build)
+    twin = binary_mode.as_structured(binary.value, binary.headers)
+    assert twin is not None
+    assert orjson.loads(twin) == orjson.loads(structured.value or b"")
+    assert binary_mode.as_structured(structured.value, structured.headers) == structured.value
+
+
+def test_a_binary_rejection_without_command_id_has_no_causationid_header() -> None:
+    names = [name for name, _ in a_rejection(BINARY, command_id=None).headers]
+    assert "ce_causationid" not in names
+    assert "ce_causationid" in [name for name, _ in a_rejection(BINARY).headers]
+
+
+@pytest.mark.parametrize("build", [an_update, a_rejection])
+def test_the_cloudevents_sdk_reads_a_binary_event_as_the_structured_envelope(
+    build: Callable[[EventContext], OutboundMessage],
+) -> None:
+    structured, binary = both_modes(build)
+    envelope = orjson.loads(structured.value or b"")
+    headers = {name: value for name, value in binary.headers if value is not None}
+    event = from_binary(KafkaMessage(headers, binary.key, binary.value or b""))
+    attributes = dict(event.get_attributes())
+    assert attributes.pop("partitionkey") == CUSTOMER_ID.encode()
+    assert attributes == {name: value for name, value in envelope.items() if name != "data"}
+    assert event.get_data() == envelope["data"]
+
+
+def test_a_binary_record_whose_headers_are_no_event_is_refused_when_read_back() -> None:
+    message = an_update(BINARY)
+    doubled = (*message.headers, ("ce_id", b"evt-again"))
+    with pytest.raises(ValueError, match="ce_id"):
+        binary_mode.as_structured(message.value, doubled)
 
 
 # Dead letters
