@@ -291,7 +291,13 @@ def send(
 def tail(
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = False,
     dlq: Annotated[bool, typer.Option(help="Include the dead-letter topic.")] = False,
-    json: Annotated[bool, typer.Option("--json", help="Print the raw events.")] = False,
+    json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each event as structured CloudEvents JSON, whichever its mode.",
+        ),
+    ] = False,
     count: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
 ) -> None:
     """Follow customer.updated and customer.update.rejected, one readable line each.

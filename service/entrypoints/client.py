@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.command import AUTHORIZATION_ACTION, CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from service.adapters.kafka.clients import connection_options, partitions_of, reader
+from service.domain import binary_mode
 from service.infrastructure.settings import Settings
 
 Outcome = CustomerUpdatedEvent | CustomerUpdateRejectedEvent
@@ -154,15 +155,19 @@ class CommandSender:
                     batch = await watcher.getmany(timeout_ms=500)
                     for records in batch.values():
                         for record in records:
-                            outcome = _outcome_of(record.topic, record.value, settings, command.id)
+                            outcome = _outcome_of(record, settings, command.id)
                             if outcome is not None:
                                 return outcome
         finally:
             await watcher.stop()
 
 
-def _outcome_of(topic: str, value: bytes, settings: Settings, command_id: str) -> Outcome | None:
-    if topic == settings.topic_events:
+def _outcome_of(
+    record: ConsumerRecord[bytes, bytes], settings: Settings, command_id: str
+) -> Outcome | None:
+    # Either content mode: the worker's EVENT_CONTENT_MODE is not the client's to know.
+    value = binary_mode.as_structured(record.value, tuple(record.headers)) or b""
+    if record.topic == settings.topic_events:
         event = CustomerUpdatedEvent.model_validate_json(value)
         return event if event.causationid == command_id else None
     rejection = CustomerUpdateRejectedEvent.model_validate_json(value)

@@ -108,11 +108,17 @@ async def test_seed_creates_demo_customers_and_leaves_existing_ones(
     assert await db.fetchval("SELECT count(*) FROM customers WHERE id LIKE 'cus_demo_%'") == 4
 
 
+#: The worker's EVENT_CONTENT_MODE; the verbs are not told it and read either.
+CONTENT_MODES = pytest.mark.parametrize("content_mode", ["structured", "binary"])
+
+
+@CONTENT_MODES
 async def test_send_prints_the_event_or_the_rejection(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, content_mode: str
 ) -> None:
     await insert_customer(db, "cus_cli", invoice_prefix="CLI1", phone="+1 555 0100")
-    async with running_worker(settings):
+    worker_settings = settings.model_copy(update={"event_content_mode": content_mode})
+    async with running_worker(worker_settings):
         applied = await cli(
             settings, "send", "cus_cli", "--email", "ada@example.com",
             "--address.city", "Rome", "--address.country", "IT", "--clear", "phone",
@@ -141,11 +147,13 @@ async def test_send_prints_the_event_or_the_rejection(
     )
 
 
+@CONTENT_MODES
 async def test_tail_prints_one_readable_line_per_event(
-    settings: Settings, db: asyncpg.Connection
+    settings: Settings, db: asyncpg.Connection, content_mode: str
 ) -> None:
     await insert_customer(db, "cus_tail", invoice_prefix="TAI1")
-    async with running_worker(settings) as worker:
+    worker_settings = settings.model_copy(update={"event_content_mode": content_mode})
+    async with running_worker(worker_settings) as worker:
         await cli(settings, "send", "cus_tail", "--name", "Tailed")
         await cli(settings, "send", "cus_none", "--name", "Nobody")
         async with TopicReader(settings, event_topics(settings), worker) as reader:
@@ -158,6 +166,14 @@ async def test_tail_prints_one_readable_line_per_event(
     assert "changed: name" in updated
     assert "rejected" in rejected
     assert "resource_missing subject" in rejected
+    as_json = await cli(settings, "tail", "--from-beginning", "--count", "2", "--json")
+    assert as_json.code == 0, as_json.err
+    envelopes = [orjson.loads(line) for line in as_json.out.splitlines()]
+    assert sorted(envelope["type"] for envelope in envelopes) == [
+        "customer.update.rejected",
+        "customer.updated",
+    ]
+    assert all(envelope["subject"] in ("cus_tail", "cus_none") for envelope in envelopes)
 
 
 async def test_dlq_lists_dead_letters_and_replays_the_chosen_one(

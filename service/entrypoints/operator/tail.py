@@ -10,16 +10,18 @@ from pydantic import ValidationError
 
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from service.adapters.kafka.clients import partitions_of, reader
+from service.domain import binary_mode
 from service.entrypoints.operator.dead_letters import DeadLetter
 from service.infrastructure.settings import Settings
 
 
 def describe(record: ConsumerRecord[bytes, bytes], settings: Settings) -> str:
     """A one-line summary of a message from one of the service's topics."""
-    topic, value = record.topic, record.value
-    if value is None or topic == settings.topic_dead_letters:
+    topic = record.topic
+    if record.value is None or topic == settings.topic_dead_letters:
         return "dead-letter " + DeadLetter.of(record).describe()
     try:
+        value = structured(record)
         if topic == settings.topic_events:
             event = CustomerUpdatedEvent.model_validate_json(value)
             changed = ", ".join(sorted(event.data.previous_attributes)) or "(no field changed)"
@@ -37,7 +39,26 @@ def describe(record: ConsumerRecord[bytes, bytes], settings: Settings) -> str:
             )
     except ValidationError as exc:
         return f"unreadable message on {topic}: {exc.errors()[0]['msg']}"
+    except ValueError as exc:
+        return f"unreadable message on {topic}: {exc}"
     return f"message on unknown topic {topic}"
+
+
+def structured(record: ConsumerRecord[bytes, bytes]) -> bytes:
+    """The event's structured JSON, whichever content mode the worker published it in.
+
+    Raises:
+        ValueError: a binary-mode record that is not an event.
+    """
+    return binary_mode.as_structured(record.value, tuple(record.headers)) or b""
+
+
+def _json_line(record: ConsumerRecord[bytes, bytes]) -> str:
+    try:
+        return structured(record).decode("utf-8", "replace")
+    except ValueError:
+        # Not an event after all: shown as it came.
+        return (record.value or b"").decode("utf-8", "replace")
 
 
 def _clock(moment: datetime) -> str:
@@ -76,7 +97,7 @@ async def follow(
                         and record.value is not None
                         and record.topic != settings.topic_dead_letters
                     ):
-                        emit(record.value.decode())
+                        emit(_json_line(record))
                     else:
                         emit(describe(record, settings))
                     seen += 1
