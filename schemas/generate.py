@@ -149,6 +149,12 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
     components = _embedded(schemas.values())
     components["PublishedHeaders"] = _published_headers()
     components["DeadLetterHeaders"] = _dead_letter_headers()
+    binary = {
+        message_type: _binary_headers(schemas[message_type], published=message_type != COMMAND_TYPE)
+        for message_type in (COMMAND_TYPE, UPDATED_TYPE, REJECTED_TYPE)
+    }
+    for message_type, headers in binary.items():
+        components[_binary_headers_name(schemas, message_type)] = headers
 
     def schema_ref(name: str) -> Json:
         if name not in components:
@@ -174,20 +180,29 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
                 "dead-letter topic; a readable command that breaks the contract or may not "
                 "be applied gets a `customer.update.rejected` event."
             ),
-            "messages": {"customerUpdate": {"$ref": "#/components/messages/customerUpdate"}},
+            "messages": {
+                "customerUpdate": {"$ref": "#/components/messages/customerUpdate"},
+                "customerUpdateBinary": {"$ref": "#/components/messages/customerUpdateBinary"},
+            },
         },
         "customerUpdated": {
             "address": topics.events,
             "title": "Customer updated events",
             "description": "One event for every applied command, in customer version order.",
-            "messages": {"customerUpdated": {"$ref": "#/components/messages/customerUpdated"}},
+            "messages": {
+                "customerUpdated": {"$ref": "#/components/messages/customerUpdated"},
+                "customerUpdatedBinary": {"$ref": "#/components/messages/customerUpdatedBinary"},
+            },
         },
         "customerUpdateRejected": {
             "address": topics.rejections,
             "title": "Customer update rejections",
             "description": "One event for every refused command; the customer is unchanged.",
             "messages": {
-                "customerUpdateRejected": {"$ref": "#/components/messages/customerUpdateRejected"}
+                "customerUpdateRejected": {"$ref": "#/components/messages/customerUpdateRejected"},
+                "customerUpdateRejectedBinary": {
+                    "$ref": "#/components/messages/customerUpdateRejectedBinary"
+                },
             },
         },
         "customerUpdateDeadLetter": {
@@ -206,7 +221,10 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
             "action": action,
             "channel": {"$ref": f"#/channels/{channel}"},
             "summary": summary,
-            "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
+            "messages": [
+                {"$ref": f"#/channels/{channel}/messages/{name}"}
+                for name in channels[channel]["messages"]
+            ],
         }
 
     operations = {
@@ -295,6 +313,24 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
         },
     }
 
+    for structured, message_type in (
+        ("customerUpdate", COMMAND_TYPE),
+        ("customerUpdated", UPDATED_TYPE),
+        ("customerUpdateRejected", REJECTED_TYPE),
+    ):
+        twin = messages[structured]
+        messages[structured + "Binary"] = {
+            "name": f"{message_type} (binary mode)",
+            "title": f"{twin['title']}, binary content mode",
+            "summary": twin["summary"].replace("structured JSON", "binary content mode")
+            + " The attributes travel in ce_ headers; the value is the data alone.",
+            "contentType": "application/json",
+            "correlationId": {"location": "$message.header#/ce_correlationid"},
+            "headers": schema_ref(_binary_headers_name(schemas, message_type)),
+            "payload": schema_ref(_data_schema_name(schemas[message_type])),
+            "bindings": twin["bindings"],
+        }
+
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -302,8 +338,11 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
             "version": SCHEMA_VERSION,
             "description": (
                 "Applies `customer.update` commands to the customer store and publishes "
-                "the outcome. Every JSON message is a CloudEvents 1.0 envelope in "
-                "structured mode and every record is keyed by the customer id, so all "
+                "the outcome. Every message is a CloudEvents 1.0 event, in structured "
+                "mode (one JSON envelope) or in binary content mode (the attributes in "
+                "`ce_` headers, the data alone in the value): commands in either, events "
+                "and rejections in the one EVENT_CONTENT_MODE chooses (structured by "
+                "default). Every record is keyed by the customer id, so all "
                 "messages about one customer keep their order. A command's `id` is its "
                 "idempotency key: a redelivered command is applied once. Each applied "
                 "command publishes one `customer.updated` event whose `sequence` is the "
@@ -366,12 +405,81 @@ def _outbox_header() -> Json:
     }
 
 
+def _traceparent_header() -> Json:
+    return _text_header(
+        "W3C trace context of the event (as its traceparent attribute), where Kafka "
+        "instrumentations look for it; present when the command carried one."
+    )
+
+
 def _published_headers() -> Json:
     return {
         "type": "object",
-        "description": "Kafka record headers; values are UTF-8 text.",
-        "properties": {outbound.OUTBOX_ID: _outbox_header()},
+        "description": "Kafka record headers of a structured-mode event; values are UTF-8 text.",
+        "properties": {
+            outbound.CONTENT_TYPE: {
+                "type": "string",
+                "const": outbound.STRUCTURED_CONTENT_TYPE,
+                "description": "The event format (CloudEvents Kafka binding, section 3.3).",
+            },
+            outbound.TRACEPARENT: _traceparent_header(),
+            outbound.OUTBOX_ID: _outbox_header(),
+        },
+        "required": [outbound.CONTENT_TYPE, outbound.OUTBOX_ID],
     }
+
+
+def _binary_headers_name(schemas: dict[str, Json], message_type: str) -> str:
+    return f"{schemas[message_type]['title']}BinaryHeaders"
+
+
+def _data_schema_name(envelope: Json) -> str:
+    return str(envelope["properties"]["data"]["$ref"]).removeprefix(_DEFS_PREFIX)
+
+
+def _binary_headers(envelope: Json, *, published: bool) -> Json:
+    """The headers of ``envelope``'s event in binary content mode, from its attributes."""
+    properties: Json = {}
+    for attribute, node in envelope["properties"].items():
+        if attribute != "data":
+            properties[outbound.binary_header(attribute)] = _header_schema(attribute, node)
+    required = [outbound.binary_header(name) for name in envelope["required"] if name != "data"]
+    if published:
+        properties[outbound.TRACEPARENT] = _traceparent_header()
+        properties[outbound.OUTBOX_ID] = _outbox_header()
+        required += [outbound.CONTENT_TYPE, outbound.OUTBOX_ID]
+    required = list(dict.fromkeys(required))
+    return {
+        "type": "object",
+        "description": (
+            "Kafka record headers in CloudEvents binary content mode (Kafka binding, "
+            "section 3.2): each attribute in a header named ce_ and the attribute, "
+            "datacontenttype in content-type; values are UTF-8 text, integers in decimal."
+        ),
+        "properties": properties,
+        "required": required,
+    }
+
+
+def _header_schema(attribute: str, node: Json) -> Json:
+    """An attribute's schema as header text: the non-null branch, integers as decimals."""
+    branches = [branch for branch in node.get("anyOf", [node]) if branch.get("type") != "null"]
+    (value,) = branches
+    header: Json = {"type": "string"}
+    description = node.get("description") or value.get("description")
+    if value.get("type") == "integer":
+        # As the worker reads it: decimal digits, then the attribute's own range.
+        header["pattern"] = "^-?[0-9]{1,20}$"
+        bounds = (value.get("minimum"), value.get("maximum"))
+        description = f"{description} A decimal integer from {bounds[0]} to {bounds[1]}."
+    else:
+        for keyword in ("const", "enum", "format", "minLength", "maxLength", "pattern"):
+            if keyword in value:
+                header[keyword] = value[keyword]
+    header["description"] = f"The {attribute} attribute" + (
+        f": {description}" if description else "."
+    )
+    return header
 
 
 def _dead_letter_headers() -> Json:

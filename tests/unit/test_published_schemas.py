@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,15 +17,17 @@ from schemas import SCHEMA_VERSION, fields
 from schemas.__main__ import ROOT, main
 from schemas.command import CustomerUpdateCommand
 from schemas.customer import Subscription, SubscriptionList
+from schemas.errors import invalid
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from schemas.generate import PAYLOADS, render
-from schemas.headers import DLT_OPTIONAL
+from schemas.headers import DLT_OPTIONAL, binary_header
 from schemas.topics import Topics
 from service.domain import events
 from service.domain.authorization import UnsignedAuthorizer
+from service.domain.binary_mode import ContentMode
 from service.domain.customer import Address, CustomerState
 from service.domain.events import EventContext, rejected_message, updated_message
-from service.domain.inbound import InboundRecord, Invalid, Limits, classify
+from service.domain.inbound import Headers, InboundRecord, Invalid, Limits, classify
 from service.domain.update import Applied, apply_update
 from tests.unit.builders import value_of
 
@@ -442,3 +445,91 @@ def test_the_schema_takes_the_line_breaks_a_description_may_hold() -> None:
 
     assert schema_errors(COMMAND, document) == []
     CustomerUpdateCommand.model_validate(document)
+
+
+# -- the headers of each content mode --------------------------------------------------------
+
+
+def message_schema(asyncapi: Json, message: str, part: str) -> Any:
+    """A validator of one part (``headers`` or ``payload``) of an AsyncAPI message."""
+    node = asyncapi["components"]["messages"][message][part]
+    return Draft7Validator(
+        {**node, "components": asyncapi["components"]},
+        format_checker=Draft7Validator.FORMAT_CHECKER,
+    )
+
+
+def header_text(headers: Headers) -> Json:
+    assert len({name for name, _ in headers}) == len(headers), "a header is doubled"
+    return {name: (value or b"").decode() for name, value in headers}
+
+
+def published_messages(mode: ContentMode) -> list[tuple[str, events.OutboundMessage]]:
+    """An event and a rejection of the examples, as the relay publishes them in ``mode``."""
+    context = dataclasses.replace(CONTEXT, content_mode=mode)
+    command = CustomerUpdateCommand.model_validate(example(COMMAND))
+    updated = updated_message(
+        applied(command), command, event_id="evt_1", context=context, subscriptions=None,
+        traceparent=command.traceparent,
+    )  # fmt: skip
+    rejected = rejected_message(
+        invalid("resource_missing", "subject", "No such customer: 'cus_1'"),
+        customer_id="cus_1",
+        command_id="cmd_1",
+        correlationid=None,
+        event_id="evt_2",
+        context=context,
+        record=(COMMAND, 0, 7),
+    )
+    return [("customerUpdated", updated), ("customerUpdateRejected", rejected)]
+
+
+def with_outbox_id(message: events.OutboundMessage) -> Json:
+    return {**header_text(message.headers), "outbox-id": "42"}
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_the_headers_and_payload_of_each_mode_are_what_asyncapi_describes(
+    asyncapi: Json, mode: ContentMode
+) -> None:
+    suffix = "Binary" if mode == "binary" else ""
+    for name, message in published_messages(mode):
+        headers = message_schema(asyncapi, name + suffix, "headers")
+        assert [e.message for e in headers.iter_errors(with_outbox_id(message))] == []
+        payload = message_schema(asyncapi, name + suffix, "payload")
+        assert [e.message for e in payload.iter_errors(json.loads(value_of(message)))] == []
+        # Every header the service writes is documented, and a missing one is caught.
+        reference = asyncapi["components"]["messages"][name + suffix]["headers"]["$ref"]
+        assert set(with_outbox_id(message)) <= set(resolve(asyncapi, reference)["properties"])
+        lacking = {k: v for k, v in with_outbox_id(message).items() if k != "content-type"}
+        assert list(headers.iter_errors(lacking)) != []
+
+
+def binary_command_headers(document: Json) -> Json:
+    return {
+        binary_header(attribute): str(value)
+        for attribute, value in document.items()
+        if attribute != "data"
+    }
+
+
+def test_a_command_in_binary_mode_is_what_asyncapi_describes(asyncapi: Json) -> None:
+    document = {**example(COMMAND), "expectedversion": 3}
+    headers = message_schema(asyncapi, "customerUpdateBinary", "headers")
+    assert [e.message for e in headers.iter_errors(binary_command_headers(document))] == []
+    payload = message_schema(asyncapi, "customerUpdateBinary", "payload")
+    assert [e.message for e in payload.iter_errors(document["data"])] == []
+    for attribute, bad in [("expectedversion", "three"), ("specversion", "0.3"), ("id", "a b")]:
+        broken = binary_command_headers({**document, attribute: bad})
+        assert list(headers.iter_errors(broken)) != [], attribute
+
+
+def test_every_envelope_attribute_of_a_model_has_its_binary_header(asyncapi: Json) -> None:
+    for message_type, message in [
+        (COMMAND, "customerUpdateBinary"),
+        (UPDATED, "customerUpdatedBinary"),
+        (REJECTED, "customerUpdateRejectedBinary"),
+    ]:
+        attributes = set(MODELS[message_type].model_fields) - {"data"}
+        headers = resolve(asyncapi, asyncapi["components"]["messages"][message]["headers"]["$ref"])
+        assert {binary_header(name) for name in attributes} <= set(headers["properties"])
