@@ -176,7 +176,7 @@ class CustomerUpdateCommand(_Strict):
     type: Literal["customer.update"]
     subject: Annotated[fields.Identifier, Field(description="The id of the customer to update.")]
     time: Annotated[
-        Annotated[datetime, Field(strict=False)] | None,
+        Annotated[datetime, Field(strict=False), fields.Rfc3339] | None,
         BeforeValidator(fields.ensure_rfc3339),
         Field(description="When the command was created (RFC 3339, with an offset)."),
     ] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import email_validator
@@ -240,9 +241,54 @@ def documented(**keywords: JsonValue) -> Any:
     return Field(json_schema_extra=keywords)
 
 
-# The validators above allow no whitespace; ``isprintable`` is stricter than a pattern
-# can portably say, so the published schema is a necessary condition only.
-NoWhitespace = documented(pattern=r"^\S+$")
+# The validators above allow no whitespace and no control character; ``isprintable`` also
+# refuses what no portable pattern names (see SCHEMA_GAPS).
+NoWhitespace = documented(pattern="^[^\\s\\u0000-\\u001f\\u007f-\\u009f]+$")
+#: ``time`` as the validator reads it; that it is a real date is ``format: date-time``.
+Rfc3339 = documented(pattern=f"^{_RFC3339.pattern}$")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaGap:
+    """A rule the models enforce that the published JSON Schema cannot say."""
+
+    rule: str
+    #: Matches the message of the error the models give when the rule is broken.
+    message: re.Pattern[str]
+
+
+#: Everything a command may break that its published JSON Schema accepts: the schema is
+#: exact but for these (its description lists them, and a property test holds it to that).
+SCHEMA_GAPS = (
+    SchemaGap(
+        "ids, source, principal and correlationid hold printable characters only: Unicode's "
+        "format, private-use and unassigned characters are refused too, which no portable "
+        "pattern names",
+        re.compile(r"must be printable characters"),
+    ),
+    SchemaGap(
+        "each preferred locale is a valid BCP 47 tag (the schema checks its syntax)",
+        re.compile(r"is not a valid BCP 47 language tag"),
+    ),
+    SchemaGap(
+        "no preferred locale appears twice in any case (uniqueItems compares case)",
+        re.compile(r"language tags ignore case"),
+    ),
+    SchemaGap(
+        "an integer is written without a fraction or exponent (12.0 is refused): to JSON "
+        "Schema, 12.0 is the integer 12",
+        re.compile(r"must be an integer, not the number"),
+    ),
+    SchemaGap(
+        "an email address is one a mail system can take (format: email, which validators "
+        "check loosely if at all)",
+        re.compile(r"is not a valid email address"),
+    ),
+    SchemaGap(
+        "time is a real date and time (format: date-time, which validators check only when asked)",
+        re.compile(r"must be an RFC 3339 timestamp, not"),
+    ),
+)
 
 _EMPTY_STRING: JsonSchemaValue = {"const": "", "type": "string"}
 
@@ -332,7 +378,10 @@ InvoicePrefix = Annotated[
 ]
 InvoiceSequence = Annotated[StrictInt, Field(ge=1, le=MAX_INVOICE_SEQUENCE)]
 TraceParent = Annotated[
-    StrictStr, AfterValidator(_traceparent), documented(pattern=f"^{TRACEPARENT.pattern}$")
+    StrictStr,
+    AfterValidator(_traceparent),
+    # Version ff is invalid (W3C Trace Context 3.2.2.1).
+    documented(pattern=f"^(?!ff){TRACEPARENT.pattern}$"),
 ]
 Identifier = Annotated[
     StrictStr,

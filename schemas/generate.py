@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas import SCHEMA_VERSION
+from schemas import SCHEMA_VERSION, fields
 from schemas import headers as outbound
 from schemas.command import COMMAND_TYPE, CustomerUpdateCommand
 from schemas.event import (
@@ -109,6 +109,10 @@ def json_schema(payload: Payload) -> Json:
         "description": generated.pop("description"),
         **generated,
     }
+    if not payload.published:
+        schema["description"] += " Beyond this schema, the service also checks that: " + (
+            "; ".join(gap.rule for gap in fields.SCHEMA_GAPS) + "."
+        )
     if definitions:
         schema["$defs"] = definitions
     return schema
