@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the naive baseline",
     )
     add(
+        "--naive-seconds",
+        type=float,
+        help="stop the naive baseline this long after its first output (default 60)",
+    )
+    add(
+        "--relay-process",
+        action="store_true",
+        default=None,
+        help="run the relay as its own process, so its CPU time is measured apart",
+    )
+    add(
         "--worker-env",
         action="append",
         type=_key_value,
@@ -131,6 +142,7 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
+        "naive_seconds", "relay_process",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
@@ -185,6 +197,10 @@ def summary(result: dict[str, Any]) -> str:
     """The headline figures in one human-readable line."""
     throughput = result["throughput"]
     parts = [f"ours {throughput['ours_commands_per_second']:g} commands/s"]
+    cpu = throughput.get("ours_cpu_us_per_command")
+    if cpu is not None:
+        shown = ", ".join(f"{name} {us:g}" for name, us in cpu.items() if us is not None)
+        parts.append(f"CPU µs per command: {shown}")
     if throughput["naive"] is not None:
         parts.append(
             f"naive {throughput['naive_commands_per_second']:g}/s, ratio {throughput['ratio']}x, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -100,4 +102,35 @@ async def state_fingerprint(url: str) -> dict[str, Any]:
         "processed_md5": processed,
         "processed": {row["outcome"]: row["n"] for row in rows},
         "updates_applied": int(versions),
+    }
+
+
+#: How long the database may take to become quiet before a paced run starts anyway.
+QUIET_TIMEOUT = 60.0
+
+
+async def until_quiet(url: str, *, within: float = QUIET_TIMEOUT) -> dict[str, Any]:
+    """Make the server's background work happen now rather than during a measurement:
+    VACUUM ANALYZE the phase's database (so autovacuum finds nothing to do in it), force
+    a CHECKPOINT (so the next timed one is minutes away), then wait until no autovacuum
+    worker runs anywhere on the server. Returns what it found and how long it took."""
+    started = time.monotonic()
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("VACUUM (ANALYZE)")
+        await connection.execute("CHECKPOINT")
+        workers = -1
+        while time.monotonic() - started < within:
+            workers = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            )
+            if workers == 0:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+    return {
+        "seconds": round(time.monotonic() - started, 3),
+        "quiet": workers == 0,
+        "autovacuum_workers_left": max(workers, 0),
     }

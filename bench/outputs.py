@@ -11,6 +11,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -28,6 +29,9 @@ class Output:
     index: int | None
     outcome: Outcome
     sequence: int = 0
+    #: The event's ``time`` (epoch seconds): when the worker decided its batch, just
+    #: before the batch's statements and commit; 0 for a dead letter.
+    decided_at: float = 0.0
 
 
 def parse_output(
@@ -55,7 +59,16 @@ def parse_output(
     index = index_of(causation, prefix) if isinstance(causation, str) else None
     sequence = document.get("sequence")
     number = int(sequence) if isinstance(sequence, str) and sequence.isdigit() else 0
-    return Output(index, outcome, number)
+    return Output(index, outcome, number, _epoch(document.get("time")))
+
+
+def _epoch(time: object) -> float:
+    if not isinstance(time, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(time).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class OutcomeLog:
@@ -67,6 +80,7 @@ class OutcomeLog:
         self.outcomes = bytearray(count)
         self.sequences = array("q", bytes(8 * count))
         self.received_at = array("d", bytes(8 * count))
+        self.decided_at = array("d", bytes(8 * count))
         self.seen = 0
         #: Outputs for a command that already had one: published twice.
         self.duplicates = 0
@@ -86,6 +100,7 @@ class OutcomeLog:
         self.outcomes[index] = _CODE[output.outcome]
         self.sequences[index] = output.sequence
         self.received_at[index] = at
+        self.decided_at[index] = output.decided_at
         self.seen += 1
         if self.first_at is None:
             self.first_at = at
@@ -112,15 +127,33 @@ class OutcomeLog:
 
     def mismatches(self, other: OutcomeLog) -> int:
         """Commands whose outcome or event sequence differs between two runs of the
-        same load."""
+        same load, among those ``other`` answered (a run stopped at its time limit
+        answered a prefix of each partition)."""
         if other.count != self.count:
             raise ValueError("the runs have different loads")
         return sum(
             1
             for index in range(self.count)
-            if self.outcomes[index] != other.outcomes[index]
-            or self.sequences[index] != other.sequences[index]
+            if other.outcomes[index]
+            and (
+                self.outcomes[index] != other.outcomes[index]
+                or self.sequences[index] != other.sequences[index]
+            )
         )
+
+    def split_ms(
+        self, sent_at: Sequence[float], *, since: float = 0.0
+    ) -> tuple[list[float], list[float]]:
+        """For each answered event or rejection sent at or after ``since``: due to
+        decided (poll, classify, fold), and decided to visible (statements, commit, the
+        relay's Kafka transaction, the reader's fetch)."""
+        decided, visible = [], []
+        for index in range(min(self.count, len(sent_at))):
+            at = self.decided_at[index]
+            if self.outcomes[index] and at and sent_at[index] >= since:
+                decided.append((at - sent_at[index]) * 1000)
+                visible.append((self.received_at[index] - at) * 1000)
+        return decided, visible
 
     def latencies_ms(self, sent_at: Sequence[float], *, since: float = 0.0) -> list[float]:
         """Latency of each answered command sent at or after ``since`` (epoch seconds)."""

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.cpu import CpuSample, cpu_figures, window
 from bench.outputs import OutcomeLog
 from bench.stats import latency_summary, rate, slope
 
-RESULT_VERSION = 1
+#: 2: the naive baseline runs for a time limit; CPU figures per process.
+RESULT_VERSION = 2
 KIB_PER_MIB = 1024
 
 
@@ -30,6 +32,10 @@ class ThroughputRun:
     rss_kib: list[tuple[float, int]] = field(default_factory=list)
     state: Mapping[str, Any] = field(default_factory=dict)
     log_path: str = ""
+    #: CPU samples of the run's processes (``bench.cpu``), every ``CPU_SAMPLE_INTERVAL``.
+    cpu: Sequence[CpuSample] = ()
+    #: Seconds after its first output that the run was stopped at, if it was.
+    time_limit: float | None = None
 
 
 @dataclass
@@ -47,6 +53,8 @@ class PacedRun:
     exit_status: int | None
     rss_kib: list[tuple[float, int]] = field(default_factory=list)
     log_path: str = ""
+    #: How the wait for a quiet database before the run went (``db.until_quiet``).
+    quiet: Mapping[str, Any] | None = None
 
     def samples(self) -> list[tuple[float, float]]:
         """``(seconds since the first send, latency ms)`` of every answered command."""
@@ -65,10 +73,17 @@ def throughput_figures(run: ThroughputRun) -> dict[str, Any]:
     start = min(run.consuming_at, log.first_at or run.consuming_at)
     seconds = (log.last_at - start) if log.last_at is not None else 0.0
     outcomes = log.counts()
+    # A run stopped at its time limit is measured over what it answered by then.
+    counted = log.seen if run.time_limit is not None else log.count
+    measured = log.complete or run.time_limit is not None
     return {
         "commands": log.count,
         "seconds": round(seconds, 3),
-        "commands_per_second": round(rate(log.count, seconds), 1) if log.complete else 0.0,
+        "commands_per_second": round(rate(counted, seconds), 1) if measured else 0.0,
+        "time_limit_seconds": run.time_limit,
+        "cpu": cpu_figures(*window(run.cpu, start, log.last_at), counted)
+        if run.cpu and log.last_at is not None
+        else None,
         "startup_seconds": round(start - run.spawned_at, 3),
         "first_output_after_seconds": round(log.first_at - start, 3)
         if log.first_at is not None
@@ -110,10 +125,22 @@ def paced_figures(run: PacedRun) -> dict[str, Any]:
         "warmup_seconds": run.warmup_seconds,
         "max_send_lag_ms": round(run.max_send_lag_ms, 2),
         **_renamed(latency_summary(latencies), count="latency_samples"),
+        "split": _split(log.split_ms(run.sent_at, since=run.started_at + run.warmup_seconds)),
+        "database_quiet": dict(run.quiet) if run.quiet is not None else None,
         "exit_status": run.exit_status,
         "log": run.log_path,
     }
     return figures
+
+
+def _split(parts: tuple[list[float], list[float]]) -> dict[str, Any]:
+    """Percentiles of each part of the latency of events and rejections (dead letters
+    carry no time of the worker's)."""
+    decided, visible = parts
+    return {
+        "due_to_decided": latency_summary(decided),
+        "decided_to_visible": latency_summary(visible),
+    }
 
 
 def rss_figures(samples: Sequence[tuple[float, int]], *, warmup_seconds: float) -> dict[str, Any]:
@@ -164,7 +191,8 @@ def build_result(
     if naive_figures is not None and naive_figures["commands_per_second"] > 0:
         ratio = round(ours_figures["commands_per_second"] / naive_figures["commands_per_second"], 2)
     same_state = None
-    if naive is not None:
+    if naive is not None and naive.log.complete:
+        # A baseline stopped at its time limit left part of the load undone.
         same_state = _comparable(ours.state) == _comparable(naive.state)
     soak_figures = None
     if soak is not None:
@@ -177,6 +205,7 @@ def build_result(
         "result_version": RESULT_VERSION,
         "throughput": {
             "ours_commands_per_second": ours_figures["commands_per_second"],
+            "ours_cpu_us_per_command": _cpu_summary(ours_figures["cpu"]),
             "naive_commands_per_second": naive_figures["commands_per_second"]
             if naive_figures
             else None,
@@ -194,6 +223,18 @@ def build_result(
         "machine": dict(machine),
         "wall_seconds": round(wall_seconds, 1),
     }
+
+
+def _cpu_summary(cpu: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    """Microseconds of CPU per command by process, and for the whole box."""
+    if cpu is None:
+        return None
+    summary: dict[str, float | None] = {
+        name: None if figures is None else figures["us_per_command"]
+        for name, figures in cpu["processes"].items()
+    }
+    summary["all"] = cpu["all"]["us_per_command"]
+    return summary
 
 
 def _comparable(state: Mapping[str, Any]) -> dict[str, Any]:

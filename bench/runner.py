@@ -4,9 +4,12 @@
    from the moment its consumer group is stable (it has its partitions and starts
    fetching) until the benchmark's ``read_committed`` consumer has the last output.
 2. ``naive``: the same records on fresh topics and a fresh copy of the same database,
-   drained by ``bench.naive_worker``, timed the same way.
-3. ``latency``: a fresh copy again; our worker running; commands offered at a fixed
-   rate; latency = when the output arrived minus when the command was due to be sent.
+   drained by ``bench.naive_worker`` for at most ``naive_seconds``, timed the same way
+   (its rate is over what it answered by then).
+3. ``latency``: a fresh copy again, vacuumed and checkpointed, with no autovacuum
+   running; our worker running; commands offered at a fixed rate; latency = when the
+   output arrived minus when the command was due to be sent, split at the worker's
+   decision (the event's ``time``).
 4. ``soak`` (optional): like ``latency`` for longer, sampling the worker's RSS.
 
 ``run_benchmark`` is the library entry point (the e2e test calls it); ``python -m bench``
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import db
+from bench.cpu import CpuMeter, CpuSample
 from bench.kafka_io import (
     BenchmarkError,
     OutputReader,
@@ -60,6 +64,8 @@ Progress = Callable[[str], None]
 THROUGHPUT_STREAM = "tp"
 LATENCY_STREAM = "lat"
 SOAK_STREAM = "soak"
+#: Seconds between CPU samples of a throughput run: the window's ends are found to this.
+CPU_SAMPLE_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,12 @@ class Options:
     rss_interval: float = 5.0
     log_level: str = "WARNING"
     naive: bool = True
+    #: The naive baseline stops after this many seconds of output (it takes minutes for
+    #: the whole load); its rate is over the commands it answered by then.
+    naive_seconds: float = 60.0
+    #: Run the relay as its own process (``customer-service relay``, workers with
+    #: ``RELAY_ENABLED=false``), so that its CPU time is measured apart.
+    relay_process: bool = False
     #: Extra environment for both workers, e.g. ``{"BATCH_MAX_RECORDS": "1000"}``.
     worker_env: dict[str, str] = field(default_factory=dict)
     #: Run our worker's throughput run under cProfile, writing the stats here.
@@ -103,6 +115,8 @@ class Options:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.naive_seconds <= 0:
+            raise ValueError("naive_seconds must be positive")
 
     @classmethod
     def quick_options(cls, **overrides: Any) -> Options:
@@ -193,7 +207,9 @@ class _Run:
         """``options.workers`` processes in one consumer group (only the first one is
         profiled)."""
         options = self.options
-        env = worker_env(phase.settings, log_level=options.log_level, extra=options.worker_env)
+        separate = options.relay_process and kind == "ours"
+        extra = {**options.worker_env, **({"RELAY_ENABLED": "false"} if separate else {})}
+        env = worker_env(phase.settings, log_level=options.log_level, extra=extra)
         members = [
             WorkerProcess(
                 kind,
@@ -203,7 +219,32 @@ class _Run:
             )
             for number in range(1, options.workers + 1)
         ]
-        return WorkerGroup(members)
+        relay = None
+        if separate:
+            relay_env = worker_env(
+                phase.settings, log_level=options.log_level, extra=options.worker_env
+            )
+            relay = WorkerProcess(
+                "relay",
+                worker_argv(kind, verb="relay"),
+                relay_env,
+                self.logs / f"{phase.name}-relay.log",
+            )
+        return WorkerGroup(members, relay)
+
+    def cpu_meter(self, worker: WorkerGroup) -> CpuMeter:
+        """CPU time of the worker processes, a separate relay, the services this machine
+        runs for the benchmark, and the benchmark itself (producing and reading back)."""
+        stack = self.stack
+        return CpuMeter(
+            {
+                "worker": worker.consumer_pids(),
+                "relay": worker.relay_pids(),
+                "kafka": [stack.kafka_pid] if stack.kafka_pid else [],
+                "postgres": [stack.postgres_pid] if stack.postgres_pid else [],
+                "benchmark": [os.getpid()],
+            }
+        )
 
     async def cleanup(self) -> None:
         if self.options.keep:
@@ -297,16 +338,24 @@ async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> T
     profile = options.profile if kind == "ours" else None
     worker = run.worker(kind, phase, profile=profile)
     rss: list[tuple[float, int]] = []
+    cpu: list[CpuSample] = []
+    limit = options.naive_seconds if kind == "naive" else None
     async with OutputReader(phase.settings, log) as reader:
         spawned = time.time()
         worker.start()
+        meter = run.cpu_meter(worker)
         background: list[asyncio.Task[Any]] = []
         try:
             consuming = asyncio.create_task(
                 wait_until_consuming(phase.settings, alive=worker.check_alive)
             )
-            background = [consuming, asyncio.create_task(_sample_rss(worker, 1.0, rss))]
-            await _drain(run, kind, reader, log, worker, checks=[consuming])
+            background = [
+                consuming,
+                asyncio.create_task(_sample_rss(worker, 1.0, rss)),
+                asyncio.create_task(_sample_cpu(meter, CPU_SAMPLE_INTERVAL, cpu)),
+            ]
+            await _drain(run, kind, reader, log, worker, checks=[consuming], limit=limit)
+            cpu.append(meter.sample())
             consuming_at = await consuming
         finally:
             await _cancel(background)
@@ -324,6 +373,8 @@ async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> T
         rss_kib=rss,
         state=state,
         log_path=str(worker.log_path),
+        cpu=cpu,
+        time_limit=limit,
     )
     figures = throughput_figures(result)
     progress(
@@ -346,6 +397,8 @@ async def _paced(
     generator = LoadGenerator(options.load_spec(), prefix=stream)
     worker = run.worker("ours", phase)
     samples: list[tuple[float, int]] = []
+    quiet = await db.until_quiet(phase.settings.database_url.get_secret_value())
+    progress(f"{name}: the database was quiet after {quiet['seconds']}s ({quiet})")
     async with OutputReader(phase.settings, log) as reader:
         worker.start()
         background: list[asyncio.Task[Any]] = []
@@ -379,6 +432,7 @@ async def _paced(
         exit_status=status,
         rss_kib=samples,
         log_path=str(worker.log_path),
+        quiet=quiet,
     )
     progress(f"{name}: {log.seen}/{count} answered; exit {status}")
     return result
@@ -392,13 +446,18 @@ async def _drain(
     worker: WorkerGroup,
     *,
     checks: Iterable[asyncio.Task[Any]] = (),
+    limit: float | None = None,
 ) -> None:
-    """Read outputs until every command has one; fail if the worker dies, a helper task
-    fails, or nothing new arrives for ``stall_timeout`` seconds."""
+    """Read outputs until every command has one, or for ``limit`` seconds after the
+    first; fail if the worker dies, a helper task fails, or nothing new arrives for
+    ``stall_timeout`` seconds."""
     stall_timeout = run.options.stall_timeout
     last_seen, last_change = -1, time.monotonic()
     last_report, reported_seen = time.monotonic(), 0
     while not log.complete:
+        if limit is not None and log.first_at is not None and time.time() - log.first_at >= limit:
+            run.progress(f"{name}: stopped after {limit:g}s with {log.seen}/{log.count} answered")
+            return
         await reader.poll()
         worker.check_alive()
         for task in checks:
@@ -426,6 +485,12 @@ async def _sample_rss(
         kib = worker.rss_kib()
         if kib is not None:
             samples.append((time.monotonic() - started, kib))
+        await asyncio.sleep(interval)
+
+
+async def _sample_cpu(meter: CpuMeter, interval: float, samples: list[CpuSample]) -> None:
+    while True:
+        samples.append(meter.sample())
         await asyncio.sleep(interval)
 
 

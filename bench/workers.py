@@ -26,18 +26,21 @@ def cli_script() -> Path:
     return Path(sys.executable).parent / "customer-service"
 
 
-def worker_argv(kind: WorkerKind, *, profile: Path | None = None) -> list[str]:
-    """The command line of a worker; ``profile`` runs ours under cProfile, writing there."""
+def worker_argv(
+    kind: WorkerKind, *, profile: Path | None = None, verb: str = "worker"
+) -> list[str]:
+    """The command line of a worker (or of ours with another ``verb``, such as
+    ``relay``); ``profile`` runs ours under cProfile, writing there."""
     if kind == "naive":
         return [sys.executable, "-m", "bench.naive_worker"]
     script = cli_script()
     if profile is not None:
         # The console script is a plain Python file, so cProfile can run it as a script;
         # ``-m service.entrypoints.cli`` would not work: the module has no ``__main__`` block.
-        return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), "worker"]
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), str(script), verb]
     if script.exists():
-        return [str(script), "worker"]
-    return [sys.executable, "-c", "from service.entrypoints.cli import app; app()", "worker"]
+        return [str(script), verb]
+    return [sys.executable, "-c", "from service.entrypoints.cli import app; app()", verb]
 
 
 def worker_env(
@@ -173,17 +176,28 @@ class WorkerProcess:
 
 
 class WorkerGroup:
-    """Several worker processes of one consumer group, handled as one."""
+    """Several worker processes of one consumer group, and the relay process when the
+    relay runs on its own, handled as one."""
 
-    def __init__(self, members: Sequence[WorkerProcess]) -> None:
-        assert members, "a group needs at least one worker"
-        self.members = list(members)
-        self.name = members[0].name
-        self.log_path = members[0].log_path
+    def __init__(
+        self, consumers: Sequence[WorkerProcess], relay: WorkerProcess | None = None
+    ) -> None:
+        assert consumers, "a group needs at least one worker"
+        self.consumers = list(consumers)
+        self.relay = relay
+        self.members = [*consumers, *([relay] if relay is not None else [])]
+        self.name = consumers[0].name
+        self.log_path = consumers[0].log_path
 
     def start(self) -> None:
         for member in self.members:
             member.start()
+
+    def consumer_pids(self) -> list[int]:
+        return [member.pid for member in self.consumers]
+
+    def relay_pids(self) -> list[int]:
+        return [] if self.relay is None else [self.relay.pid]
 
     def check_alive(self) -> None:
         for member in self.members:
@@ -193,8 +207,8 @@ class WorkerGroup:
         return "\n".join(f"== {m.log_path}\n{m.log_tail(lines)}" for m in self.members)
 
     def rss_kib(self) -> int | None:
-        """The largest member's RSS: memory per process is what must stay flat."""
-        sizes = [size for size in (m.rss_kib() for m in self.members) if size is not None]
+        """The largest worker's RSS: memory per process is what must stay flat."""
+        sizes = [size for size in (m.rss_kib() for m in self.consumers) if size is not None]
         return max(sizes) if sizes else None
 
     async def stop(self, grace: float = 60.0) -> int | None:

@@ -49,6 +49,10 @@ class Stack:
     database_url: str
     kafka_source: Source
     postgres_source: Source
+    #: The services' process ids when they run natively here (for the benchmark's CPU
+    #: figures); None for services given in the environment or in containers.
+    kafka_pid: int | None = None
+    postgres_pid: int | None = None
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -77,6 +81,8 @@ def open_stack(env: Mapping[str, str] = os.environ) -> Stack:
     given_kafka = env.get("KAFKA_BOOTSTRAP_SERVERS")
     given_database = env.get("DATABASE_URL")
     cleanups: list[Callable[[], None]] = []
+    kafka_pid: int | None = None
+    postgres_pid: int | None = None
     mode = None if given_kafka and given_database else _mode(env)
 
     try:
@@ -93,6 +99,7 @@ def open_stack(env: Mapping[str, str] = os.environ) -> Stack:
                 cleanups.append(broker.stop)
             broker.start()
             kafka, kafka_source = broker.bootstrap_servers(), "native"
+            kafka_pid = broker.pid()
 
         if given_database:
             database, postgres_source = given_database, "environment"
@@ -107,6 +114,7 @@ def open_stack(env: Mapping[str, str] = os.environ) -> Stack:
                 cleanups.append(server.stop)
             server.start()
             database, postgres_source = server.url(), "native"
+            postgres_pid = server.pid()
     except BaseException:
         for cleanup in reversed(cleanups):
             cleanup()
@@ -117,5 +125,7 @@ def open_stack(env: Mapping[str, str] = os.environ) -> Stack:
         database_url=database,
         kafka_source=kafka_source,  # type: ignore[arg-type]
         postgres_source=postgres_source,  # type: ignore[arg-type]
+        kafka_pid=kafka_pid,
+        postgres_pid=postgres_pid,
         _cleanups=cleanups,
     )

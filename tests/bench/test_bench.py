@@ -1,8 +1,11 @@
-"""The pure parts of the benchmark: the load, the statistics, the SVG and the result."""
+"""The pure parts of the benchmark (the load, the statistics, the SVG and the result), and
+its CPU meter on processes of its own."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from array import array
@@ -10,9 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from bench.__main__ import build_parser, options_from_args, summary
+from bench.cpu import CpuMeter, CpuSample, cpu_figures, tree_seconds, window
 from bench.load import (
     INDEX_HEADER,
     Command,
@@ -25,7 +30,14 @@ from bench.load import (
     index_of,
 )
 from bench.outputs import OutcomeLog, Output, parse_output
-from bench.report import PacedRun, ThroughputRun, build_result, rss_figures, to_json_line
+from bench.report import (
+    PacedRun,
+    ThroughputRun,
+    build_result,
+    paced_figures,
+    rss_figures,
+    to_json_line,
+)
 from bench.runner import Options
 from bench.stats import latency_summary, percentile, slope
 from bench.svg import bucket_series, nice_step, render_latency_svg
@@ -530,3 +542,117 @@ def test_rss_is_read_from_proc_status() -> None:
     status = "Name:\tpython\nVmPeak:\t  9000 kB\nVmRSS:\t   73512 kB\nThreads:\t3\n"
     assert parse_vm_rss(status) == 73512
     assert parse_vm_rss("Name:\tzombie\n") is None
+
+
+# -- CPU time and the time-limited baseline --------------------------------------------
+
+
+def test_cpu_figures_per_process_and_for_the_box() -> None:
+    before = CpuSample(100.0, {"worker": 1.0, "postgres": 10.0, "relay": None})
+    after = CpuSample(102.0, {"worker": 1.5, "postgres": 11.0, "relay": None})
+
+    figures = cpu_figures(before, after, commands=10_000)
+
+    processes = figures["processes"]
+    assert isinstance(processes, dict)
+    assert processes["worker"] == {"seconds": 0.5, "us_per_command": 50.0, "cores": 0.25}
+    assert processes["postgres"] == {"seconds": 1.0, "us_per_command": 100.0, "cores": 0.5}
+    assert processes["relay"] is None
+    assert figures["all"] == {"seconds": 1.5, "us_per_command": 150.0, "cores": 0.75}
+    assert figures["window_seconds"] == 2.0
+
+
+def test_the_cpu_window_is_the_samples_around_the_run() -> None:
+    samples = [CpuSample(float(at), {"worker": float(at)}) for at in range(10)]
+
+    assert window(samples, 2.5, 6.5) == (samples[2], samples[7])
+    assert window(samples, -1.0, 20.0) == (samples[0], samples[-1])
+    with pytest.raises(ValueError, match="no CPU sample"):
+        window([], 0.0, 1.0)
+
+
+def test_a_process_trees_cpu_counts_its_children_even_after_they_exit() -> None:
+    # A parent that spends CPU in a child it then reaps, as the postmaster does with
+    # backends, and waits to be read.
+    script = (
+        "import subprocess, sys, time\n"
+        "subprocess.run([sys.executable, '-c', 'sum(range(20_000_000))'], check=True)\n"
+        "print('done', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as parent:
+        try:
+            assert parent.stdout is not None
+            assert parent.stdout.readline() == b"done\n"
+            own = psutil.Process(parent.pid).cpu_times()
+            seconds = tree_seconds(parent.pid)
+            assert seconds is not None
+            assert seconds >= own.user + own.system + 0.1  # the child's work is in it
+        finally:
+            parent.kill()
+            parent.wait()
+    assert tree_seconds(parent.pid) is None
+
+
+def test_a_meter_names_only_the_groups_it_has_processes_for() -> None:
+    meter = CpuMeter({"benchmark": [os.getpid()], "relay": [], "kafka": []})
+
+    sample = meter.sample()
+
+    assert list(sample.seconds) == ["benchmark"]
+    assert (sample.seconds["benchmark"] or 0) > 0
+
+
+def test_a_time_limited_run_is_rated_over_what_it_answered() -> None:
+    run = _throughput("naive", 1.0)
+    run.log = OutcomeLog(100, "tp")
+    for index in range(40):
+        run.log.add(Output(index, "applied", index + 2), 100.0 + index * 0.1)
+    run.time_limit = 3.9
+    ours = _throughput("ours", 1.0)
+
+    result = build_result(
+        parameters={}, machine={}, load={}, ours=ours, naive=run, latency=None, soak=None,
+        wall_seconds=1.0, outputs_mismatched=ours.log.mismatches(run.log),
+    )["throughput"]  # fmt: skip
+
+    assert result["naive"]["commands_per_second"] == pytest.approx(40 / 3.9, rel=0.01)
+    assert result["naive"]["time_limit_seconds"] == 3.9
+    assert result["naive"]["processed_all"] is False
+    assert result["outputs_match"] is True  # the 40 it answered match ours
+    assert result["state_match"] is None  # the rest of the load was never applied
+
+
+def test_outputs_are_compared_only_where_the_other_run_answered() -> None:
+    ours, partial = OutcomeLog(3, "tp"), OutcomeLog(3, "tp")
+    for index in range(3):
+        ours.add(Output(index, "applied", 2), 1.0)
+    partial.add(Output(0, "applied", 2), 1.0)
+    assert ours.mismatches(partial) == 0
+    partial.add(Output(1, "rejected", 0), 1.0)
+    assert ours.mismatches(partial) == 1
+
+
+def test_the_relay_runs_as_its_own_verb() -> None:
+    assert worker_argv("ours", verb="relay")[-1] == "relay"
+
+
+def test_an_outputs_decision_time_is_its_events_time() -> None:
+    value = orjson.dumps(
+        {"causationid": command_id("lat", 7), "sequence": "3", "time": "2026-01-31T09:30:00.25Z"}
+    )
+    output = parse_output("applied", value, [], prefix="lat")
+    assert output.decided_at == 1769851800.25
+    assert parse_output("applied", orjson.dumps({"time": 5}), [], prefix="lat").decided_at == 0.0
+
+
+def test_the_latency_splits_at_the_decision() -> None:
+    run = _paced()
+    for index in range(50):
+        run.log.decided_at[index] = run.sent_at[index] + 0.005  # 5 ms to decide, 15 to show
+
+    split = paced_figures(run)["split"]
+
+    assert split["due_to_decided"]["p50_ms"] == pytest.approx(5.0, abs=0.01)
+    assert split["decided_to_visible"]["p99_ms"] == pytest.approx(15.0, abs=0.01)
+    assert split["due_to_decided"]["count"] == 40  # the warm-up is left out here too
