@@ -155,20 +155,27 @@ class CommandSender:
                     batch = await watcher.getmany(timeout_ms=500)
                     for records in batch.values():
                         for record in records:
-                            outcome = _outcome_of(record, settings, command.id)
+                            outcome = outcome_of(record, settings, command.id)
                             if outcome is not None:
                                 return outcome
         finally:
             await watcher.stop()
 
 
-def _outcome_of(
+def outcome_of(
     record: ConsumerRecord[bytes, bytes], settings: Settings, command_id: str
 ) -> Outcome | None:
-    # Either content mode: the worker's EVENT_CONTENT_MODE is not the client's to know.
-    value = binary_mode.as_structured(record.value, tuple(record.headers)) or b""
-    if record.topic == settings.topic_events:
-        event = CustomerUpdatedEvent.model_validate_json(value)
-        return event if event.causationid == command_id else None
-    rejection = CustomerUpdateRejectedEvent.model_validate_json(value)
-    return rejection if rejection.causationid == command_id else None
+    """The event or rejection ``record`` holds if it answers ``command_id``, else None:
+    another command's outcome, or a record that is no event at all (anyone can write to
+    a topic), is skipped rather than ending the wait."""
+    try:
+        # Either content mode: the worker's EVENT_CONTENT_MODE is not the client's to know.
+        value = binary_mode.as_structured(record.value, tuple(record.headers)) or b""
+        outcome: Outcome
+        if record.topic == settings.topic_events:
+            outcome = CustomerUpdatedEvent.model_validate_json(value)
+        else:
+            outcome = CustomerUpdateRejectedEvent.model_validate_json(value)
+    except ValueError:  # not JSON, not an event, or headers no event has
+        return None
+    return outcome if outcome.causationid == command_id else None
