@@ -49,8 +49,12 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     header and an attribute, none when it had none, and the relay's one ``outbox-id``;
     and it is in the run's content mode (``History.event_content_mode``, the workers'
     ``EVENT_CONTENT_MODE``): in structured mode one ``content-type`` naming the format,
-    in binary mode each attribute once as a ``ce_`` header and ``content-type:
-    application/json``. Kinds: ``previous_attributes``, ``output_headers``.
+    in binary mode each attribute once as a ``ce_`` header, in the envelope's order, and
+    ``content-type: application/json``. Its envelope has the attributes the README gives
+    it and no other, with ``specversion`` 1.0, its own ``type``, an RFC 3339 ``time``, a
+    ``source``, a 20-digit ``sequence`` (events) and, on a rejection, ``causationid``
+    exactly when ``data.command_id`` is set, equal to it. Kinds: ``previous_attributes``,
+    ``output_headers``, ``envelope``.
 ``dead_letter_content``
     Every dead letter carries the record it points at: the same key and value bytes and
     the same headers in the same order, but for what the contract changes (a header of
@@ -74,6 +78,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -124,6 +129,26 @@ _ROW_ID = re.compile(rb"[0-9]{1,19}")
 #: README, "Content modes": a structured event's content-type, and a binary event's.
 STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json; charset=UTF-8"
 BINARY_CONTENT_TYPE = b"application/json"
+UPDATED = "customer.updated"
+REJECTED = "customer.update.rejected"
+#: README, "The event" and "Content modes": the attributes of each output in the
+#: envelope's order (in binary mode, the order of their headers).
+ENVELOPE_ORDER = {
+    UPDATED: (
+        "specversion", "id", "source", "subject", "time", "datacontenttype",
+        "correlationid", "traceparent", "type", "sequence", "causationid", "data",
+    ),
+    REJECTED: (
+        "specversion", "id", "source", "subject", "time", "datacontenttype",
+        "correlationid", "traceparent", "type", "causationid", "data",
+    ),
+}  # fmt: skip
+#: Present only when the command had them (a rejection's causationid: a usable id).
+_OPTIONAL_ATTRIBUTES = {
+    UPDATED: {"correlationid", "traceparent"},
+    REJECTED: {"correlationid", "traceparent", "causationid"},
+}
+_SEQUENCE = re.compile(r"[0-9]{20}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +849,11 @@ def check_customer_partition(facts: _Facts, result: CheckResult) -> None:
 
 def check_event_details(facts: _Facts, result: CheckResult) -> None:
     mode = facts.history.event_content_mode
+    for kind, outputs in ((UPDATED, facts.updated), (REJECTED, facts.rejections)):
+        for output in outputs:
+            problems = _envelope_problems(output.record, kind, mode)
+            if problems:
+                result.add("envelope", f"{output.record.where()}: {'; '.join(problems)}")
     for command_id, events in facts.events_by_command.items():
         before, after = facts.before.get(command_id), facts.after.get(command_id)
         copy = facts.applied_copy(command_id)
@@ -911,6 +941,67 @@ def _header_problems(
     if attribute not in traceparents:
         problems.append(f"traceparent attribute {attribute!r}, expected one of {traceparents}")
     return problems
+
+
+def _envelope_problems(record: ConsumedRecord, kind: str, mode: str) -> list[str]:
+    """What is wrong with the envelope of an output of ``kind`` (its attributes, and in
+    binary mode the order of their headers)."""
+    body = envelope(record)
+    if body is None:
+        return []  # reported as malformed_output
+    order = ENVELOPE_ORDER[kind]
+    problems = []
+    unknown = [name for name in body if name not in order]
+    if unknown:
+        problems.append(f"attributes {unknown} that a {kind} does not have")
+    missing = [
+        name for name in order if name not in body and name not in _OPTIONAL_ATTRIBUTES[kind]
+    ]
+    if missing:
+        problems.append(f"no {', '.join(missing)}")
+    if mode == "binary":
+        sent = [
+            "datacontenttype" if name == "content-type" else name.removeprefix("ce_")
+            for name, _ in record.headers
+            if name.startswith("ce_") or name == "content-type"
+        ]
+        if sent != [name for name in order if name in sent]:
+            problems.append(f"attribute headers in the order {sent}, not the envelope's")
+        names = {name for name, _ in record.headers}
+        carried_twice = [name for name in ("ce_data", "ce_datacontenttype") if name in names]
+        if carried_twice:
+            problems.append(
+                f"{carried_twice}: in binary mode the value and content-type carry those"
+            )
+    expected = {"specversion": "1.0", "type": kind, "datacontenttype": "application/json"}
+    for name, value in expected.items():
+        if name in body and body[name] != value:
+            problems.append(f"{name} {body[name]!r}, not {value!r}")
+    if "time" in body and not _is_time(body["time"]):
+        problems.append(f"time {body['time']!r} is not an RFC 3339 time")
+    if "source" in body and (not isinstance(body["source"], str) or not body["source"]):
+        problems.append(f"source {body['source']!r}")
+    sequence = body.get("sequence")
+    if kind == UPDATED and "sequence" in body and not _SEQUENCE.fullmatch(str(sequence)):
+        problems.append(f"sequence {sequence!r} is not 20 digits")
+    if kind == REJECTED:
+        data = body.get("data")
+        command_id = data.get("command_id") if isinstance(data, dict) else None
+        if body.get("causationid") != command_id:
+            problems.append(
+                f"causationid {body.get('causationid')!r} but data.command_id {command_id!r}"
+            )
+    return problems
+
+
+def _is_time(value: object) -> bool:
+    if not isinstance(value, str) or not value.endswith("Z"):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _compact(value: object) -> str:

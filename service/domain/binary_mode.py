@@ -133,14 +133,23 @@ def _header_text(value: object) -> bytes:
 
 def as_structured(value: bytes | None, headers: Headers) -> bytes | None:
     """The structured JSON of a record in either mode: ``value`` itself in structured
-    mode, else the envelope that the ``ce_`` headers and the ``data`` in ``value`` make.
+    mode, else the envelope that the ``ce_`` headers make around the ``data`` in
+    ``value``, which is kept as its bytes (not parsed and written again, which could
+    change it or fail on what JSON allows: big integers, deep nesting).
 
     Raises:
         ValueError: a binary-mode record whose headers or value are not an event.
     """
     if value is None or not is_binary(headers):
         return value
-    made = document(headers, orjson.loads(value))
+    orjson.loads(value)  # raises JSONDecodeError (a ValueError) if it is not JSON
+    made = document(headers, None)
     if isinstance(made, ErrorObject):
         raise ValueError(made.message)
-    return orjson.dumps(made)
+    del made["data"]
+    try:
+        attributes = orjson.dumps(made)
+    except TypeError as exc:  # an integer attribute beyond 64 bits
+        raise ValueError(f"an attribute JSON cannot hold: {exc}") from None
+    head = attributes[:-1] + (b"," if made else b"")
+    return head + b'"data":' + value + b"}"

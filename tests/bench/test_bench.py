@@ -656,3 +656,14 @@ def test_the_latency_splits_at_the_decision() -> None:
     assert split["due_to_decided"]["p50_ms"] == pytest.approx(5.0, abs=0.01)
     assert split["decided_to_visible"]["p99_ms"] == pytest.approx(15.0, abs=0.01)
     assert split["due_to_decided"]["count"] == 40  # the warm-up is left out here too
+
+
+def test_an_event_in_binary_mode_is_matched_as_in_structured_mode() -> None:
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_time", b"2026-01-31T09:30:00Z"),
+        ("ce_sequence", b"00000000000000000003"),
+        ("ce_causationid", command_id("tp", 7).encode()),
+    ]
+    output = parse_output("applied", b'{"object": {}}', headers, prefix="tp")
+    assert (output.index, output.sequence, output.decided_at) == (7, 3, 1769851800.0)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from faults.checker import CHECKS, ConsumedRecord, History, check
+from faults.checker import CHECKS, ConsumedRecord, History, check, envelope
 from schemas.command import CustomerUpdateCommand
 from service.domain.customer import CustomerState
 from service.domain.update import merge
@@ -737,3 +737,120 @@ def test_damage_to_a_binary_events_headers_is_caught(
 
     assert kinds <= result.kinds()
     assert "output_headers" not in result.kinds() or "output_headers" in kinds
+
+
+# -- the envelope of each output, in either mode ------------------------------------------
+
+
+def dropping(name: str) -> Callable[[ConsumedRecord], ConsumedRecord]:
+    return lambda record: drop_header(record, name)
+
+
+def adding(name: str, value: bytes) -> Callable[[ConsumedRecord], ConsumedRecord]:
+    return lambda record: with_headers(record, [*record.headers, (name, value)])
+
+
+def setting(name: str, value: bytes | None) -> Callable[[ConsumedRecord], ConsumedRecord]:
+    return lambda record: with_header(record, name, value)
+
+
+def in_reverse(record: ConsumedRecord) -> ConsumedRecord:
+    return with_headers(record, list(reversed(record.headers)))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dropping("ce_type"),
+        setting("ce_type", b"customer.update.rejected"),
+        dropping("ce_time"),
+        setting("ce_time", b"yesterday"),
+        dropping("ce_source"),
+        setting("ce_specversion", b"0.3"),
+        setting("ce_sequence", b"4"),
+        setting("ce_sequence", b" 4 "),
+        adding("ce_foo", b"bar"),
+        adding("ce_data", b"{}"),
+        in_reverse,
+    ],
+    ids=[
+        "no-type", "other-type", "no-time", "time-not-rfc3339", "no-source", "specversion",
+        "sequence-unpadded", "sequence-spaced", "unknown-attribute", "data-as-header",
+        "headers-reversed",
+    ],
+)  # fmt: skip
+def test_a_binary_event_with_a_wrong_envelope_is_caught(
+    change: Callable[[ConsumedRecord], ConsumedRecord],
+) -> None:
+    history = binary()
+    event = event_of(history, "cmd-country")
+
+    result = check(
+        dataclasses.replace(history, updated=replaced(history.updated, event, change(event)))
+    )
+
+    assert "envelope" in result.kinds()
+
+
+@pytest.mark.parametrize(
+    ("change", "fault"),
+    [
+        (lambda body: {**body, "type": "customer.update.rejected"}, "type"),
+        (lambda body: {**body, "time": "yesterday"}, "time"),
+        (lambda body: {**body, "specversion": "0.3"}, "specversion"),
+        (lambda body: {**body, "sequence": "4"}, "sequence"),
+        (lambda body: {**body, "source": ""}, "source"),
+        (lambda body: {**body, "datacontenttype": "text/plain"}, "datacontenttype"),
+        (lambda body: {**body, "foo": "bar"}, "attributes ['foo']"),
+        (lambda body: {k: v for k, v in body.items() if k != "time"}, "no time"),
+    ],
+    ids=[
+        "type",
+        "time",
+        "specversion",
+        "sequence",
+        "source",
+        "content-type",
+        "extra",
+        "no-subject",
+    ],
+)
+def test_a_structured_event_with_a_wrong_envelope_is_caught(
+    change: Callable[[dict[str, object]], dict[str, object]], fault: str
+) -> None:
+    history = clean()
+    event = event_of(history, "cmd-country")
+    body = orjson.loads(event.value or b"")
+    changed = dataclasses.replace(event, value=orjson.dumps(change(body)))
+
+    result = check(dataclasses.replace(history, updated=replaced(history.updated, event, changed)))
+
+    envelope_problems = [v.message for v in result.violations if v.kind == "envelope"]
+    assert envelope_problems, result.kinds()
+    assert fault in envelope_problems[0]
+
+
+@pytest.mark.parametrize("mode", ["structured", "binary"])
+def test_a_rejection_whose_causationid_is_not_its_command_id_is_caught(mode: str) -> None:
+    history = builder().history(content_mode=mode)  # type: ignore[arg-type]
+    [named] = [r for r in history.rejected if (envelope(r) or {}).get("causationid") == "cmd-bad"]
+    [idless] = [r for r in history.rejected if "causationid" not in (envelope(r) or {})]
+    if mode == "binary":
+        wrong = [
+            setting("ce_causationid", b"cmd-other")(named),
+            dropping("ce_causationid")(named),
+            adding("ce_causationid", b"cmd-name")(idless),
+        ]
+    else:
+        wrong = [
+            with_body(named, causationid="cmd-other"),
+            dataclasses.replace(
+                named, value=(named.value or b"").replace(b'"causationid"', b'"x"')
+            ),
+            with_body(idless, causationid="cmd-name"),
+        ]
+
+    for damaged, original in zip(wrong, [named, named, idless], strict=True):
+        rejected = replaced(history.rejected, original, damaged)
+        result = check(dataclasses.replace(history, rejected=rejected))
+        assert "envelope" in result.kinds(), damaged

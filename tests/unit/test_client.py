@@ -67,8 +67,21 @@ def test_the_rejection_of_the_command_is_its_outcome_in_either_mode(mode: Conten
         (b'{"causationid": "cmd-1"}', ()),
         (b"{}", (("ce_specversion", b"1.0"), ("ce_id", b"a"), ("ce_id", b"b"))),
         (b"not json", (("ce_specversion", b"1.0"),)),
+        (b"{}", (("ce_specversion", b"1.0"), ("ce_expectedversion", b"99999999999999999999"))),
+        (b"[" * 254 + b"]" * 254, (("ce_specversion", b"1.0"),)),
+        (b"{}", (("ce_specversion", b"1.0"), ("ce_\udcff", b"x"))),
     ],
-    ids=["not-json", "not-an-object", "tombstone", "not-an-event", "doubled-header", "binary-junk"],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "tombstone",
+        "not-an-event",
+        "doubled-header",
+        "binary-junk",
+        "beyond-64-bits",
+        "deep",
+        "name-not-utf-8",
+    ],
 )
 @pytest.mark.parametrize("topic", [SETTINGS.topic_events, SETTINGS.topic_rejections])
 def test_a_record_that_is_no_event_is_skipped_not_raised(

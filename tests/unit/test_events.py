@@ -344,6 +344,25 @@ def test_the_cloudevents_sdk_reads_a_binary_event_as_the_structured_envelope(
     assert event.get_data() == envelope["data"]
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b'{"n": 123456789012345678901234567890}', b"[" * 300 + b"]" * 300, b'{"a": 1, "a": 2}'],
+    ids=["beyond-64-bits", "deep", "repeated-key"],
+)
+def test_a_binary_events_data_is_read_back_as_its_bytes(data: bytes) -> None:
+    message = an_update(BINARY)
+
+    twin = binary_mode.as_structured(data, message.headers)
+
+    assert twin is not None
+    assert twin.endswith(b',"data":' + data + b"}")
+    assert orjson.loads(twin[: -len(data) - 9] + b"}") == {
+        name: value
+        for name, value in orjson.loads(an_update(CONTEXT).value or b"").items()
+        if name != "data"
+    }
+
+
 def test_a_binary_record_whose_headers_are_no_event_is_refused_when_read_back() -> None:
     message = an_update(BINARY)
     doubled = (*message.headers, ("ce_id", b"evt-again"))
@@ -505,3 +524,22 @@ def test_a_dead_letter_that_fits_exactly_is_kept_whole() -> None:
         original, POISON, consumer_group="g", topic="dlq", max_bytes=limit - 1
     )
     assert is_partial_copy(cut)
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "reason"),
+    [
+        (b"not json", (("ce_specversion", b"1.0"),), "line 1 column 1"),
+        (
+            b"{}",
+            (("ce_specversion", b"1.0"), ("ce_expectedversion", b"-99999999999999999999")),
+            "64-bit",
+        ),
+    ],
+    ids=["not-json", "beyond-64-bits"],
+)
+def test_what_cannot_be_an_envelope_is_a_value_error(
+    value: bytes, headers: Headers, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        binary_mode.as_structured(value, headers)

@@ -40,7 +40,9 @@ def describe(record: ConsumerRecord[bytes, bytes], settings: Settings) -> str:
     except ValidationError as exc:
         return f"unreadable message on {topic}: {exc.errors()[0]['msg']}"
     except ValueError as exc:
-        return f"unreadable message on {topic}: {exc}"
+        # A header name that is not UTF-8 can be in the reason; show it escaped.
+        reason = str(exc).encode("utf-8", "backslashreplace").decode()
+        return f"unreadable message on {topic}: {reason}"
     return f"message on unknown topic {topic}"
 
 
@@ -62,7 +64,10 @@ def _json_line(record: ConsumerRecord[bytes, bytes]) -> str:
 
 
 def _clock(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    try:
+        return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    except OverflowError:  # a valid time at the edge of the calendar, such as year 9999
+        return moment.isoformat()
 
 
 async def follow(
