@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the naive baseline this long after its first output (default 60)",
     )
     add(
+        "--processes",
+        type=int,
+        help="run ours as `customer-service worker --processes N` (default: one process)",
+    )
+    add(
         "--relay-process",
         action="store_true",
         default=None,
@@ -142,7 +147,7 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
-        "naive_seconds", "relay_process",
+        "naive_seconds", "relay_process", "processes",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)

@@ -96,6 +96,9 @@ class Options:
     #: Run the relay as its own process (``customer-service relay``, workers with
     #: ``RELAY_ENABLED=false``), so that its CPU time is measured apart.
     relay_process: bool = False
+    #: Run ours as ``customer-service worker --processes N`` (a supervisor, N consumers
+    #: and a relay); 0 runs the plain single-process worker.
+    processes: int = 0
     #: Extra environment for both workers, e.g. ``{"BATCH_MAX_RECORDS": "1000"}``.
     worker_env: dict[str, str] = field(default_factory=dict)
     #: Run our worker's throughput run under cProfile, writing the stats here.
@@ -115,6 +118,8 @@ class Options:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.processes < 0:
+            raise ValueError("processes must be 0 (off) or more")
         if self.naive_seconds <= 0:
             raise ValueError("naive_seconds must be positive")
 
@@ -213,7 +218,12 @@ class _Run:
         members = [
             WorkerProcess(
                 kind,
-                worker_argv(kind, profile=profile if number == 1 else None),
+                worker_argv(kind, profile=profile if number == 1 else None)
+                + (
+                    ["--processes", str(options.processes)]
+                    if options.processes and kind == "ours"
+                    else []
+                ),
                 env,
                 self.logs / (f"{phase.name}.log" if number == 1 else f"{phase.name}-{number}.log"),
             )

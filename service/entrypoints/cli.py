@@ -132,17 +132,45 @@ def seed(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            help="Run N consumer processes and one relay process under a supervisor "
+            "(auto: one per core), to use every core.",
+            metavar="N|auto",
+        ),
+    ] = None,
+) -> None:
     """Consume customer.update, apply it, and publish customer.updated (and rejections).
 
     Runs until SIGTERM or Ctrl-C, then finishes the batch in flight, publishes what is
-    left in the outbox and exits.
+    left in the outbox and exits. With --processes, a supervisor runs the consumers
+    and the relay as processes of their own, passes SIGTERM on, serves the probes and
+    metrics of all of them on HTTP_PORT, and exits when any of them fails.
 
-    Example: customer-service worker
+    \b
+    Examples:
+      customer-service worker
+      customer-service worker --processes auto
     """
     from service.bootstrap import run_worker, stop_on_signals
 
     settings = _settings()
+    if processes is not None:
+        from service.entrypoints.supervisor import process_count, supervise
+
+        try:
+            count = process_count(processes)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--processes") from None
+
+        async def supervised() -> int:
+            stopping = asyncio.Event()
+            stop_on_signals(stopping)
+            return await supervise(settings, count, stopping)
+
+        raise typer.Exit(_run(supervised))
 
     async def main() -> None:
         stopping = asyncio.Event()
