@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -63,6 +63,24 @@ class Health:
         return not problems, problems
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def endpoints(livez: Handler, readyz: Handler, metrics: Handler) -> web.Application:
+    """The three routes every process of the service serves."""
+    app = web.Application()
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def metrics_response(exposition: bytes) -> web.Response:
+    response = web.Response(body=exposition)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
 def build_app(health: Health, metrics: Metrics) -> web.Application:
     async def livez(_: web.Request) -> web.Response:
         ok, reason = health.live()
@@ -77,15 +95,9 @@ def build_app(health: Health, metrics: Metrics) -> web.Application:
         )
 
     async def prometheus(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.registry))
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
+        return metrics_response(generate_latest(metrics.registry))
 
-    app = web.Application()
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", prometheus)
-    return app
+    return endpoints(livez, readyz, prometheus)
 
 
 class HttpServer:

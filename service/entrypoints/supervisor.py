@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from service.adapters.http import endpoints, metrics_response
 from service.infrastructure.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -235,18 +236,11 @@ def _app(children: Sequence[Child]) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         answers = await gather("/metrics")
-        merged = merge_metrics(
-            {child.name: text for child, status, text in answers if status == 200}
+        return metrics_response(
+            merge_metrics({child.name: text for child, status, text in answers if status == 200})
         )
-        response = web.Response(body=merged)
-        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-        return response
 
-    app = web.Application()
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return endpoints(livez, readyz, metrics)
 
 
 async def _get(session: aiohttp.ClientSession, child: Child, path: str) -> tuple[Child, int, str]:

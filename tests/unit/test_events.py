@@ -84,18 +84,7 @@ def updated_body(
 
 
 def rejected(command_id: str | None, correlationid: str | None = None) -> bytes:
-    return (
-        rejected_message(
-            ERROR,
-            customer_id=CUSTOMER_ID,
-            command_id=command_id,
-            correlationid=correlationid,
-            event_id="evt-2",
-            context=CONTEXT,
-            record=POSITION,
-        ).value
-        or b""
-    )
+    return a_rejection(CONTEXT, command_id, correlationid).value or b""
 
 
 # customer.updated
@@ -278,12 +267,14 @@ def an_update(context: EventContext) -> OutboundMessage:
     )
 
 
-def a_rejection(context: EventContext, command_id: str | None = "cmd-9") -> OutboundMessage:
+def a_rejection(
+    context: EventContext, command_id: str | None = "cmd-9", correlationid: str | None = None
+) -> OutboundMessage:
     return rejected_message(
         ERROR,
         customer_id=CUSTOMER_ID,
         command_id=command_id,
-        correlationid=None,
+        correlationid=correlationid,
         event_id="evt-2",
         context=context,
         record=POSITION,
