@@ -16,6 +16,15 @@ from dataclasses import dataclass
 import psutil
 
 
+def own_seconds(pid: int) -> float | None:
+    """User and system CPU seconds of ``pid`` alone; None when the process is gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return None
+    return times.user + times.system
+
+
 def tree_seconds(pid: int) -> float | None:
     """User and system CPU seconds of ``pid``, its reaped children and its live
     descendants; None when the process is gone."""
@@ -43,15 +52,21 @@ class CpuSample:
 
 
 class CpuMeter:
-    """Samples the CPU time of named groups of processes."""
+    """Samples the CPU time of named groups of process trees; the groups named in
+    ``alone`` count their processes without their children (the benchmark's children are
+    the workers, which have a group of their own)."""
 
-    def __init__(self, groups: Mapping[str, Sequence[int]]) -> None:
+    def __init__(
+        self, groups: Mapping[str, Sequence[int]], *, alone: frozenset[str] = frozenset()
+    ) -> None:
         self.groups = {name: tuple(pids) for name, pids in groups.items() if pids}
+        self.alone = alone
 
     def sample(self) -> CpuSample:
         seconds: dict[str, float | None] = {}
         for name, pids in self.groups.items():
-            parts = [tree_seconds(pid) for pid in pids]
+            measure = own_seconds if name in self.alone else tree_seconds
+            parts = [measure(pid) for pid in pids]
             seconds[name] = (
                 None
                 if any(part is None for part in parts)

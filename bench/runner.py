@@ -253,7 +253,8 @@ class _Run:
                 "kafka": [stack.kafka_pid] if stack.kafka_pid else [],
                 "postgres": [stack.postgres_pid] if stack.postgres_pid else [],
                 "benchmark": [os.getpid()],
-            }
+            },
+            alone=frozenset({"benchmark"}),
         )
 
     async def cleanup(self) -> None:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from bench.__main__ import build_parser, options_from_args, summary
-from bench.cpu import CpuMeter, CpuSample, cpu_figures, tree_seconds, window
+from bench.cpu import CpuMeter, CpuSample, cpu_figures, own_seconds, tree_seconds, window
 from bench.load import (
     INDEX_HEADER,
     Command,
@@ -592,6 +592,28 @@ def test_a_process_trees_cpu_counts_its_children_even_after_they_exit() -> None:
             parent.kill()
             parent.wait()
     assert tree_seconds(parent.pid) is None
+
+
+def test_a_group_measured_alone_leaves_out_its_childrens_time() -> None:
+    # The benchmark's children are the workers it measures in a group of their own.
+    script = (
+        "import sys; sum(range(30_000_000)); "
+        "sys.stdout.write('done\\n'); sys.stdout.flush(); input()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == b"done\n"
+            meter = CpuMeter({"benchmark": [os.getpid()]}, alone=frozenset({"benchmark"}))
+            whole = CpuMeter({"benchmark": [os.getpid()]})
+            alone, tree = meter.sample(), whole.sample()
+            assert (tree.seconds["benchmark"] or 0) >= (alone.seconds["benchmark"] or 0) + 0.2
+            assert own_seconds(child.pid) == pytest.approx(tree_seconds(child.pid), abs=0.05)
+        finally:
+            child.kill()
+            child.wait()
 
 
 def test_a_meter_names_only_the_groups_it_has_processes_for() -> None:
