@@ -44,11 +44,12 @@ def _settings() -> Settings:
     return settings
 
 
-def _run_until_stopped(process: str, main: Callable[[], Awaitable[None]]) -> None:
+def _run_until_stopped(process: str, main: Callable[[], Awaitable[T]]) -> T:
     """Run a long-lived process; an error nothing retries (a permanent one: a refused
-    password, a missing permission) ends it with one log line naming it, and exit code 1."""
+    password, a missing permission, a port in use) ends it with one log line naming it,
+    and exit code 1."""
     try:
-        _run(main)
+        return _run(main)
     except Exception as exc:
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
         structlog.get_logger(__name__).error(
@@ -170,7 +171,7 @@ def worker(
             stop_on_signals(stopping)
             return await supervise(settings, count, stopping)
 
-        raise typer.Exit(_run(supervised))
+        raise typer.Exit(_run_until_stopped("supervisor", supervised))
 
     async def main() -> None:
         stopping = asyncio.Event()

@@ -153,15 +153,20 @@ async def supervise(settings: Settings, processes: int, stopping: asyncio.Event)
     )
     server: web.AppRunner | None = None
     try:
-        for child in children:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.argv, env=child.env, preexec_fn=_die_with_parent
-            )
+        # The port first: one in use fails the supervisor before any child starts.
         if settings.http_enabled:
             server = web.AppRunner(_app(children), access_log=None)
             await server.setup()
             await web.TCPSite(server, settings.http_host, settings.http_port).start()
             log.info("supervisor_serving", port=server.addresses[0][1])
+        for child in children:
+            child.process = await asyncio.create_subprocess_exec(
+                *child.argv, env=child.env, preexec_fn=_die_with_parent
+            )
+        log.info(
+            "supervisor_started",
+            pids={child.name: child.process.pid for child in children if child.process},
+        )
         ended = await _first_exit_or(stopping, children)
         if ended is not None:
             log.error(
@@ -173,9 +178,9 @@ async def supervise(settings: Settings, processes: int, stopping: asyncio.Event)
         codes = await _stop(children)
         if server is not None:
             await server.cleanup()
-    # A child that ends cleanly because Ctrl-C reached it too is part of the stop.
-    status = exit_status(codes, stopped=stopping.is_set())
-    log.info("supervisor_stopped", statuses=codes, status=status)
+        # A child that ends cleanly because Ctrl-C reached it too is part of the stop.
+        status = exit_status(codes, stopped=stopping.is_set())
+        log.info("supervisor_stopped", statuses=codes, status=status)
     return status
 
 

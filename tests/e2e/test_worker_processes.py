@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +64,7 @@ async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
     try:
         serving = await running.read_until("supervisor_serving")
         running.port = int(str(serving["port"]))
+        await running.read_until("supervisor_started")
         # The rest of the output is not read; keep the pipe from filling up.
         asyncio.get_running_loop().create_task(_drain(process))
         yield running
@@ -130,3 +132,31 @@ async def test_a_child_that_dies_stops_the_others_and_the_supervisor_fails(
     assert code != 0
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+
+
+async def test_a_supervisor_that_cannot_serve_its_port_fails_before_starting_a_child(
+    settings: Settings,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            **settings.environment(),
+            "LOG_FORMAT": "json",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(port),
+        }
+        process = await asyncio.create_subprocess_exec(
+            CLI, "worker", "--processes", "1", env=env, stdout=asyncio.subprocess.PIPE
+        )
+        running = Supervisor(process)
+        failed = await running.read_until("process_failed", within=120)
+        code = await asyncio.wait_for(process.wait(), 120)
+
+    assert code == 1
+    assert failed["process"] == "supervisor"
+    assert "address already in use" in str(failed["errors"]).lower()
+    [stopped] = [entry for entry in running.lines if entry.get("event") == "supervisor_stopped"]
+    assert stopped["statuses"] == {}  # it failed before starting any child
