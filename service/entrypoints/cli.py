@@ -138,7 +138,7 @@ def worker(
         str | None,
         typer.Option(
             help="Run N consumer processes and one relay process under a supervisor "
-            "(auto: one per core), to use every core.",
+            "(auto: one per CPU this process may use), to use every core.",
             metavar="N|auto",
         ),
     ] = None,

@@ -13,11 +13,13 @@ The supervisor runs no Kafka or database client itself. It:
   with that child's status (1 if it was 0), so the orchestrator restarts the whole unit
   with its usual backoff instead of this process hiding a crash loop;
 * serves ``/livez``, ``/readyz`` and ``/metrics`` on ``HTTP_PORT`` for all of them: live
-  and ready when every child is, and every child's metrics with a ``process`` label.
+  when every child is, ready when every child is (an idle consumer, one with no partition,
+  counts as ready as long as another holds partitions), and every child's metrics with a
+  ``process`` label.
 
 Children serve their own endpoints on ``HTTP_PORT + 1`` onwards (on free ports the system
-picks when ``HTTP_PORT`` is 0), and are asked by the kernel to stop if the supervisor
-dies (``PR_SET_PDEATHSIG``, Linux), so none is left running without it.
+picks when ``HTTP_PORT`` is 0), checked before any child starts, and are asked by the
+kernel to stop if the supervisor dies (``PR_SET_PDEATHSIG``, Linux).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
+import math
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -45,18 +50,24 @@ from service.infrastructure.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-#: Seconds the supervisor waits for a child's endpoint before counting it as failing.
-CHILD_PROBE_TIMEOUT = 2.0
+#: Seconds the supervisor waits for a child's endpoint before counting it as failing:
+#: under Kubernetes' default probe timeout (1 s), so the answer names the child.
+CHILD_PROBE_TIMEOUT = 0.8
 #: Seconds a child has to drain after SIGTERM before it is killed; above a batch's
 #: timeout and the relay's drain, which it would otherwise cut short.
 STOP_GRACE = 120.0
 _PR_SET_PDEATHSIG = 1
+MAX_PORT = 65535
+#: What a consumer with nothing to consume says; the unit is ready without it.
+IDLE = "no partitions assigned"
 
 
-def process_count(value: str) -> int:
-    """``--processes``: a positive number, or ``auto`` for one per core."""
+def process_count(value: str, *, cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """``--processes``: a positive number, or ``auto`` for one per CPU this process may
+    use: its CPU affinity, and a container's CPU quota (cgroup v2 ``cpu.max``), not the
+    host's cores."""
     if value == "auto":
-        return os.cpu_count() or 1
+        return usable_cpus(cgroup)
     try:
         count = int(value)
     except ValueError:
@@ -64,6 +75,17 @@ def process_count(value: str) -> int:
     if count < 1:
         raise ValueError(f"--processes must be at least 1, not {count}")
     return count
+
+
+def usable_cpus(cgroup: Path) -> int:
+    usable = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(usable, 1)
+    if quota != "max":
+        usable = min(usable, math.ceil(int(quota) / int(period)))
+    return max(usable, 1)
 
 
 @dataclass
@@ -93,6 +115,11 @@ def plan(
     names = [f"worker-{number}" for number in range(1, processes + 1)]
     if settings.relay_enabled:
         names.append("relay")
+    if settings.http_enabled and settings.http_port + len(names) > MAX_PORT:
+        raise ValueError(
+            f"HTTP_PORT {settings.http_port} leaves no room for {len(names)} children on the "
+            f"ports after it (at most {MAX_PORT})"
+        )
     children = []
     for offset, name in enumerate(names, start=1):
         port = None
@@ -108,19 +135,30 @@ def plan(
     return children
 
 
-def merge_metrics(texts: Mapping[str, str]) -> bytes:
+def merge_metrics(texts: Mapping[str, str | None]) -> bytes:
     """Prometheus text of several processes as one, each sample labelled with the
-    ``process`` it came from (written by prometheus_client, as each process's own is)."""
+    ``process`` it came from (written by prometheus_client, as each process's own is),
+    and ``customer_supervised_process_up{process}``: 0 for a child that did not answer
+    (None) or answered with something that is not Prometheus text, whose series are left
+    out rather than failing the scrape."""
     merged: dict[str, Metric] = {}
+    up = Metric("customer_supervised_process_up", "Whether the child's metrics were read.", "gauge")
     for process, text in texts.items():
-        for family in text_string_to_metric_families(text):
+        try:
+            families = list(text_string_to_metric_families(text)) if text is not None else None
+        except ValueError:
+            families = None
+        up.add_sample(
+            "customer_supervised_process_up", {"process": process}, float(families is not None)
+        )
+        for family in families or ():
             into = merged.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type)
             )
             for sample in family.samples:
                 into.add_sample(sample.name, {"process": process, **sample.labels}, sample.value)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collected(list(merged.values())))
+    registry.register(_Collected([up, *merged.values()] if texts else []))
     return generate_latest(registry)
 
 
@@ -132,15 +170,19 @@ class _Collected(Collector):
         return self._families
 
 
-def exit_status(codes: Mapping[str, int | None], *, stopped: bool) -> int:
+def exit_status(codes: Mapping[str, int | None], *, stopped: bool, first: str | None = None) -> int:
     """The supervisor's status: 0 when it was told to stop and every child exited 0;
-    else the first failing child's status (1 for one that ended by itself with 0, or
-    by a signal)."""
-    for code in codes.values():
-        if code is None or code < 0:
+    else the status of the child that ended first (``first``), or of the first failing
+    one: its own, 128 + N for one killed by signal N (as a shell reports it), and 1 for
+    one that ended by itself with 0."""
+    ordered = sorted(codes.items(), key=lambda item: item[0] != first)
+    for name, code in ordered:
+        if code is None:
             return 1
-        if code != 0:
-            return code
+        if code < 0:
+            return 128 - code
+        if code != 0 or (name == first and not stopped):
+            return code or 1
     return 0 if stopped else 1
 
 
@@ -152,13 +194,22 @@ async def supervise(settings: Settings, processes: int, stopping: asyncio.Event)
         ports=[child.port for child in children],
     )
     server: web.AppRunner | None = None
+    ended: Child | None = None
     try:
         # The port first: one in use fails the supervisor before any child starts.
         if settings.http_enabled:
-            server = web.AppRunner(_app(children), access_log=None)
+            server = web.AppRunner(_app(children, probe_host(settings.http_host)), access_log=None)
             await server.setup()
             await web.TCPSite(server, settings.http_host, settings.http_port).start()
             log.info("supervisor_serving", port=server.addresses[0][1])
+        taken = [
+            child for child in children if child.port and not _free(settings.http_host, child.port)
+        ]
+        if taken:
+            raise OSError(
+                "ports in use, which the children serve on (HTTP_PORT + 1 onwards): "
+                + ", ".join(f"{child.port} ({child.name})" for child in taken)
+            )
         for child in children:
             child.process = await asyncio.create_subprocess_exec(
                 *child.argv, env=child.env, preexec_fn=_die_with_parent
@@ -179,7 +230,9 @@ async def supervise(settings: Settings, processes: int, stopping: asyncio.Event)
         if server is not None:
             await server.cleanup()
         # A child that ends cleanly because Ctrl-C reached it too is part of the stop.
-        status = exit_status(codes, stopped=stopping.is_set())
+        status = exit_status(
+            codes, stopped=stopping.is_set(), first=ended.name if ended is not None else None
+        )
         log.info("supervisor_stopped", statuses=codes, status=status)
     return status
 
@@ -221,38 +274,74 @@ async def _stop(children: Sequence[Child]) -> dict[str, int | None]:
     return {child.name: code for child, code in zip(running, codes, strict=True)}
 
 
-def _app(children: Sequence[Child]) -> web.Application:
+def _app(children: Sequence[Child], host: str) -> web.Application:
     async def gather(path: str) -> list[tuple[Child, int, str]]:
         timeout = aiohttp.ClientTimeout(total=CHILD_PROBE_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            return list(await asyncio.gather(*(_get(session, child, path) for child in children)))
-
-    async def probe(path: str) -> web.Response:
-        answers = await gather(path)
-        failing = {child.name: text for child, status, text in answers if status != 200}
-        body = {"status": "fail" if failing else "ok", "failing": failing}
-        return web.json_response(body, status=503 if failing else 200)
+            asked = (_get(session, child, path, host) for child in children)
+            return list(await asyncio.gather(*asked))
 
     async def livez(_: web.Request) -> web.Response:
-        return await probe("/livez")
+        answers = await gather("/livez")
+        return _verdict({child.name: text for child, status, text in answers if status != 200})
 
     async def readyz(_: web.Request) -> web.Response:
-        return await probe("/readyz")
+        answers = await gather("/readyz")
+        return _verdict(unready({child.name: (status, text) for child, status, text in answers}))
 
     async def metrics(_: web.Request) -> web.Response:
         answers = await gather("/metrics")
         return metrics_response(
-            merge_metrics({child.name: text for child, status, text in answers if status == 200})
+            merge_metrics(
+                {child.name: text if status == 200 else None for child, status, text in answers}
+            )
         )
 
     return endpoints(livez, readyz, metrics)
 
 
-async def _get(session: aiohttp.ClientSession, child: Child, path: str) -> tuple[Child, int, str]:
+def unready(answers: Mapping[str, tuple[int, str]]) -> dict[str, str]:
+    """The children that keep the unit from being ready, with their reasons. A consumer
+    whose only reason is that it holds no partitions does not: with more consumers than
+    partitions some are idle, as in any consumer group, as long as one is not."""
+    failing = {name: text for name, (status, text) in answers.items() if status != 200}
+    idle = {name for name, text in failing.items() if _problems(text) == [IDLE]}
+    consumers = {name for name in answers if name != "relay"}
+    if consumers and idle >= consumers:
+        return failing  # none holds a partition
+    return {name: text for name, text in failing.items() if name not in idle}
+
+
+def _problems(text: str) -> list[str] | None:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    problems = body.get("problems") if isinstance(body, dict) else None
+    return problems if isinstance(problems, list) else None
+
+
+def _verdict(failing: Mapping[str, str]) -> web.Response:
+    body = {"status": "fail" if failing else "ok", "failing": dict(failing)}
+    return web.json_response(body, status=503 if failing else 200)
+
+
+def probe_host(bound: str) -> str:
+    """Where the supervisor reaches a child that binds ``bound`` (``HTTP_HOST``)."""
+    if bound in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bound == "::":
+        return "[::1]"
+    return f"[{bound}]" if ":" in bound else bound
+
+
+async def _get(
+    session: aiohttp.ClientSession, child: Child, path: str, host: str
+) -> tuple[Child, int, str]:
     if child.exited or child.port is None:
         return child, 503, "not running"
     try:
-        async with session.get(f"http://127.0.0.1:{child.port}{path}") as response:
+        async with session.get(f"http://{host}:{child.port}{path}") as response:
             return child, response.status, await response.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
         return child, 503, f"no answer: {type(exc).__name__}"
@@ -263,6 +352,15 @@ def _command() -> list[str]:
     if os.path.exists(script):
         return [script]
     return [sys.executable, "-c", "from service.entrypoints.launch import main; main()"]
+
+
+def _free(host: str, port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError:
+        return False
+    return True
 
 
 def _free_port() -> int:

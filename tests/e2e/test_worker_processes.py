@@ -4,6 +4,7 @@ as real processes against the real Kafka and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -56,9 +57,15 @@ class Supervisor:
 
 @pytest.fixture
 async def supervisor(settings: Settings) -> AsyncIterator[Supervisor]:
+    async with supervising(settings, 2) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def supervising(settings: Settings, processes: int) -> AsyncIterator[Supervisor]:
     env = {**os.environ, **settings.environment(), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
     process = await asyncio.create_subprocess_exec(
-        CLI, "worker", "--processes", "2", env=env, stdout=asyncio.subprocess.PIPE
+        CLI, "worker", "--processes", str(processes), env=env, stdout=asyncio.subprocess.PIPE
     )
     running = Supervisor(process)
     try:
@@ -91,10 +98,22 @@ async def test_two_consumers_and_a_relay_share_the_work_under_one_supervisor(
         "relay",
     ]
 
-    async def ready() -> bool:
+    [starting] = [entry for entry in supervisor.lines if entry["event"] == "supervisor_starting"]
+    consumer_ports = list(starting["ports"])[:2]  # type: ignore[call-overload]
+
+    async def both_hold_partitions() -> bool:
+        # The unit is ready once one consumer holds partitions; this test wants both.
+        for port in consumer_ports:
+            url = f"http://127.0.0.1:{port}/readyz"
+            try:
+                async with aiohttp.ClientSession() as session, session.get(url) as response:
+                    if response.status != 200:
+                        return False
+            except aiohttp.ClientConnectionError:
+                return False  # not serving yet
         return (await supervisor.get("/readyz"))[0] == 200
 
-    await eventually(ready, within=60, what="every child ready")
+    await eventually(both_hold_partitions, within=60, what="both consumers ready")
     sent = [command(customer, {"name": f"Name {customer}"}) for customer in CUSTOMERS]
     async with TopicReader(settings, [settings.topic_events]) as reader:
         await produce_commands(settings, sent)
@@ -160,3 +179,18 @@ async def test_a_supervisor_that_cannot_serve_its_port_fails_before_starting_a_c
     assert "address already in use" in str(failed["errors"]).lower()
     [stopped] = [entry for entry in running.lines if entry.get("event") == "supervisor_stopped"]
     assert stopped["statuses"] == {}  # it failed before starting any child
+
+
+async def test_more_consumers_than_partitions_leaves_some_idle_and_the_unit_ready(
+    settings: Settings,
+) -> None:
+    async with supervising(settings, 4) as running:  # the test topics have 3 partitions
+
+        async def ready() -> bool:
+            return (await running.get("/readyz"))[0] == 200
+
+        await eventually(ready, within=60, what="the unit ready with an idle consumer")
+        status, body = await running.get("/readyz")
+        running.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.process.wait(), 120) == 0
+    assert (status, orjson.loads(body)["failing"]) == (200, {})
