@@ -68,6 +68,8 @@ class CommandWorker:
         self._in_flight = asyncio.Lock()
         self._rewind_to: dict[TopicPartition, int] = {}
         self._commits = OffsetCommits(consumer)
+        #: Partitions whose lag this worker exports.
+        self._lag_shown: set[str] = set()
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -132,15 +134,23 @@ class CommandWorker:
 
     def _update_lag(self, next_offsets: dict[TopicPartition, int]) -> None:
         lag = self._metrics.consumer_lag
+        assigned = {str(tp.partition) for tp in self._consumer.assignment()}
+        # A partition that moved to another worker is that worker's to report: a stale
+        # figure here would count its lag twice in every sum over workers.
+        for partition in self._lag_shown - assigned:
+            lag.remove(partition)
+        self._lag_shown &= assigned
         if not next_offsets:
             # An idle poll: nothing is waiting on any assigned partition.
-            for tp in self._consumer.assignment():
-                lag.labels(str(tp.partition)).set(0)
+            for partition in assigned:
+                lag.labels(partition).set(0)
+            self._lag_shown |= assigned
             return
         for tp, position in next_offsets.items():
             highwater = self._consumer.highwater(tp)
-            if highwater is not None:
+            if highwater is not None and str(tp.partition) in assigned:
                 lag.labels(str(tp.partition)).set(max(0, highwater - position))
+                self._lag_shown.add(str(tp.partition))
 
     def _rewind(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

@@ -27,6 +27,15 @@ def consumed(process: WorkerProcess) -> float:
     return value or 0.0
 
 
+def lag_partitions(process: WorkerProcess) -> set[str]:
+    return {
+        sample.labels["partition"]
+        for family in process.metrics.registry.collect()
+        if family.name == "customer_consumer_lag_records"
+        for sample in family.samples
+    }
+
+
 async def test_a_worker_joining_and_one_leaving_keep_every_customer_exactly_once_and_in_order(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -58,6 +67,15 @@ async def test_a_worker_joining_and_one_leaving_keep_every_customer_exactly_once
             await produce_commands(settings, waves[1])
             await reader.wait_for_count(settings.topic_events, 120)
             assert consumed(second) > 0
+            # Each partition's lag is exported by the worker that holds it, not also by
+            # the one that held it before.
+            await eventually(
+                lambda: (
+                    bool(lag_partitions(second))
+                    and lag_partitions(first).isdisjoint(lag_partitions(second))
+                ),
+                what="the first worker to stop exporting the lag of partitions it gave up",
+            )
 
             stop_first.set()
             await asyncio.wait_for(first_task, timeout=60)
