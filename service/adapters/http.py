@@ -5,7 +5,7 @@
 * ``GET /readyz``: 200 when the worker holds partitions, PostgreSQL answers and the
   outbox drains (no parked message, none older than ``RELAY_STALL_SECONDS``); 503 with
   the reasons otherwise.
-* ``GET /metrics``: Prometheus text format.
+* ``GET /metrics``: Prometheus text format, ``customer_ready`` measured at the scrape.
 """
 
 from __future__ import annotations
@@ -90,11 +90,16 @@ def build_app(health: Health, metrics: Metrics) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         ok, problems = await health.ready()
+        metrics.ready.set(float(ok))
         return web.json_response(
             {"status": "ok" if ok else "fail", "problems": problems}, status=200 if ok else 503
         )
 
     async def prometheus(_: web.Request) -> web.Response:
+        # Asked again here, not remembered from the last probe: a scrape must not report
+        # the readiness of whenever the orchestrator last looked.
+        ok, _problems = await health.ready()
+        metrics.ready.set(float(ok))
         return metrics_response(generate_latest(metrics.registry))
 
     return endpoints(livez, readyz, prometheus)

@@ -41,7 +41,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import structlog
 from tenacity import RetryCallState
@@ -51,7 +50,7 @@ from service.application.ports import Leadership, OutboxPublisher, OutboxStore, 
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from service.domain.outbox import OutboxRow, row_fingerprint, shown_key
 from service.infrastructure import failpoints
-from service.infrastructure.metrics import Metrics
+from service.infrastructure.metrics import Metrics, RelayState
 from service.infrastructure.retrying import retrying
 
 log = structlog.get_logger(__name__)
@@ -102,8 +101,17 @@ class OutboxRelay:
         #: runs dry (an operator may have retried or discarded them).
         self._parked = True
         self._wakeup = asyncio.Event()
-        #: "starting", then "standby" while another instance leads, or "leading".
-        self.state: Literal["starting", "standby", "leading"] = "starting"
+        self.state = "starting"
+
+    @property
+    def state(self) -> RelayState:
+        """ "starting", then "standby" while another instance leads, or "leading"."""
+        return self._state
+
+    @state.setter
+    def state(self, state: RelayState) -> None:
+        self._state = state
+        self._metrics.relay_in(state)
 
     def wake(self) -> None:
         """Tell the relay there is new work (called after a batch commits)."""

@@ -58,6 +58,8 @@ CHILD_PROBE_TIMEOUT = 0.8
 STOP_GRACE = 120.0
 _PR_SET_PDEATHSIG = 1
 MAX_PORT = 65535
+READY = "customer_ready"
+
 #: What a consumer with nothing to consume says; the unit is ready without it.
 IDLE = "no partitions assigned"
 
@@ -135,14 +137,19 @@ def plan(
     return children
 
 
-def merge_metrics(texts: Mapping[str, str | None]) -> bytes:
+def merge_metrics(texts: Mapping[str, str | None], *, ready: bool) -> bytes:
     """Prometheus text of several processes as one, each sample labelled with the
     ``process`` it came from (written by prometheus_client, as each process's own is),
     and ``customer_supervised_process_up{process}``: 0 for a child that did not answer
     (None) or answered with something that is not Prometheus text, whose series are left
-    out rather than failing the scrape."""
+    out rather than failing the scrape.
+
+    ``customer_ready`` is the unit's (``ready``, what ``/readyz`` answers), not each
+    child's: an idle consumer is not ready on its own, yet the unit is."""
     merged: dict[str, Metric] = {}
     up = Metric("customer_supervised_process_up", "Whether the child's metrics were read.", "gauge")
+    unit = Metric(READY, "1 when the unit is ready (what /readyz answers), 0 when not.", "gauge")
+    unit.add_sample(READY, {}, float(ready))
     for process, text in texts.items():
         try:
             families = list(text_string_to_metric_families(text)) if text is not None else None
@@ -152,13 +159,15 @@ def merge_metrics(texts: Mapping[str, str | None]) -> bytes:
             "customer_supervised_process_up", {"process": process}, float(families is not None)
         )
         for family in families or ():
+            if family.name == READY:
+                continue
             into = merged.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type)
             )
             for sample in family.samples:
                 into.add_sample(sample.name, {"process": process, **sample.labels}, sample.value)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collected([up, *merged.values()] if texts else []))
+    registry.register(_Collected([up, unit, *merged.values()] if texts else []))
     return generate_latest(registry)
 
 
@@ -290,10 +299,12 @@ def _app(children: Sequence[Child], host: str) -> web.Application:
         return _verdict(unready({child.name: (status, text) for child, status, text in answers}))
 
     async def metrics(_: web.Request) -> web.Response:
-        answers = await gather("/metrics")
+        answers, readiness = await asyncio.gather(gather("/metrics"), gather("/readyz"))
+        failing = unready({child.name: (status, text) for child, status, text in readiness})
         return metrics_response(
             merge_metrics(
-                {child.name: text if status == 200 else None for child, status, text in answers}
+                {child.name: text if status == 200 else None for child, status, text in answers},
+                ready=not failing,
             )
         )
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.domain.batch import Decision
+
+RelayState = Literal["starting", "standby", "leading"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -80,6 +83,20 @@ class Metrics:
             ["topic"],
             registry=self.registry,
         )
+        self.ready = Gauge(
+            "customer_ready",
+            "1 when the process is ready (what /readyz would answer), 0 when it is not; "
+            "measured at each scrape.",
+            registry=self.registry,
+        )
+        # No child until a relay runs: a process without one has no relay state.
+        self.relay_state = Gauge(
+            "customer_relay_state",
+            "1 for the relay's current state (starting, standby or leading), 0 for the "
+            "others; only in processes that run the relay.",
+            ["state"],
+            registry=self.registry,
+        )
         # Children looked up once: labels() per command shows up in profiles.
         self._outcomes = {
             outcome: self.command_outcomes.labels(outcome)
@@ -101,3 +118,7 @@ class Metrics:
         self.commands_consumed.inc(count)
         self.batch_seconds.observe(seconds)
         self.batch_size.observe(count)
+
+    def relay_in(self, state: RelayState) -> None:
+        for each in get_args(RelayState):
+            self.relay_state.labels(each).set(1.0 if each == state else 0.0)

@@ -73,6 +73,8 @@ async def test_probes_and_metrics_follow_the_worker(
         assert "customer_consumer_lag_records{" in metrics
         assert "customer_outbox_backlog " in metrics
         assert 'customer_retries_total{component="worker"} 0.0' in metrics
+        assert _sample(metrics, "customer_ready") == 1.0
+        assert _sample(metrics, 'customer_relay_state{state="leading"}') == 1.0
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=60)
@@ -95,11 +97,13 @@ async def test_readiness_fails_without_partitions_and_liveness_without_a_loop(
         assert status == 503
         assert "no partitions assigned" in body
         assert (await _get(server.port, "/livez"))[0] == 503
+        assert _sample((await _get(server.port, "/metrics"))[1], "customer_ready") == 0.0
 
         health.running = True
         health.assigned_partitions = lambda: 3
         assert (await _get(server.port, "/readyz"))[0] == 200
         assert (await _get(server.port, "/livez"))[0] == 200
+        assert _sample((await _get(server.port, "/metrics"))[1], "customer_ready") == 1.0
 
         await pool.close()
         status, body = await _get(server.port, "/readyz")

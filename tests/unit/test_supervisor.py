@@ -71,7 +71,9 @@ def exposition(consumed: float, lag: float) -> str:
 
 
 def test_metrics_of_all_children_are_one_exposition_labelled_by_process() -> None:
-    merged = merge_metrics({"worker-1": exposition(5, 0), "worker-2": exposition(7, 3)}).decode()
+    merged = merge_metrics(
+        {"worker-1": exposition(5, 0), "worker-2": exposition(7, 3)}, ready=True
+    ).decode()
 
     families = {family.name: family for family in text_string_to_metric_families(merged)}
     consumed = {
@@ -86,12 +88,13 @@ def test_metrics_of_all_children_are_one_exposition_labelled_by_process() -> Non
         ("worker-2", "applied"),
     }
     assert merged.count("# TYPE customer_outbox_backlog gauge") == 1
-    assert merge_metrics({}) == b""
+    assert merge_metrics({}, ready=True) == b""
 
 
 def test_a_child_that_answers_nonsense_or_nothing_is_down_and_the_rest_still_shown() -> None:
     merged = merge_metrics(
-        {"worker-1": exposition(5, 0), "worker-2": "<html>oops</html>", "relay": None}
+        {"worker-1": exposition(5, 0), "worker-2": "<html>oops</html>", "relay": None},
+        ready=False,
     ).decode()
 
     families = {family.name: family for family in text_string_to_metric_families(merged)}
@@ -99,6 +102,20 @@ def test_a_child_that_answers_nonsense_or_nothing_is_down_and_the_rest_still_sho
     assert up == {"worker-1": 1.0, "worker-2": 0.0, "relay": 0.0}
     consumed = families["customer_commands_consumed"].samples
     assert {s.labels["process"] for s in consumed} == {"worker-1"}
+
+
+def test_readiness_in_the_metrics_is_the_units_not_each_childs() -> None:
+    def child(ready: float) -> str:
+        registry = CollectorRegistry()
+        Gauge("customer_ready", "Ready.", registry=registry).set(ready)
+        return generate_latest(registry).decode()
+
+    # An idle consumer is not ready on its own; the unit is, and says so once.
+    for unit_ready in (True, False):
+        merged = merge_metrics({"worker-1": child(1), "worker-2": child(0)}, ready=unit_ready)
+        families = {f.name: f for f in text_string_to_metric_families(merged.decode())}
+        samples = [(s.labels, s.value) for s in families["customer_ready"].samples]
+        assert samples == [({}, float(unit_ready))]
 
 
 def test_auto_is_the_cpus_this_process_may_use(tmp_path: Path) -> None:

@@ -151,6 +151,27 @@ async def test_a_relay_stands_by_while_another_leads_and_publishes_once_it_leads
         await eventually(lambda: w.published_ids() == [1], what="publishing once leading")
 
 
+def relay_states(metrics: Metrics) -> dict[str, float | None]:
+    return {
+        state: metrics.registry.get_sample_value("customer_relay_state", {"state": state})
+        for state in ("starting", "standby", "leading")
+    }
+
+
+async def test_the_relay_state_metric_follows_the_lead() -> None:
+    w = world(held_by_another=True)
+    assert relay_states(w.metrics) == dict.fromkeys(("starting", "standby", "leading"))
+    relay = w.relay()
+    assert relay_states(w.metrics) == {"starting": 1.0, "standby": 0.0, "leading": 0.0}
+
+    async with running(relay):
+        await eventually(lambda: relay.state == "standby", what="standing by")
+        assert relay_states(w.metrics) == {"starting": 0.0, "standby": 1.0, "leading": 0.0}
+        w.leadership.release()
+        await eventually(lambda: relay.state == "leading", what="the relay leading")
+        assert relay_states(w.metrics) == {"starting": 0.0, "standby": 0.0, "leading": 1.0}
+
+
 async def test_a_relay_stopped_while_standing_by_publishes_nothing() -> None:
     w = world(held_by_another=True)
     w.store.add()
