@@ -5,11 +5,8 @@ looked up in this order:
 
 1. ``TOXIPROXY_SERVER`` in the environment (a path, or a name on ``PATH``).
 2. The copy cached under ``<home>/toxiproxy/bin`` by an earlier call.
-3. Else it is built from source with ``go install MODULE@vVERSION`` (the Go toolchain:
-   ``$GO``, else ``go`` on ``PATH``, else ``$GOROOT/bin/go``, else Go's default install
-   location), with ``GOBIN`` pointing into a staging folder next to the cache that is
-   renamed into place only once the binary answers ``-version``. Go's module and build
-   caches make a rebuild after ``rm -rf <home>/toxiproxy`` quick.
+3. Else it is built from source with ``go install MODULE@vVERSION`` (``go_build``),
+   and kept once the binary answers ``-version``.
 
 Two processes that call this at once take turns on ``<home>/toxiproxy.lock``.
 
@@ -24,9 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +30,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from devstack import processes, tools
+from devstack import go_build, processes, tools
 
 VERSION = "2.5.0"
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
@@ -43,13 +38,8 @@ ENV_VAR = "TOXIPROXY_SERVER"
 HOST = "127.0.0.1"
 #: What ``go install`` names the binary (after the package's folder).
 BINARY = "server"
-#: Where Go's own installer puts the toolchain, the last place looked for ``go``.
-GO_DEFAULT = Path("/usr/local/go/bin/go")
 #: As the project's release build links it: stripped, and knowing its own version.
 LDFLAGS = f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={VERSION}"
-_STAGING_PREFIX = ".toxiproxy-"
-#: Longest a build may take: downloading the modules, then compiling, on two cores.
-BUILD_TIMEOUT = 900.0
 
 Stream = Literal["upstream", "downstream"]
 #: Both directions of a link: client to server (upstream) and back (downstream).
@@ -80,71 +70,17 @@ def cached_path(home: Path) -> Path:
     return home / "toxiproxy" / "bin" / BINARY
 
 
-def go_path(env: Mapping[str, str] = os.environ) -> Path:
-    """The Go toolchain's ``go`` command."""
-    candidates: list[Path] = []
-    if env.get("GO"):
-        candidates.append(Path(shutil.which(env["GO"]) or env["GO"]))
-    on_path = shutil.which("go", path=env.get("PATH"))
-    if on_path:
-        candidates.append(Path(on_path))
-    if env.get("GOROOT"):
-        candidates.append(Path(env["GOROOT"]) / "bin" / "go")
-    candidates.append(GO_DEFAULT)
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    raise ToxiproxySetupError(
-        "the Go toolchain (go) is not on PATH, nor at $GO, $GOROOT/bin/go or "
-        f"{GO_DEFAULT}; it is needed to build toxiproxy-server {VERSION}"
-    )
-
-
 def _build(home: Path) -> Path:
-    go = go_path()
-    # Stale staging folders are from processes that died while holding the lock we hold.
-    for stale in home.glob(f"{_STAGING_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=home))
-    try:
-        staging.chmod(0o755)
-        env = {
-            **os.environ,
-            "GOBIN": str(staging / "bin"),
-            # A static binary that needs no C toolchain, built by the Go that is here
-            # (never one that go would download for itself).
-            "CGO_ENABLED": "0",
-            "GOTOOLCHAIN": "local",
-            "GOFLAGS": "-buildvcs=false -trimpath",
-        }
-        try:
-            result = subprocess.run(
-                [str(go), "install", f"-ldflags={LDFLAGS}", f"{MODULE}@v{VERSION}"],
-                env=env,
-                cwd=staging,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ToxiproxySetupError(f"go install {MODULE}@v{VERSION}: {exc}") from exc
-        if result.returncode != 0:
-            raise ToxiproxySetupError(
-                f"go install {MODULE}@v{VERSION} exited with {result.returncode}:\n"
-                + tools.tail(result.stdout + result.stderr)
-            )
-        problem = _problem_running(staging / "bin" / BINARY)
-        if problem is not None:
-            raise ToxiproxySetupError(f"the toxiproxy-server just built does not run: {problem}")
-        final = home / "toxiproxy"
-        if final.exists():  # a copy that no longer runs, or of another version
-            shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return cached_path(home)
+    return go_build.go_install(
+        what="toxiproxy-server",
+        module=MODULE,
+        version=f"v{VERSION}",
+        ldflags=LDFLAGS,
+        final=home / "toxiproxy",
+        binary=BINARY,
+        problem_running=_problem_running,
+        error=ToxiproxySetupError,
+    )
 
 
 def _problem_running(path: Path) -> str | None:
