@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from service.adapters.kafka.clients import connection_options, partitions_of, reader
 from service.application.relay import OutboxRelay
@@ -379,3 +381,21 @@ async def fill_outbox(
         await eventually(
             lambda: _outbox_reaches(db, before + len(commands)), what="the events in the outbox"
         )
+
+
+async def shrink_topic(settings: Settings, topic: str, max_message_bytes: int) -> None:
+    """Lower ``topic``'s max.message.bytes, so that Kafka refuses larger records for good."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    topic,
+                    {"max.message.bytes": str(max_message_bytes)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()

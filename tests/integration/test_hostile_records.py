@@ -17,8 +17,6 @@ import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devstack.kcat import produce_raw
 from schemas.headers import (
@@ -49,6 +47,7 @@ from tests.support import (
     read_everything,
     running_relay,
     running_worker,
+    shrink_topic,
 )
 
 LATER = 10
@@ -237,23 +236,6 @@ async def test_a_key_too_large_is_a_dead_letter(settings: Settings, db: asyncpg.
 
     assert header(letter, DLT_ERROR_CODE) == b"record_key_too_large"
     assert letter.key == big_key
-
-
-async def shrink_topic(settings: Settings, topic: str, max_message_bytes: int) -> None:
-    admin = AIOKafkaAdminClient(**connection_options(settings))
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [
-                ConfigResource(
-                    ConfigResourceType.TOPIC,
-                    topic,
-                    {"max.message.bytes": str(max_message_bytes)},
-                )
-            ]
-        )
-    finally:
-        await admin.close()
 
 
 async def readyz(port: int) -> tuple[int, Any]:
