@@ -1,4 +1,5 @@
-"""Test tools built from source with ``go install`` (Toxiproxy, Helm), the same way each.
+"""Test tools built from source with ``go install`` (Toxiproxy, Helm), the same way each,
+and sources fetched with ``go mod download`` (the CRDs of KEDA and the Prometheus operator).
 
 ``go_install`` builds ``module@version`` with ``GOBIN`` pointing into a staging folder
 next to the cache, and renames the folder into place only once the binary passes
@@ -12,6 +13,7 @@ toolchain that ``go`` would download on its own.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,3 +107,33 @@ def go_install(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final / "bin" / binary
+
+
+def go_download(*, what: str, module: str, version: str, error: Callable[[str], Exception]) -> Path:
+    """The source folder of ``module@version`` in Go's module cache, downloaded from the
+    module proxy on first use (read only: Go keeps it so)."""
+    go = go_path(f"{what} {version}", error, os.environ)
+    target = f"{module}@{version}"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    try:
+        result = subprocess.run(
+            [str(go), "mod", "download", "-json", target],
+            env=env,
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise error(f"go mod download {target}: {exc}") from exc
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        answer = {}
+    if result.returncode != 0 or "Dir" not in answer:
+        raise error(
+            f"go mod download {target} exited with {result.returncode}:\n"
+            + tools.tail(answer.get("Error", "") or result.stdout + result.stderr)
+        )
+    return Path(answer["Dir"])
