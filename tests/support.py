@@ -20,7 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from service.adapters.kafka.clients import connection_options, partitions_of, reader
 from service.application.relay import OutboxRelay
-from service.bootstrap import run_worker
+from service.bootstrap import WorkerProcess, run_worker
 from service.infrastructure.settings import Settings
 
 UPDATE_PERMISSION = "pay:customers:update"
@@ -221,6 +221,22 @@ async def running_worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]
     task = asyncio.create_task(run_worker(settings, stopping))
     try:
         yield task
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def serving_worker(settings: Settings) -> AsyncIterator[tuple[int, asyncio.Task[None]]]:
+    """A whole worker process (consumer, relay, HTTP endpoints) in this event loop: its
+    HTTP port once it serves, and its task; stopped cleanly on exit."""
+    process = WorkerProcess(settings)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(process.run(stopping))
+    try:
+        await eventually(lambda: process.http_port is not None, what="the HTTP server")
+        assert process.http_port is not None
+        yield process.http_port, task
     finally:
         stopping.set()
         await asyncio.wait_for(task, timeout=60)

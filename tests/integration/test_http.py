@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import asyncpg
 
-from service.bootstrap import WorkerProcess
 from service.infrastructure.settings import Settings
 from tests.support import (
     TopicReader,
@@ -16,6 +13,7 @@ from tests.support import (
     eventually,
     insert_customer,
     produce_commands,
+    serving_worker,
 )
 
 
@@ -40,13 +38,7 @@ async def test_probes_and_metrics_follow_the_worker(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     await insert_customer(db, "cus_h", invoice_prefix="HTT1")
-    process = WorkerProcess(settings)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(process.run(stopping))
-    try:
-        await eventually(lambda: process.http_port is not None, what="the HTTP server")
-        assert process.http_port is not None
-        port = process.http_port
+    async with serving_worker(settings) as (port, task):
         await eventually(lambda: _status_is(port, "/readyz", 200), what="readiness")
         assert (await _get(port, "/livez"))[0] == 200
 
@@ -75,9 +67,6 @@ async def test_probes_and_metrics_follow_the_worker(
         assert 'customer_retries_total{component="worker"} 0.0' in metrics
         assert _sample(metrics, "customer_ready") == 1.0
         assert _sample(metrics, 'customer_relay_state{state="leading"}') == 1.0
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=60)
 
 
 async def test_readiness_fails_without_partitions_and_liveness_without_a_loop(

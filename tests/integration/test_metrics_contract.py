@@ -4,13 +4,10 @@ on a metric that does not exist."""
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import asyncpg
 import pytest
 
-from service.bootstrap import WorkerProcess
 from service.infrastructure.settings import Settings
 from tests.deploy.queries import Exported, alert_queries, dashboard_queries, missing, uses
 from tests.support import (
@@ -19,6 +16,7 @@ from tests.support import (
     eventually,
     insert_customer,
     produce,
+    serving_worker,
     shrink_topic,
 )
 
@@ -39,13 +37,7 @@ async def exported(settings: Settings, db: asyncpg.Connection) -> Exported:
     """The worker's /metrics once it has applied, rejected and dead-lettered commands,
     published their outcomes, and parked an event Kafka refused."""
     await insert_customer(db, "cus_m", invoice_prefix="MET1")
-    process = WorkerProcess(settings)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(process.run(stopping))
-    try:
-        await eventually(lambda: process.http_port is not None, what="the HTTP server")
-        assert process.http_port is not None
-        port = process.http_port
+    async with serving_worker(settings) as (port, _task):
         # The events topic refuses cus_m's second event (too large): it is parked.
         await shrink_topic(settings, settings.topic_events, 3000)
         await produce(
@@ -76,9 +68,6 @@ async def exported(settings: Settings, db: asyncpg.Connection) -> Exported:
             complete, what="every outcome and the parked message in /metrics", within=60
         )
         return Exported.parse(await _metrics(port))
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, timeout=60)
 
 
 def test_every_metric_the_dashboard_and_the_alerts_read_is_exported(exported: Exported) -> None:
