@@ -93,9 +93,9 @@ def build() -> dict[str, Any]:
             "Commands per second: applied, rejected (answered on the rejection topic), "
             "duplicate (already applied) and dead_lettered.",
             (
-                f"sum by (outcome) (rate(customer_command_outcomes_total{{{JOBS}}}"
+                f"sum by (job, outcome) (rate(customer_command_outcomes_total{{{JOBS}}}"
                 "[$__rate_interval]))",
-                "{{outcome}}",
+                "{{job}} {{outcome}}",
             ),
         ),
         _panel(
@@ -116,8 +116,8 @@ def build() -> dict[str, Any]:
             "Records of the command topic not yet processed, per partition, as the "
             "worker holding it measures.",
             (
-                f"sum by (partition) (customer_consumer_lag_records{{{JOBS}}})",
-                "partition {{partition}}",
+                f"sum by (job, partition) (customer_consumer_lag_records{{{JOBS}}})",
+                "{{job}} partition {{partition}}",
             ),
         ),
         dashboard.Row("Outbox and relay"),
@@ -126,11 +126,12 @@ def build() -> dict[str, Any]:
             "short",
             "Events committed to the database and not yet on Kafka; parked ones "
             "(refused by Kafka for good, see `customer-service outbox list`) apart. Every "
-            "relay process measures the same table, hence max.",
-            (f"max(customer_outbox_backlog{{{JOBS}}})", "waiting"),
+            "relay process of a deployment measures the same table, hence max.",
+            (f"max by (job) (customer_outbox_backlog{{{JOBS}}})", "{{job}} waiting"),
             (
-                f"sum by (topic) (max by (topic, key) (customer_outbox_parked{{{JOBS}}}))",
-                "parked {{topic}}",
+                "sum by (job, topic) (max by (job, topic, key) "
+                f"(customer_outbox_parked{{{JOBS}}}))",
+                "{{job}} parked {{topic}}",
             ),
         ),
         _panel(
@@ -138,22 +139,22 @@ def build() -> dict[str, Any]:
             "s",
             "Age of the oldest outbox message that is not parked; /readyz of the "
             "leading relay fails above RELAY_STALL_SECONDS.",
-            (f"max(customer_outbox_oldest_seconds{{{JOBS}}})", "oldest"),
+            (f"max by (job) (customer_outbox_oldest_seconds{{{JOBS}}})", "{{job}}"),
         ),
         _panel(
             "Relay state",
             "short",
             "Relay processes in each state: exactly one should be leading.",
-            (f"sum by (state) (customer_relay_state{{{JOBS}}})", "{{state}}"),
+            (f"sum by (job, state) (customer_relay_state{{{JOBS}}})", "{{job}} {{state}}"),
         ),
         _panel(
             "Published",
             "ops",
             "Messages the relay published per second, by topic.",
             (
-                f"sum by (topic) (rate(customer_events_published_total{{{JOBS}}}"
+                f"sum by (job, topic) (rate(customer_events_published_total{{{JOBS}}}"
                 "[$__rate_interval]))",
-                "{{topic}}",
+                "{{job}} {{topic}}",
             ),
         ),
         dashboard.Row("Failures"),
@@ -162,8 +163,9 @@ def build() -> dict[str, Any]:
             "ops",
             "Retries after transient failures of Kafka or PostgreSQL, by component.",
             (
-                f"sum by (component) (rate(customer_retries_total{{{JOBS}}}[$__rate_interval]))",
-                "{{component}}",
+                f"sum by (job, component) (rate(customer_retries_total{{{JOBS}}}"
+                "[$__rate_interval]))",
+                "{{job}} {{component}}",
             ),
         ),
         _panel(
@@ -172,17 +174,17 @@ def build() -> dict[str, Any]:
             "Commands sent to the dead-letter topic in each 5 minutes "
             "(see `customer-service dlq list`).",
             (
-                "sum(increase(customer_command_outcomes_total"
+                "sum by (job) (increase(customer_command_outcomes_total"
                 f'{{{JOBS}, outcome="dead_lettered"}}[5m]))',
-                "dead letters",
+                "{{job}}",
             ),
         ),
         _panel(
             "Ready",
             "short",
             "Processes whose /readyz answers 200, out of all that are scraped.",
-            (f"sum(customer_ready{{{JOBS}}})", "ready"),
-            (f"count(customer_ready{{{JOBS}}})", "scraped"),
+            (f"sum by (job) (customer_ready{{{JOBS}}})", "{{job}} ready"),
+            (f"count by (job) (customer_ready{{{JOBS}}})", "{{job}} scraped"),
         ),
     ]
     # Ids in reading order: Grafana links to a panel by its id.
