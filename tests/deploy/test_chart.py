@@ -33,7 +33,7 @@ CHART = ROOT / "deploy" / "helm" / "customer-service"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 #: The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and the newest
 #: kubernetes-validate knows.
-KUBERNETES = ("1.25.0", kubernetes_validate.latest_version())
+KUBERNETES = ("1.27.0", kubernetes_validate.latest_version())
 #: Settings that are secrets, and so come from the Secret, never from values.
 SECRETS = {
     name.upper()
@@ -222,12 +222,22 @@ def test_every_variable_the_chart_sets_is_a_setting_the_service_reads(
     assert names <= settings - SECRETS, names - (settings - SECRETS)
     for secret in (o for o in objects if o["kind"] == "Secret"):
         assert set(secret["stringData"]) <= SECRETS
-    # What those variables and the Secret give: the service loads them without an error.
+    # What those variables and the Secret give is what the values say, every setting.
     secret = values["secret"].get("data", {})
+    given = merged(
+        yaml.safe_load((CHART / "values.yaml").read_text())["settings"],
+        values.get("settings", {}),
+        secret,
+    )
+    expected = Settings.model_validate(
+        {k.lower(): v for k, v in given.items() if v is not None and k != "RELAY_ENABLED"}
+    )
     for container in containers(objects):
         env = {**{v["name"]: v["value"] for v in container["env"]}, **secret}
         loaded = Settings.model_validate({k.lower(): v for k, v in env.items()})
-        assert loaded.http_port == values.get("settings", {}).get("HTTP_PORT", 8080)
+        for name in Settings.model_fields:
+            if name != "relay_enabled":
+                assert getattr(loaded, name) == getattr(expected, name), name
 
 
 def test_the_probes_and_ports_are_what_the_service_serves(helm: Path, tmp_path: Path) -> None:
@@ -315,7 +325,20 @@ def test_the_chart_ships_the_alerts_and_the_dashboard_as_committed(
             {"worker": {"processes": 2, "terminationGracePeriodSeconds": 100}},
             "must be above 120 with worker.processes > 1",
         ),
-        ({"worker": {"replicas": 7}}, "worker.replicas (7) must not exceed TOPIC_PARTITIONS (6)"),
+        (
+            {"worker": {"replicas": 7}},
+            "worker.replicas x worker.processes (7 x 1) must not exceed TOPIC_PARTITIONS (6)",
+        ),
+        (
+            {"worker": {"replicas": 6, "processes": 2, "terminationGracePeriodSeconds": 150}},
+            "worker.replicas x worker.processes (6 x 2) must not exceed TOPIC_PARTITIONS (6)",
+        ),
+        ({"worker": {"processes": 0}}, "worker.processes (0) must be a whole number from 1"),
+        ({"worker": {"processes": "1.0"}}, "worker.processes (1.0) must be a whole number"),
+        (
+            {"worker": {"processes": "auto"}, "autoscaling": {"enabled": True}},
+            "set autoscaling.maxReplicas with worker.processes auto",
+        ),
         ({"settings": {"HTTP_ENABLED": False}}, "settings.HTTP_ENABLED must be true"),
         ({"secret": {"existingSecret": ""}}, "set secret.existingSecret"),
         (
@@ -333,6 +356,10 @@ def test_the_chart_ships_the_alerts_and_the_dashboard_as_committed(
         "grace-below-drain",
         "grace-below-supervisor",
         "idle-replicas",
+        "idle-processes",
+        "no-processes",
+        "processes-not-whole",
+        "auto-without-ceiling",
         "no-http",
         "no-secret",
         "not-a-secret",

@@ -104,7 +104,7 @@ volumes:
 startupProbe:
   httpGet: {path: /livez, port: http}
   periodSeconds: 5
-  failureThreshold: 60
+  failureThreshold: {{ div (int .Values.startupSeconds) 5 }}
 livenessProbe:
   httpGet: {path: /livez, port: http}
   periodSeconds: 10
@@ -132,8 +132,15 @@ readinessProbe:
 {{- if and .Values.secret.existingSecret .Values.secret.create }}
 {{- fail "set secret.existingSecret or secret.create, not both" }}
 {{- end }}
-{{- if and (not .Values.autoscaling.enabled) (eq (toString .Values.worker.processes) "1") (gt (int .Values.worker.replicas) (int $s.TOPIC_PARTITIONS)) }}
-{{- fail (printf "worker.replicas (%v) must not exceed TOPIC_PARTITIONS (%v): a worker without a partition stays unready" .Values.worker.replicas $s.TOPIC_PARTITIONS) }}
+{{- $processes := toString .Values.worker.processes }}
+{{- if not (regexMatch "^(auto|[1-9][0-9]*)$" $processes) }}
+{{- fail (printf "worker.processes (%v) must be a whole number from 1, or auto" .Values.worker.processes) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (eq $processes "auto") (not .Values.autoscaling.maxReplicas) }}
+{{- fail "set autoscaling.maxReplicas with worker.processes auto: the chart cannot know how many consumers a pod runs" }}
+{{- end }}
+{{- if and (not .Values.autoscaling.enabled) (ne $processes "auto") (gt (mul (int .Values.worker.replicas) (int $processes)) (int $s.TOPIC_PARTITIONS)) }}
+{{- fail (printf "worker.replicas x worker.processes (%v x %v) must not exceed TOPIC_PARTITIONS (%v): a consumer without a partition sits idle, and a pod of them stays unready" .Values.worker.replicas $processes $s.TOPIC_PARTITIONS) }}
 {{- end }}
 {{- $drain := addf (float64 $s.BATCH_TIMEOUT) (float64 $s.RELAY_DRAIN_TIMEOUT) }}
 {{- if not (gt (float64 .Values.worker.terminationGracePeriodSeconds) $drain) }}
