@@ -317,12 +317,15 @@ def test_the_chart_ships_the_alerts_and_the_dashboard_as_committed(
     ("values", "message"),
     [
         (
-            {"worker": {"terminationGracePeriodSeconds": 90}},
-            "worker.terminationGracePeriodSeconds (90) must be above BATCH_TIMEOUT + "
-            "RELAY_DRAIN_TIMEOUT (90)",
+            {"worker": {"terminationGracePeriodSeconds": 120}},
+            "worker.terminationGracePeriodSeconds (120) must be above BATCH_TIMEOUT + "
+            "RELAY_DRAIN_TIMEOUT + 30 s for the last Kafka commit (120)",
         ),
         (
-            {"worker": {"processes": 2, "terminationGracePeriodSeconds": 100}},
+            {
+                "settings": {"BATCH_TIMEOUT": 30},
+                "worker": {"processes": 2, "terminationGracePeriodSeconds": 100},
+            },
             "must be above 120 with worker.processes > 1",
         ),
         (
@@ -332,6 +335,10 @@ def test_the_chart_ships_the_alerts_and_the_dashboard_as_committed(
         (
             {"worker": {"replicas": 6, "processes": 2, "terminationGracePeriodSeconds": 150}},
             "worker.replicas x worker.processes (6 x 2) must not exceed TOPIC_PARTITIONS (6)",
+        ),
+        (
+            {"relay": {"enabled": True, "terminationGracePeriodSeconds": 60}},
+            "relay.terminationGracePeriodSeconds (60) must be above RELAY_DRAIN_TIMEOUT + 30 s",
         ),
         ({"worker": {"processes": 0}}, "worker.processes (0) must be a whole number from 1"),
         ({"worker": {"processes": "1.0"}}, "worker.processes (1.0) must be a whole number"),
@@ -356,6 +363,7 @@ def test_the_chart_ships_the_alerts_and_the_dashboard_as_committed(
         "grace-below-drain",
         "grace-below-supervisor",
         "idle-replicas",
+        "relay-grace-below-drain",
         "idle-processes",
         "no-processes",
         "processes-not-whole",

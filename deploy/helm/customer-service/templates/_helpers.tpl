@@ -142,14 +142,15 @@ readinessProbe:
 {{- if and (not .Values.autoscaling.enabled) (ne $processes "auto") (gt (mul (int .Values.worker.replicas) (int $processes)) (int $s.TOPIC_PARTITIONS)) }}
 {{- fail (printf "worker.replicas x worker.processes (%v x %v) must not exceed TOPIC_PARTITIONS (%v): a consumer without a partition sits idle, and a pod of them stays unready" .Values.worker.replicas $processes $s.TOPIC_PARTITIONS) }}
 {{- end }}
-{{- $drain := addf (float64 $s.BATCH_TIMEOUT) (float64 $s.RELAY_DRAIN_TIMEOUT) }}
+{{- /* The relay's last Kafka commit may take the service's TRANSACTION_TIMEOUT (30 s). */}}
+{{- $drain := addf (float64 $s.BATCH_TIMEOUT) (float64 $s.RELAY_DRAIN_TIMEOUT) 30.0 }}
 {{- if not (gt (float64 .Values.worker.terminationGracePeriodSeconds) $drain) }}
-{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be above BATCH_TIMEOUT + RELAY_DRAIN_TIMEOUT (%v), or a shutdown is cut short" .Values.worker.terminationGracePeriodSeconds $drain) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be above BATCH_TIMEOUT + RELAY_DRAIN_TIMEOUT + 30 s for the last Kafka commit (%v), or a shutdown is cut short" .Values.worker.terminationGracePeriodSeconds $drain) }}
 {{- end }}
 {{- if and (ne (toString .Values.worker.processes) "1") (le (float64 .Values.worker.terminationGracePeriodSeconds) 120.0) }}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be above 120 with worker.processes > 1: the supervisor gives each process 120 s to drain" .Values.worker.terminationGracePeriodSeconds) }}
 {{- end }}
-{{- if and .Values.relay.enabled (not (gt (float64 .Values.relay.terminationGracePeriodSeconds) (float64 $s.RELAY_DRAIN_TIMEOUT))) }}
-{{- fail (printf "relay.terminationGracePeriodSeconds (%v) must be above RELAY_DRAIN_TIMEOUT (%v)" .Values.relay.terminationGracePeriodSeconds $s.RELAY_DRAIN_TIMEOUT) }}
+{{- if and .Values.relay.enabled (not (gt (float64 .Values.relay.terminationGracePeriodSeconds) (addf (float64 $s.RELAY_DRAIN_TIMEOUT) 30.0))) }}
+{{- fail (printf "relay.terminationGracePeriodSeconds (%v) must be above RELAY_DRAIN_TIMEOUT + 30 s for the last Kafka commit (%v)" .Values.relay.terminationGracePeriodSeconds (addf (float64 $s.RELAY_DRAIN_TIMEOUT) 30.0)) }}
 {{- end }}
 {{- end }}
