@@ -80,18 +80,7 @@ def go_install(
             "GOTOOLCHAIN": "local",
             "GOFLAGS": "-buildvcs=false -trimpath",
         }
-        try:
-            result = subprocess.run(
-                [str(go), "install", f"-ldflags={ldflags}", target],
-                env=env,
-                cwd=staging,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise error(f"go install {target}: {exc}") from exc
+        result = _go(go, ["install", f"-ldflags={ldflags}", target], env, staging, error)
         if result.returncode != 0:
             raise error(
                 f"go install {target} exited with {result.returncode}:\n"
@@ -115,18 +104,7 @@ def go_download(*, what: str, module: str, version: str, error: Callable[[str], 
     go = go_path(f"{what} {version}", error, os.environ)
     target = f"{module}@{version}"
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
-    try:
-        result = subprocess.run(
-            [str(go), "mod", "download", "-json", target],
-            env=env,
-            cwd=tempfile.gettempdir(),
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise error(f"go mod download {target}: {exc}") from exc
+    result = _go(go, ["mod", "download", "-json", target], env, Path(tempfile.gettempdir()), error)
     try:
         answer = json.loads(result.stdout)
     except ValueError:
@@ -137,3 +115,21 @@ def go_download(*, what: str, module: str, version: str, error: Callable[[str], 
             + tools.tail(answer.get("Error", "") or result.stdout + result.stderr)
         )
     return Path(answer["Dir"])
+
+
+def _go(
+    go: Path, args: list[str], env: dict[str, str], cwd: Path, error: Callable[[str], Exception]
+) -> subprocess.CompletedProcess[str]:
+    """``go args``, its output captured; ``error`` when it cannot run or runs too long."""
+    try:
+        return subprocess.run(
+            [str(go), *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise error(f"go {' '.join(args)}: {exc}") from exc
