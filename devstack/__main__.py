@@ -22,8 +22,32 @@ def _exports() -> str:
     broker, server = stack.native_kafka(), stack.native_postgres()
     return (
         f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers()}\n"
-        f"export DATABASE_URL={server.url()}"
+        f"export DATABASE_URL={server.url()}\n" + _tls_endpoints()
     )
+
+
+def _tls_endpoints() -> str:
+    """The TLS endpoints with the settings that reach them, as shell comments (so that
+    ``eval`` of the output ignores them)."""
+    broker, tls_server = stack.native_kafka(), stack.native_postgres_tls()
+    certificates, database = broker.certificates, tls_server.certificates
+    verify = f"KAFKA_SECURITY_PROTOCOL=SSL KAFKA_SSL_CAFILE={certificates.ca}"
+    client = (
+        f"KAFKA_SSL_CERTFILE={certificates.client_cert} KAFKA_SSL_KEYFILE={certificates.client_key}"
+    )
+    lines = [
+        f"Kafka SSL:       KAFKA_BOOTSTRAP_SERVERS={broker.tls_bootstrap_servers('SSL')} {verify}",
+        f"Kafka mTLS:      KAFKA_BOOTSTRAP_SERVERS={broker.tls_bootstrap_servers('MTLS')} "
+        f"{verify} {client}",
+        f"Kafka SASL_SSL:  KAFKA_BOOTSTRAP_SERVERS={broker.tls_bootstrap_servers('SASL_SSL')} "
+        f"KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SSL_CAFILE={certificates.ca} "
+        "KAFKA_SASL_MECHANISM=SCRAM-SHA-512 "
+        f"KAFKA_SASL_USERNAME={broker.sasl_credentials().username} "
+        f"KAFKA_SASL_PASSWORD_FILE={broker.sasl_password_file}",
+        f"PostgreSQL TLS:  DATABASE_URL={tls_server.tls_url()} DATABASE_SSLMODE=verify-full "
+        f"DATABASE_SSL_ROOT_CERT={database.ca} DATABASE_PASSWORD_FILE={tls_server.password_file}",
+    ]
+    return "".join(f"# {line}\n" for line in lines).rstrip("\n")
 
 
 @app.command()
@@ -37,6 +61,8 @@ def up() -> None:
     broker.start()
     typer.echo("starting PostgreSQL ...", err=True)
     server.start()
+    typer.echo("starting PostgreSQL with TLS (first run downloads its server) ...", err=True)
+    stack.native_postgres_tls().start()
     typer.echo(_exports())
 
 
@@ -56,9 +82,15 @@ def env() -> None:
 def status() -> None:
     """Show whether each service runs, its pid and its endpoint. Exits 1 unless both run."""
     broker, server = stack.native_kafka(), stack.native_postgres()
+    tls_server = stack.native_postgres_tls()
     rows = [
         ("kafka", broker.pid(), broker.bootstrap_servers() if broker.ports_file.exists() else "-"),
         ("postgres", server.pid(), server.url() if server.ports_file.exists() else "-"),
+        (
+            "pg-tls",
+            tls_server.pid(),
+            tls_server.tls_url() if tls_server.ports_file.exists() else "-",
+        ),
     ]
     for name, pid, endpoint in rows:
         state = f"running (pid {pid})" if pid else "stopped"
@@ -73,6 +105,7 @@ def down() -> None:
     """Stop both services; their data stays for the next `up`."""
     stack.native_kafka().stop()
     stack.native_postgres().stop()
+    stack.native_postgres_tls().stop()
     typer.echo("stopped", err=True)
 
 
@@ -81,6 +114,7 @@ def destroy() -> None:
     """Stop both services and delete their data (the cached Kafka jars stay)."""
     stack.native_kafka().destroy()
     stack.native_postgres().destroy()
+    stack.native_postgres_tls().destroy()
     typer.echo("destroyed", err=True)
 
 

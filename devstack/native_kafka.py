@@ -22,9 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack import processes
+from devstack.certificates import Certificates
 
 POM_DIR = Path(__file__).parent / "kafka"
 HOST = "127.0.0.1"
+#: Also loopback, but not a name the server certificate carries: a listener here fails
+#: every client that checks the host name.
+OTHER_HOST = "127.0.0.2"
+
+#: The TLS listeners: name -> (port key, protocol, what it is for). Each needs its own
+#: port; the listener names are what ``listener.name.<name>.*`` settings refer to.
+TLS_LISTENERS = {
+    "SSL": "server certificate verified by the client, no client certificate",
+    "SASL_SSL": "TLS, then SCRAM-SHA-256/512 or PLAIN",
+    "MTLS": "TLS with a client certificate the broker requires",
+    "OTHER_HOST": f"TLS at {OTHER_HOST}, a host the certificate does not name",
+    "EXPIRED": "TLS with an expired server certificate",
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,10 @@ class NativeKafka:
     @property
     def properties_file(self) -> Path:
         return self.home / "server.properties"
+
+    @property
+    def certificates(self) -> Certificates:
+        return Certificates(self.home / "tls")
 
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self._ports()['broker']}"
@@ -125,10 +143,17 @@ class NativeKafka:
         marker.write_text(pom.read_text())
 
     def start(self, *, timeout: float = 90.0) -> None:
-        """Format storage on first use, start the broker and wait until it serves metadata."""
+        """Format storage on first use, start the broker and wait until it serves metadata.
+
+        A broker already running is restarted when its configuration is not the one this
+        code writes (a checkout that added listeners since it started), so that every
+        endpoint this class hands out is one the broker serves.
+        """
         if self.running():
-            self.wait_ready(timeout=timeout)
-            return
+            if self._configured():
+                self.wait_ready(timeout=timeout)
+                return
+            self.stop()
         self.install()
         ports = self._ports(allocate=True)
         credentials = self.sasl_credentials(create=True)
@@ -198,6 +223,8 @@ class NativeKafka:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self.ports_file.unlink(missing_ok=True)
         (self.home / "sasl.json").unlink(missing_ok=True)
+        self.sasl_password_file.unlink(missing_ok=True)
+        shutil.rmtree(self.certificates.directory, ignore_errors=True)
 
     # -- internals ------------------------------------------------------------------
 
@@ -208,7 +235,7 @@ class NativeKafka:
             ports = json.loads(self.ports_file.read_text())
         elif not allocate:
             raise KafkaSetupError("the native broker has never been started")
-        missing = {"broker", "controller", "sasl"} - set(ports)
+        missing = {"broker", "controller", "sasl", *(n.lower() for n in TLS_LISTENERS)} - set(ports)
         if self.proxy_listener:
             missing |= {"proxied", "proxied_advertised"} - set(ports)
         if missing and allocate:
@@ -226,6 +253,25 @@ class NativeKafka:
                 "(python -m devstack down, then up)"
             )
         return f"{HOST}:{port}"
+
+    def tls_bootstrap_servers(self, listener: str) -> str:
+        """The bootstrap address of one of ``TLS_LISTENERS`` (its certificates are under
+        ``certificates``; the SASL user is ``sasl_credentials``)."""
+        if listener not in TLS_LISTENERS:
+            raise ValueError(f"no TLS listener {listener!r}; one of {sorted(TLS_LISTENERS)}")
+        host = OTHER_HOST if listener == "OTHER_HOST" else HOST
+        return f"{host}:{self._ports()[listener.lower()]}"
+
+    def _configured(self) -> bool:
+        """Whether the broker's configuration file is what ``_write_properties`` writes now."""
+        try:
+            written = self.properties_file.read_text()
+            ports = self._ports()
+            credentials = self.sasl_credentials()
+            wanted = self._properties_text(ports, credentials)
+        except (FileNotFoundError, KafkaSetupError, KeyError):  # KeyError: a port not chosen yet
+            return False
+        return written == wanted
 
     def proxy_ports(self) -> tuple[int, int]:
         """The proxied listener's own port and the port it advertises, where the proxy
@@ -250,7 +296,11 @@ class NativeKafka:
         the repository). A stack formatted before it existed is formatted again."""
         path = self.home / "sasl.json"
         if path.exists():
-            return SaslCredentials(**json.loads(path.read_text()))
+            credentials = SaslCredentials(**json.loads(path.read_text()))
+            if not self.sasl_password_file.exists():  # made before the file existed
+                self.sasl_password_file.write_text(credentials.password)
+                self.sasl_password_file.chmod(0o600)
+            return credentials
         if not create:
             raise KafkaSetupError("the native broker has never been started")
         if (self.data_dir / "meta.properties").exists():
@@ -258,7 +308,15 @@ class NativeKafka:
         self.home.mkdir(parents=True, exist_ok=True)
         credentials = SaslCredentials("devstack", secrets.token_urlsafe(18))
         path.write_text(json.dumps(dataclasses.asdict(credentials)))
+        self.sasl_password_file.write_text(credentials.password)
+        for written in (path, self.sasl_password_file):
+            written.chmod(0o600)
         return credentials
+
+    @property
+    def sasl_password_file(self) -> Path:
+        """The SASL user's password alone, to give as ``KAFKA_SASL_PASSWORD_FILE``."""
+        return self.home / "sasl-password"
 
     def _java(self, *, heap: str) -> list[str]:
         return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-cp", f"{self.libs}/*"]
@@ -297,6 +355,10 @@ class NativeKafka:
 
     def _write_properties(self, ports: dict[str, int], credentials: SaslCredentials) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.certificates.ensure()
+        self.properties_file.write_text(self._properties_text(ports, credentials))
+
+    def _properties_text(self, ports: dict[str, int], credentials: SaslCredentials) -> str:
         port, controller_port, sasl_port = ports["broker"], ports["controller"], ports["sasl"]
         plain_login = (
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
@@ -310,6 +372,12 @@ class NativeKafka:
         ]
         advertised = [f"PLAINTEXT://{HOST}:{port}", f"SASL_PLAINTEXT://{HOST}:{sasl_port}"]
         protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        for name in TLS_LISTENERS:
+            host = OTHER_HOST if name == "OTHER_HOST" else HOST
+            address = f"{name}://{host}:{ports[name.lower()]}"
+            listeners.append(address)
+            advertised.append(address)
+            protocols += f",{name}:{'SASL_SSL' if name == 'SASL_SSL' else 'SSL'}"
         if self.proxy_listener:
             # Listens on one port and advertises the proxy's: a client that came in through
             # the proxy is sent back to it for every broker connection (see the class).
@@ -331,6 +399,10 @@ class NativeKafka:
             "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain_login,
             "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram_login,
             "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram_login,
+            **self._tls_properties(),
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain_login,
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram_login,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram_login,
             "log.dirs": str(self.data_dir),
             "num.partitions": "6",
             "auto.create.topics.enable": "false",
@@ -342,8 +414,24 @@ class NativeKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
-        text = "".join(f"{key}={value}\n" for key, value in properties.items())
-        self.properties_file.write_text(text)
+        return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+    def _tls_properties(self) -> dict[str, str]:
+        """PEM key and trust stores (no JKS, no keytool): the broker's certificate for
+        every TLS listener but EXPIRED, and the CA that client certificates must chain to
+        where the broker asks for one (MTLS)."""
+        certificates = self.certificates
+        properties = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(certificates.server),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(certificates.ca),
+            "ssl.client.auth": "none",
+            "listener.name.mtls.ssl.client.auth": "required",
+            "listener.name.expired.ssl.keystore.type": "PEM",
+            "listener.name.expired.ssl.keystore.location": str(certificates.expired_server),
+        }
+        return properties
 
 
 def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:

@@ -41,6 +41,11 @@ def native_postgres(env: Mapping[str, str] = os.environ) -> NativePostgres:
     return NativePostgres(home(env) / "postgres")
 
 
+def native_postgres_tls(env: Mapping[str, str] = os.environ) -> NativePostgres:
+    """A second, TLS-capable server (the wheel's has no OpenSSL; see native_postgres)."""
+    return NativePostgres(home(env) / "postgres-tls", tls=True)
+
+
 @dataclass
 class Stack:
     """Endpoints of a running stack, and how to stop what was started to get them."""
