@@ -30,14 +30,27 @@ HOST = "127.0.0.1"
 #: every client that checks the host name.
 OTHER_HOST = "127.0.0.2"
 
-#: The TLS listeners: name -> (port key, protocol, what it is for). Each needs its own
-#: port; the listener names are what ``listener.name.<name>.*`` settings refer to.
+
+@dataclass(frozen=True)
+class TlsListener:
+    """One TLS listener of the broker: where, which protocol, and how it misbehaves."""
+
+    protocol: str  # SSL or SASL_SSL
+    host: str = HOST
+    client_certificate: bool = False  # required of the client
+    expired: bool = False  # presents an expired certificate
+
+
+#: The TLS listeners, each on a port of its own. The ``*_OTHER_HOST`` ones listen on a
+#: loopback address the certificate does not name, for hostname checks.
 TLS_LISTENERS = {
-    "SSL": "server certificate verified by the client, no client certificate",
-    "SASL_SSL": "TLS, then SCRAM-SHA-256/512 or PLAIN",
-    "MTLS": "TLS with a client certificate the broker requires",
-    "OTHER_HOST": f"TLS at {OTHER_HOST}, a host the certificate does not name",
-    "EXPIRED": "TLS with an expired server certificate",
+    "SSL": TlsListener("SSL"),
+    "SASL_SSL": TlsListener("SASL_SSL"),
+    "MTLS": TlsListener("SSL", client_certificate=True),
+    "SSL_OTHER_HOST": TlsListener("SSL", host=OTHER_HOST),
+    "SASL_SSL_OTHER_HOST": TlsListener("SASL_SSL", host=OTHER_HOST),
+    "MTLS_OTHER_HOST": TlsListener("SSL", host=OTHER_HOST, client_certificate=True),
+    "SSL_EXPIRED": TlsListener("SSL", expired=True),
 }
 
 
@@ -259,8 +272,7 @@ class NativeKafka:
         ``certificates``; the SASL user is ``sasl_credentials``)."""
         if listener not in TLS_LISTENERS:
             raise ValueError(f"no TLS listener {listener!r}; one of {sorted(TLS_LISTENERS)}")
-        host = OTHER_HOST if listener == "OTHER_HOST" else HOST
-        return f"{host}:{self._ports()[listener.lower()]}"
+        return f"{TLS_LISTENERS[listener].host}:{self._ports()[listener.lower()]}"
 
     def _configured(self) -> bool:
         """Whether the broker's configuration file is what ``_write_properties`` writes now."""
@@ -372,12 +384,11 @@ class NativeKafka:
         ]
         advertised = [f"PLAINTEXT://{HOST}:{port}", f"SASL_PLAINTEXT://{HOST}:{sasl_port}"]
         protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
-        for name in TLS_LISTENERS:
-            host = OTHER_HOST if name == "OTHER_HOST" else HOST
-            address = f"{name}://{host}:{ports[name.lower()]}"
+        for name, tls in TLS_LISTENERS.items():
+            address = f"{name}://{tls.host}:{ports[name.lower()]}"
             listeners.append(address)
             advertised.append(address)
-            protocols += f",{name}:{'SASL_SSL' if name == 'SASL_SSL' else 'SSL'}"
+            protocols += f",{name}:{tls.protocol}"
         if self.proxy_listener:
             # Listens on one port and advertises the proxy's: a client that came in through
             # the proxy is sent back to it for every broker connection (see the class).
@@ -399,10 +410,7 @@ class NativeKafka:
             "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain_login,
             "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram_login,
             "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram_login,
-            **self._tls_properties(),
-            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain_login,
-            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram_login,
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram_login,
+            **self._tls_properties(plain_login, scram_login),
             "log.dirs": str(self.data_dir),
             "num.partitions": "6",
             "auto.create.topics.enable": "false",
@@ -416,10 +424,10 @@ class NativeKafka:
         }
         return "".join(f"{key}={value}\n" for key, value in properties.items())
 
-    def _tls_properties(self) -> dict[str, str]:
-        """PEM key and trust stores (no JKS, no keytool): the broker's certificate for
-        every TLS listener but EXPIRED, and the CA that client certificates must chain to
-        where the broker asks for one (MTLS)."""
+    def _tls_properties(self, plain_login: str, scram_login: str) -> dict[str, str]:
+        """PEM key and trust stores (no JKS, no keytool): the broker's certificate (or
+        the expired one), the CA that client certificates must chain to where the broker
+        asks for one, and the SASL logins of the SASL_SSL listeners."""
         certificates = self.certificates
         properties = {
             "ssl.keystore.type": "PEM",
@@ -427,10 +435,18 @@ class NativeKafka:
             "ssl.truststore.type": "PEM",
             "ssl.truststore.location": str(certificates.ca),
             "ssl.client.auth": "none",
-            "listener.name.mtls.ssl.client.auth": "required",
-            "listener.name.expired.ssl.keystore.type": "PEM",
-            "listener.name.expired.ssl.keystore.location": str(certificates.expired_server),
         }
+        for name, tls in TLS_LISTENERS.items():
+            prefix = f"listener.name.{name.lower()}"
+            if tls.client_certificate:
+                properties[f"{prefix}.ssl.client.auth"] = "required"
+            if tls.expired:
+                properties[f"{prefix}.ssl.keystore.type"] = "PEM"
+                properties[f"{prefix}.ssl.keystore.location"] = str(certificates.expired_server)
+            if tls.protocol == "SASL_SSL":
+                properties[f"{prefix}.plain.sasl.jaas.config"] = plain_login
+                properties[f"{prefix}.scram-sha-256.sasl.jaas.config"] = scram_login
+                properties[f"{prefix}.scram-sha-512.sasl.jaas.config"] = scram_login
         return properties
 
 

@@ -49,12 +49,13 @@ def test_every_tls_listener_is_configured_and_advertised(tmp_path: Path) -> None
     protocols = dict(
         entry.split(":") for entry in properties["listener.security.protocol.map"].split(",")
     )
-    for name in TLS_LISTENERS:
+    for name, tls in TLS_LISTENERS.items():
         host, port = kafka.tls_bootstrap_servers(name).split(":")
         assert f"{name}://{host}:{port}" in properties["advertised.listeners"].split(",")
-        assert protocols[name] == ("SASL_SSL" if name == "SASL_SSL" else "SSL")
-    assert kafka.tls_bootstrap_servers("OTHER_HOST").startswith(OTHER_HOST)
-    assert properties["listener.name.mtls.ssl.client.auth"] == "required"
+        assert protocols[name] == tls.protocol
+        assert (host == OTHER_HOST) == name.endswith("_OTHER_HOST")
+        asks = properties.get(f"listener.name.{name.lower()}.ssl.client.auth")
+        assert (asks == "required") == name.startswith("MTLS")
     assert properties["ssl.client.auth"] == "none"
 
 
