@@ -24,6 +24,9 @@ _SENSITIVE_KEYS = frozenset({"email", "phone"})
 _FREE_TEXT_KEYS = ("event", "error", "message", "exception")
 _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
+#: A dotted IPv4 address looks like a phone number to ``_PHONE``, but it names a server
+#: (a broker, a database) that an operator must see in an error.
+_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 
 
 _MAYBE_PERSONAL = re.compile(r"[@\d]")
@@ -32,7 +35,11 @@ _MAYBE_PERSONAL = re.compile(r"[@\d]")
 def redact_text(text: str) -> str:
     if _MAYBE_PERSONAL.search(text) is None:
         return text  # neither an address nor a number: the common case, one cheap scan
-    return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, text))
+    return _PHONE.sub(_phone_unless_address, _EMAIL.sub(REDACTED, text))
+
+
+def _phone_unless_address(match: re.Match[str]) -> str:
+    return match[0] if _IPV4.fullmatch(match[0]) else REDACTED
 
 
 def redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

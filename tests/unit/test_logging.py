@@ -83,6 +83,9 @@ def test_ids_and_numbers_in_structured_fields_stay_readable(
         ("write to ada.king+x@mail.example.org now", f"write to {REDACTED} now"),
         ("tel +44 20 7946 0958", f"tel {REDACTED}"),
         ("version 12 of 3", "version 12 of 3"),
+        # A server's address is what an operator needs to read in a connection error.
+        ('Unable connect to "127.0.0.1:9093"', 'Unable connect to "127.0.0.1:9093"'),
+        ("call 555.123.4567 or 127.0.0.2", f"call {REDACTED} or 127.0.0.2"),
     ],
 )
 def test_redact_text(text: str, expected: str) -> None:
