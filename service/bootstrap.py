@@ -24,6 +24,7 @@ from service.adapters.kafka import clients as kafka
 from service.adapters.kafka import errors as kafka_errors
 from service.adapters.kafka.publisher import KafkaOutboxPublisher, KafkaOutboxTopics
 from service.adapters.postgres.batch_store import batch_transaction
+from service.adapters.postgres.connection import database
 from service.adapters.postgres.outbox import PostgresLeadership, read_outbox
 from service.adapters.postgres.pool import create_pool
 from service.adapters.postgres.retention import prune_processed_commands
@@ -53,7 +54,7 @@ TRANSACTION_TIMEOUT = 30.0
 
 
 def build_authorizer(settings: Settings) -> Authorizer:
-    key = settings.jwt_key()
+    key = settings.secret("auth_jwt_key")
     if key is None:
         return UnsignedAuthorizer()
     return JwtAuthorizer(
@@ -83,7 +84,10 @@ def relay_publishers(
 ) -> Callable[[], OutboxPublisher]:
     """A new publisher for each call, on a new producer (``relay_producer`` unless given)."""
     make = producer or functools.partial(relay_producer, settings)
-    return lambda: KafkaOutboxPublisher(make(), transaction_timeout=transaction_timeout)
+    starter = functools.partial(kafka.start, settings=settings)
+    return lambda: KafkaOutboxPublisher(
+        make(), transaction_timeout=transaction_timeout, starter=starter
+    )
 
 
 def build_relay(
@@ -103,7 +107,7 @@ def build_relay(
             stop_timeout=TRANSACTION_TIMEOUT,
         ),
         leadership=PostgresLeadership(
-            settings.database_url.get_secret_value(),
+            database(settings),
             retry_interval=settings.relay_idle_interval,
             takeover_seconds=settings.relay_takeover_seconds,
         ),
@@ -183,13 +187,7 @@ class WorkerProcess:
             consumer = kafka.command_consumer(settings, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
             try:
                 with kafka_errors.translated():
-                    await consumer.start()
-            except TransientError:
-                await consumer.stop()
-                refused = await kafka.start_refused(settings)
-                if refused is not None:
-                    raise refused from None
-                raise
+                    await kafka.start(consumer, settings)
             except BaseException:
                 await consumer.stop()
                 raise
@@ -316,7 +314,7 @@ async def _open_pool(
     pool = await until_reachable(
         "database",
         lambda: create_pool(
-            settings.database_url.get_secret_value(),
+            database(settings),
             size=size,
             command_timeout=settings.database_command_timeout,
             idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,

@@ -22,3 +22,10 @@ class ClaimConflictError(Exception):
 class RecordRefusedError(Exception):
     """Kafka refused a record for good (too large, corrupt, invalid for its topic): it is
     the record, not the connection, so sending it again cannot help."""
+
+
+class AccessRefusedError(Exception):
+    """A server refused this client for a reason no retry cures: a certificate the client
+    does not trust (unknown CA, another host's, expired), a client certificate the server
+    does not take, or credentials it rejects. The message names the endpoint and the
+    reason; the process stops with it instead of waiting for the server forever."""

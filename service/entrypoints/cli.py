@@ -7,15 +7,16 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
-import asyncpg
 import structlog
 import typer
 import uvloop
 
 from service.adapters.kafka import clients as kafka
+from service.adapters.postgres.connection import database
 from service.adapters.postgres.migrations import migrate as apply_migrations
 from service.adapters.postgres.outbox import OutboxStore
 from service.adapters.postgres.seed import seed_customers
+from service.application.errors import AccessRefusedError
 from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.logging import configure_logging
 from service.infrastructure.settings import Settings, SettingsError, load_settings
@@ -50,6 +51,8 @@ def _run_until_stopped(process: str, main: Callable[[], Awaitable[T]]) -> T:
     and exit code 1."""
     try:
         return _run(main)
+    except typer.Exit:
+        raise
     except Exception as exc:
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
         structlog.get_logger(__name__).error(
@@ -59,9 +62,16 @@ def _run_until_stopped(process: str, main: Callable[[], Awaitable[T]]) -> T:
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main``; a server's refusal (TLS, credentials) ends the verb with its message
+    on stderr and exit code 1, not a traceback."""
     # uvloop: a faster event loop for the client libraries' socket work.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())  # type: ignore[arg-type]
+        try:
+            return runner.run(main())  # type: ignore[arg-type]
+        except* AccessRefusedError as group:
+            for error in group.exceptions:
+                typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
 
 
 @app.command()
@@ -77,7 +87,7 @@ def migrate() -> None:
     settings = _settings()
 
     async def main() -> list[str]:
-        connection = await asyncpg.connect(settings.database_url.get_secret_value())
+        connection = await database(settings).connect()
         try:
             return [f"{m.version:04d}_{m.name}" for m in await apply_migrations(connection)]
         finally:
@@ -116,7 +126,7 @@ def seed(
     chunk = 1000
 
     async def main() -> int:
-        connection = await asyncpg.connect(settings.database_url.get_secret_value())
+        connection = await database(settings).connect()
         created = 0
         try:
             with typer.progressbar(length=count, label="seeding", file=None) as progress:
@@ -426,7 +436,7 @@ app.add_typer(outbox_app, name="outbox")
 
 def _with_outbox(settings: Settings, work: Callable[[OutboxStore], Awaitable[T]]) -> T:
     async def main() -> T:
-        connection = await asyncpg.connect(settings.database_url.get_secret_value())
+        connection = await database(settings).connect()
         try:
             return await work(OutboxStore(connection))
         finally:

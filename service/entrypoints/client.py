@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from schemas.command import AUTHORIZATION_ACTION, CustomerUpdateCommand
 from schemas.errors import ErrorObject, from_validation_error
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka.clients import connection_options, partitions_of, reader
+from service.adapters.kafka.clients import connection_options, partitions_of, reader, start
 from service.domain import binary_mode
 from service.infrastructure.settings import Settings
 
@@ -110,7 +110,7 @@ class CommandSender:
 
     async def __aenter__(self) -> CommandSender:
         try:
-            await self._producer.start()
+            await start(self._producer, self._settings)
         except BaseException:
             await self._producer.stop()
             raise
@@ -143,7 +143,7 @@ class CommandSender:
             settings, [settings.topic_events, settings.topic_rejections]
         )
         try:
-            await watcher.start()
+            await start(watcher, settings)
             watcher.assign(partitions)
             # Positions are fixed before sending, so the outcome cannot slip past.
             ends = await watcher.end_offsets(partitions)

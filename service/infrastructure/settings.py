@@ -7,6 +7,7 @@ bad variable, naming it.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,6 +18,20 @@ from schemas.topics import Topics
 from service.domain.binary_mode import ContentMode
 from service.domain.inbound import Limits
 from service.infrastructure import failpoints
+
+#: The settings that hold a secret; each may instead come from the file ``<NAME>_FILE``.
+Secret = Literal["kafka_sasl_password", "database_password", "auth_jwt_key"]
+SECRETS: tuple[Secret, ...] = ("kafka_sasl_password", "database_password", "auth_jwt_key")
+#: The settings that name a file, checked readable when the settings load.
+FILES = (
+    *(f"{secret}_file" for secret in SECRETS),
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "database_ssl_root_cert",
+    "database_ssl_cert",
+    "database_ssl_key",
+)
 
 
 class SettingsError(ValueError):
@@ -39,6 +54,9 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    #: A file holding the SASL password (a mounted Kubernetes or Docker secret): read at
+    #: every connection, so a rotated secret is picked up without a restart.
+    kafka_sasl_password_file: Path | None = None
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
@@ -54,6 +72,16 @@ class Settings(BaseSettings):
 
     # -- PostgreSQL --------------------------------------------------------------------
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/customer_service")
+    #: The password, apart from the URL (which may then leave it out); a ``_FILE`` too.
+    database_password: SecretStr | None = None
+    database_password_file: Path | None = None
+    #: libpq's modes; unset, the URL's ``sslmode`` or else ``prefer``. Set, it wins.
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = None
+    database_ssl_root_cert: Path | None = None
+    database_ssl_cert: Path | None = None
+    database_ssl_key: Path | None = None
     database_pool_size: Annotated[int, Field(ge=2)] = 10
     database_command_timeout: Annotated[float, Field(gt=0)] = 30.0
     # PostgreSQL takes whole milliseconds up to 2^31 - 1.
@@ -136,6 +164,19 @@ class Settings(BaseSettings):
         failpoints.parse(value)
         return value
 
+    @field_validator(*FILES)
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        # At start, so that a missing mount is a named setting, not a failure at first use.
+        if path is not None:
+            check_readable(path)
+        return path
+
+    @model_validator(mode="after")
+    def _certificates_load(self) -> Settings:
+        check_certificates(self)
+        return self
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_"):
@@ -144,12 +185,37 @@ class Settings(BaseSettings):
                     "KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL is "
                     f"{self.kafka_security_protocol}"
                 )
-            if self.kafka_sasl_username is None or self.kafka_sasl_password is None:
+            if self.kafka_sasl_username is None or (
+                self.kafka_sasl_password is None and self.kafka_sasl_password_file is None
+            ):
                 raise ValueError(
-                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL"
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) "
+                    "are required with SASL"
                 )
-        if self.auth_jwt_key is not None and self.auth_jwt_key_file is not None:
-            raise ValueError("set AUTH_JWT_KEY or AUTH_JWT_KEY_FILE, not both")
+        for secret in SECRETS:
+            if getattr(self, secret) is not None and getattr(self, f"{secret}_file") is not None:
+                raise ValueError(f"set {secret.upper()} or {secret.upper()}_FILE, not both")
+        tls_files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        if not self.kafka_security_protocol.endswith("SSL") and any(
+            getattr(self, name) is not None for name in tls_files
+        ):
+            # Files that would be ignored: whoever set them believes the connection is TLS.
+            raise ValueError(
+                f"KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}, which does not use TLS (SSL or SASL_SSL does)"
+            )
+        database_files = ("database_ssl_root_cert", "database_ssl_cert", "database_ssl_key")
+        if self.database_sslmode not in ("require", "verify-ca", "verify-full") and any(
+            getattr(self, name) is not None for name in database_files
+        ):
+            raise ValueError(
+                "DATABASE_SSL_* files need DATABASE_SSLMODE require, verify-ca or verify-full "
+                "(with prefer or allow PostgreSQL's client checks no certificate)"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")
+        if self.database_ssl_key is not None and self.database_ssl_cert is None:
+            raise ValueError("DATABASE_SSL_KEY needs DATABASE_SSL_CERT")
         if self.retry_max_delay < self.retry_initial_delay:
             raise ValueError("RETRY_MAX_DELAY must not be below RETRY_INITIAL_DELAY")
         return self
@@ -191,12 +257,56 @@ class Settings(BaseSettings):
             variables[name.upper()] = str(value)
         return variables
 
-    def jwt_key(self) -> str | None:
-        if self.auth_jwt_key is not None:
-            return self.auth_jwt_key.get_secret_value()
-        if self.auth_jwt_key_file is not None:
-            return self.auth_jwt_key_file.read_text()
-        return None
+    def secret(self, name: Secret) -> str | None:
+        """The secret ``name``: its variable's value, else the content of its ``_FILE``
+        (read now, so a rotated file is picked up; a password loses its trailing newline,
+        which ``echo`` and most editors add)."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file")
+        if path is None:
+            return None
+        text = path.read_text()
+        return text if name == "auth_jwt_key" else text.rstrip("\r\n")
+
+
+def check_readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def check_certificates(settings: Settings) -> None:
+    """Each CA file and certificate/key pair loads into a TLS context: a file that is not
+    PEM, or a key that does not match its certificate, fails here by name instead of as a
+    handshake error later."""
+    for variable, cafile in (
+        ("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
+        ("DATABASE_SSL_ROOT_CERT", settings.database_ssl_root_cert),
+    ):
+        if cafile is not None:
+            try:
+                ssl.create_default_context(cafile=str(cafile))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{variable}: {cafile} holds no usable CA ({exc})") from None
+    for variable, cert, key in (
+        ("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile),
+        ("DATABASE_SSL_CERT", settings.database_ssl_cert, settings.database_ssl_key),
+    ):
+        if cert is not None:
+            try:
+                # An empty password: an encrypted key fails here rather than prompting.
+                ssl.create_default_context().load_cert_chain(
+                    str(cert), str(key) if key else None, password=""
+                )
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"{variable}: {cert} and its key do not load as a certificate and an "
+                    f"unencrypted private key that match ({exc.reason or exc})"
+                ) from None
 
 
 def load_settings(**overrides: object) -> Settings:

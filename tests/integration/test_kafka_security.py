@@ -8,12 +8,11 @@ import os
 
 import asyncpg
 import pytest
-from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
 from devstack.stack import Stack, native_kafka
 from schemas.event import CustomerUpdatedEvent
-from service.application.errors import TransientError
+from service.application.errors import AccessRefusedError
 from service.bootstrap import WorkerProcess
 from service.entrypoints.client import CommandSender, build_command
 from service.infrastructure.settings import Settings
@@ -57,7 +56,9 @@ async def test_a_wrong_password_is_refused_by_the_broker(sasl: Settings) -> None
     wrong = sasl.model_copy(
         update={"kafka_sasl_mechanism": "SCRAM-SHA-256", "kafka_sasl_password": SecretStr("nope")}
     )
-    with pytest.raises(KafkaError):
+    with pytest.raises(
+        AccessRefusedError, match=rf"Kafka at {wrong.kafka_bootstrap_servers} refused"
+    ):
         async with CommandSender(wrong):
             pass
 
@@ -75,5 +76,5 @@ async def test_a_worker_refused_by_the_broker_stops_at_once_instead_of_retrying(
             await WorkerProcess(wrong).run(asyncio.Event())
 
     [error] = raised.value.exceptions
-    assert isinstance(error, KafkaError)
-    assert not isinstance(error, TransientError)
+    assert isinstance(error, AccessRefusedError)
+    assert "Authentication failed" in str(error)

@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 
 from service.adapters.postgres.batch_store import batch_transaction
+from service.adapters.postgres.connection import Database
 from service.adapters.postgres.errors import translated
 from service.adapters.postgres.pool import create_pool
 from service.application.errors import TransientError
@@ -19,7 +20,7 @@ async def test_the_pool_sets_the_configured_idle_in_transaction_timeout(
     settings: Settings,
 ) -> None:
     pool = await create_pool(
-        settings.database_url.get_secret_value(),
+        Database(settings.database_url.get_secret_value()),
         size=2,
         command_timeout=5,
         idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,
@@ -33,7 +34,9 @@ async def test_the_pool_sets_the_configured_idle_in_transaction_timeout(
 
 
 async def test_zero_leaves_the_server_timeout_off(database_url: str) -> None:
-    pool = await create_pool(database_url, size=2, command_timeout=5, idle_in_transaction_timeout=0)
+    pool = await create_pool(
+        Database(database_url), size=2, command_timeout=5, idle_in_transaction_timeout=0
+    )
     try:
         assert await pool.fetchval("SHOW idle_in_transaction_session_timeout") == "0"
     finally:
@@ -44,7 +47,7 @@ async def test_a_stalled_transaction_is_ended_and_the_client_error_is_transient(
     database_url: str, db: asyncpg.Connection
 ) -> None:
     pool = await create_pool(
-        database_url, size=2, command_timeout=5, idle_in_transaction_timeout=0.2
+        Database(database_url), size=2, command_timeout=5, idle_in_transaction_timeout=0.2
     )
     try:
         async with pool.acquire() as connection:
@@ -72,7 +75,7 @@ async def test_the_batchs_own_error_propagates_when_the_rollback_fails_too(
     """A permanent error must stay permanent (and a transient one transient) even when
     the session is gone by the time the transaction is rolled back."""
     pool = await create_pool(
-        database_url, size=2, command_timeout=5, idle_in_transaction_timeout=0.2
+        Database(database_url), size=2, command_timeout=5, idle_in_transaction_timeout=0.2
     )
 
     async def frozen_past_the_timeout_then_fail() -> None:
@@ -92,7 +95,9 @@ async def test_a_batch_transaction_rolls_back_unless_committed(
     database_url: str, db: asyncpg.Connection
 ) -> None:
     """An early exit from the block (a ``return`` added one day) commits nothing."""
-    pool = await create_pool(database_url, size=2, command_timeout=5, idle_in_transaction_timeout=0)
+    pool = await create_pool(
+        Database(database_url), size=2, command_timeout=5, idle_in_transaction_timeout=0
+    )
     message = OutboundMessage("customer.updated", b"cus_uow", b"{}")
 
     async def write(*, commit: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -15,7 +15,9 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
+from service.adapters import tls
 from service.adapters.kafka import records as kafka_records
+from service.application.errors import AccessRefusedError
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
 from service.domain.inbound import InboundRecord
 from service.infrastructure.settings import Settings
@@ -41,32 +43,55 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         context.check_hostname = settings.kafka_ssl_check_hostname
         options["ssl_context"] = context
     if settings.kafka_security_protocol.startswith("SASL_"):
-        assert settings.kafka_sasl_password is not None
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+        options["sasl_plain_password"] = settings.secret("kafka_sasl_password")
     return options
 
 
-async def start_refused(settings: Settings) -> KafkaError | None:
+Client: TypeAlias = AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient
+
+
+async def start(client: Client, settings: Settings) -> None:
+    """Start ``client``; when it cannot, and the brokers refuse it for good (TLS or
+    authentication), raise ``AccessRefusedError`` saying which broker and why instead of
+    the bootstrap error a retry would wait on. The caller still stops the client."""
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        refused = await start_refused(settings)
+        if refused is not None:
+            raise refused from exc
+        raise
+
+
+async def start_refused(settings: Settings) -> AccessRefusedError | None:
     """Why the brokers refuse this client, when they do: an authentication or TLS failure.
 
     aiokafka's bootstrap logs why each server failed and then raises only "unable to
-    bootstrap" (a connection error, retriable), so a wrong password would look like a broker
-    that is away and be waited for forever. One connection per bootstrap server, with the
-    same options, tells the two apart; None when every failure is one a retry may cure.
+    bootstrap" (a connection error, retriable), so a wrong password or an untrusted
+    certificate would look like a broker that is away and be waited for forever. One
+    connection per bootstrap server, with the same options, tells the two apart; None
+    when every failure is one a retry may cure.
     """
     options = connection_options(settings)
     servers = options.pop("bootstrap_servers")
     for server in servers.split(",") if isinstance(servers, str) else servers:
-        host, _, port = server.strip().rpartition(":")
+        server = server.strip()
+        host, _, port = server.rpartition(":")
         try:
             connection = await create_conn(host, int(port), **options)
         except KafkaError as exc:
+            reason = tls.refusal(exc)
+            if reason is not None:
+                return AccessRefusedError(f"TLS with Kafka at {server} failed: {reason}")
             if not exc.retriable:
-                return exc
+                return AccessRefusedError(f"Kafka at {server} refused this client: {exc}")
             continue
-        except (OSError, TimeoutError, ValueError):
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = tls.refusal(exc)
+            if reason is not None:
+                return AccessRefusedError(f"TLS with Kafka at {server} failed: {reason}")
             continue
         connection.close()
     return None
@@ -137,7 +162,7 @@ async def create_topics(settings: Settings, *, partitions: int | None = None) ->
     """Create the service's four topics if missing; return the names created now."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
     try:
-        await admin.start()
+        await start(admin, settings)
         existing = set(await admin.list_topics())
         topics = settings.topics
         wanted = [topics.commands, topics.events, topics.rejections, topics.dead_letters]
@@ -192,7 +217,7 @@ async def max_message_bytes(settings: Settings, topics: Sequence[str]) -> dict[s
     limits = dict.fromkeys(topics, DEFAULT_MAX_MESSAGE_BYTES)
     admin = AIOKafkaAdminClient(**connection_options(settings))
     try:
-        await admin.start()
+        await start(admin, settings)
         responses = await admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
@@ -219,7 +244,7 @@ async def partitions_of(settings: Settings, topics: Sequence[str]) -> list[Topic
     """Every partition of ``topics``, from the cluster's metadata."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
     try:
-        await admin.start()
+        await start(admin, settings)
         described = await admin.describe_topics(list(topics))
     finally:
         await admin.close()

@@ -44,13 +44,22 @@ class KafkaOutboxPublisher:
     outcome is unknown: ``TransientError`` is raised, and the caller must start a new publisher
     (with the same ``transactional.id``, which completes or aborts what this one left)."""
 
-    def __init__(self, producer: AIOKafkaProducer, *, transaction_timeout: float) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        transaction_timeout: float,
+        starter: Callable[[AIOKafkaProducer], Awaitable[None]] = AIOKafkaProducer.start,
+    ) -> None:
+        """``starter`` starts the producer: ``clients.start``, bound to the settings, raises
+        ``AccessRefusedError`` when the brokers refuse it for good."""
         self._producer = producer
         self._transaction_timeout = transaction_timeout
+        self._starter = starter
 
     async def start(self) -> None:
         with translated():
-            await self._producer.start()
+            await self._starter(self._producer)
 
     async def stop(self) -> None:
         with translated():

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import structlog
 
+from service.adapters.postgres.connection import Database
 from service.adapters.postgres.errors import translated
 from service.application.ports import OutboxStats, ParkedRow
 from service.domain.outbox import OutboxRow
@@ -228,10 +229,8 @@ class PostgresLeadership:
     sessions). A live leader's heartbeat changes its state far more often than that.
     """
 
-    def __init__(
-        self, database_url: str, *, retry_interval: float, takeover_seconds: float
-    ) -> None:
-        self._database_url = database_url
+    def __init__(self, target: Database, *, retry_interval: float, takeover_seconds: float) -> None:
+        self._target = target
         self._retry_interval = retry_interval
         self._takeover_seconds = takeover_seconds
 
@@ -244,8 +243,7 @@ class PostgresLeadership:
         on_work: Callable[[], None],
     ) -> AsyncIterator[OutboxStore | None]:
         with translated():
-            connection: asyncpg.Connection = await asyncpg.connect(
-                self._database_url,
+            connection: asyncpg.Connection = await self._target.connect(
                 command_timeout=self._takeover_seconds,
                 server_settings={
                     "idle_session_timeout": str(round(self._takeover_seconds * 1000)),

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas.headers import (
@@ -29,7 +28,14 @@ from schemas.headers import (
     OUTBOX_ID,
     REPLAYED_FROM,
 )
-from service.adapters.kafka.clients import connection_options, partitions_of, read_range, reader
+from service.adapters.kafka.clients import (
+    connection_options,
+    partitions_of,
+    read_range,
+    reader,
+    start,
+)
+from service.adapters.postgres.connection import database
 from service.adapters.postgres.outbox import decode_raw_headers
 from service.domain.inbound import Headers
 from service.infrastructure.settings import Settings
@@ -118,7 +124,7 @@ async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
     partitions = await partitions_of(settings, [settings.topic_dead_letters])
     consumer = reader(settings)
     try:
-        await consumer.start()
+        await start(consumer, settings)
         consumer.assign(partitions)
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -152,7 +158,7 @@ class Original:
 
 
 async def _with_originals(settings: Settings, letters: list[DeadLetter]) -> list[DeadLetter]:
-    connection = await asyncpg.connect(settings.database_url.get_secret_value())
+    connection = await database(settings).connect()
     try:
         found = {}
         for row in await connection.fetch(
@@ -204,7 +210,7 @@ async def replay(
     producer = AIOKafkaProducer(**connection_options(settings), acks="all", enable_idempotence=True)
     count = 0
     try:
-        await producer.start()
+        await start(producer, settings)
         for letter in letters:
             source = letter.original or letter
             await producer.send_and_wait(

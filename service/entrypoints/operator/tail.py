@@ -9,7 +9,7 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
-from service.adapters.kafka.clients import partitions_of, reader
+from service.adapters.kafka.clients import partitions_of, reader, start
 from service.domain import binary_mode
 from service.entrypoints.operator.dead_letters import DeadLetter
 from service.infrastructure.settings import Settings
@@ -87,7 +87,7 @@ async def follow(
     consumer = reader(settings)
     seen = 0
     try:
-        await consumer.start()
+        await start(consumer, settings)
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
