@@ -70,6 +70,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="run every scenario's workers with EVENT_CONTENT_MODE=binary",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help=(
+            "workers reach Kafka over SSL (CA-verified) and PostgreSQL with verify-full "
+            "(a TLS-capable server of the suite's own); scenarios through Toxiproxy are left out"
+        ),
+    )
+    parser.add_argument(
         "--worker-command",
         help="run this command line as the worker instead of `customer-service worker`",
     )
@@ -150,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
         signed=args.signed,
         binary_events=args.binary_events,
+        tls=args.tls,
         worker_command=shlex.split(args.worker_command or ""),
         progress=progress,
     )

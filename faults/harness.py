@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from devstack.native_postgres import PASSWORD_USER
 from faults.checker import ConsumedRecord, History, Violation, accounting
 from faults.load import LONG_CUSTOMER_ID, LoadPlan, LoadProducer
 from faults.model import SIGNING_ALGORITHM, produced_command, signed_authorizer
@@ -102,6 +103,9 @@ class RunConfig:
     binary_events: bool = False
     #: The workers' ``KAFKA_SESSION_TIMEOUT_MS``; the service's default when None.
     session_timeout_ms: int | None = None
+    #: Workers reach Kafka over SSL and PostgreSQL with verify-full (the stack's TLS
+    #: server); the harness itself stays on the plain endpoints.
+    tls: bool = False
 
 
 # -- worker processes ----------------------------------------------------------------------
@@ -459,12 +463,47 @@ class ScenarioEnv:
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
                 **self._signed_mode(),
+                **self._tls(slot),
                 "EVENT_CONTENT_MODE": self.event_content_mode,
                 **self._session_timeout(),
                 **self.worker_settings,
             }
         )
         return env
+
+    def _tls(self, slot: int) -> dict[str, str]:
+        if not self.config.tls:
+            return {}
+        kafka, postgres = self.stack.kafka, self.stack.postgres
+        url = postgres.tls_url(self.database)
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.tls_bootstrap_servers("SSL"),
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CAFILE": str(kafka.certificates.ca),
+            "DATABASE_URL": _with_application_name(url, _session_name(slot)),
+            "DATABASE_SSLMODE": "verify-full",
+            "DATABASE_SSL_ROOT_CERT": str(postgres.certificates.ca),
+            "DATABASE_PASSWORD_FILE": str(postgres.password_file),
+        }
+
+    async def check_tls(self) -> None:
+        """With ``tls``, every session the workers hold on the database is encrypted, and
+        they hold some (else the run proved nothing about TLS)."""
+
+        async def sessions(connection: asyncpg.Connection) -> dict[bool, int]:
+            rows = await connection.fetch(
+                "SELECT s.ssl, count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                "WHERE a.datname = $1 AND a.usename = $2 GROUP BY s.ssl",
+                self.database,
+                PASSWORD_USER,
+            )
+            return {row["ssl"]: row["count"] for row in rows}
+
+        counted = await self.query(sessions)
+        if counted.get(False) or not counted.get(True):
+            self.violation("tls", f"worker sessions by TLS (true/false): {counted}")
+        else:
+            self.notes.append(f"{counted[True]} worker database session(s), all over TLS")
 
     def _session_timeout(self) -> dict[str, str]:
         timeout = self.config.session_timeout_ms

@@ -982,6 +982,8 @@ class SuiteOptions:
     signed: bool = False
     #: Every scenario with events in binary content mode (some are anyway).
     binary_events: bool = False
+    #: Workers connect over TLS (Kafka SSL, PostgreSQL verify-full).
+    tls: bool = False
     progress: Progress = lambda _: None
 
 
@@ -1001,8 +1003,17 @@ def select(options: SuiteOptions) -> list[Scenario]:
         unknown = [name for name in options.scenarios if name not in BY_NAME]
         if unknown:
             raise ValueError(f"unknown scenarios {unknown}; known: {', '.join(BY_NAME)}")
-        return [BY_NAME[name] for name in options.scenarios]
-    return [scenario for scenario in SCENARIOS if scenario.short or not options.short]
+        chosen = [BY_NAME[name] for name in options.scenarios]
+        proxied = [scenario.name for scenario in chosen if scenario.proxied]
+        if options.tls and proxied:
+            # Toxiproxy reaches the broker through its plaintext PROXIED listener.
+            raise ValueError(f"--tls runs no scenario through Toxiproxy: {', '.join(proxied)}")
+        return chosen
+    return [
+        scenario
+        for scenario in SCENARIOS
+        if (scenario.short or not options.short) and not (options.tls and scenario.proxied)
+    ]
 
 
 def config_for(options: SuiteOptions) -> RunConfig:
@@ -1019,6 +1030,7 @@ def config_for(options: SuiteOptions) -> RunConfig:
         short=base.short,
         signed=options.signed,
         binary_events=options.binary_events,
+        tls=options.tls,
         session_timeout_ms=base.session_timeout_ms,
     )
 
@@ -1027,7 +1039,7 @@ async def run_suite(options: SuiteOptions) -> SuiteResult:
     """Run the selected scenarios one after another on the suite's own stack."""
     scenarios = select(options)
     config = config_for(options)
-    stack = FaultStack(options.home or default_home())
+    stack = FaultStack(options.home or default_home(), tls=options.tls)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = stack.home / "runs" / stamp
     started = time.monotonic()
@@ -1103,6 +1115,8 @@ async def run_scenario(
             load.start()
             say(f"load: {len(plan.records)} records at {rate:.0f}/s")
         await scenario.inject(env, load)
+        if config.tls:
+            await env.check_tls()
         await env.settle(load)
         # So that the concurrent reader has read everything the workers published before
         # they stop (a worker could still change the topics on its way out).

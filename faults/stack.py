@@ -41,6 +41,8 @@ class FaultStack:
     """A broker and a server under ``home``; start with ``open``, stop with ``close``."""
 
     home: Path
+    #: PostgreSQL is then the TLS-capable server (the wheel's has no OpenSSL).
+    tls: bool = False
     kafka: NativeKafka = field(init=False)
     postgres: NativePostgres = field(init=False)
     _started: list[str] = field(default_factory=list)
@@ -58,7 +60,11 @@ class FaultStack:
             )
         # With the listener that advertises the Kafka proxy's port (see faults.network).
         self.kafka = NativeKafka(self.home / "kafka", proxy_listener=True)
-        self.postgres = NativePostgres(self.home / "postgres")
+        self.postgres = (
+            NativePostgres(self.home / "postgres-tls", tls=True)
+            if self.tls
+            else NativePostgres(self.home / "postgres")
+        )
 
     @property
     def bootstrap_servers(self) -> str:

@@ -77,6 +77,20 @@ async def test_the_short_fault_suite_holds_every_invariant(fault_stack: FaultSta
     assert any("(exit 0)" in fault for fault in by_name["graceful-sigterm"].faults)
 
 
+async def test_a_scenario_over_tls_holds_every_invariant(fault_stack: FaultStack) -> None:
+    """Workers on Kafka SSL and PostgreSQL verify-full, killed mid-batch and restarted."""
+    suite = await run_suite(
+        SuiteOptions(short=True, scenarios=["sigkill-mid-batch"], tls=True, progress=print)
+    )
+
+    [result] = suite.results
+    assert result.check.violations == [], "\n".join(result.check.summary())
+    assert result.check.applied > 0
+    assert any("mid-batch" in fault for fault in result.faults)
+    # The harness saw the workers' database sessions, every one of them encrypted.
+    assert any("all over TLS" in note for note in result.notes), result.notes
+
+
 async def test_a_worker_that_exits_on_its_own_is_a_violation(fault_stack: FaultStack) -> None:
     # It exits once, after its first dead letter is committed; restarted, it loses nothing,
     # so the checker alone finds nothing wrong.

@@ -32,3 +32,12 @@ def test_the_short_form_selects_only_short_scenarios_and_the_full_form_all() -> 
 def test_an_unknown_scenario_name_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="worker-pause"):
         select(SuiteOptions(scenarios=["worker-paws"]))
+
+
+def test_over_tls_the_scenarios_through_toxiproxy_are_left_out() -> None:
+    # Toxiproxy reaches the broker through a plaintext listener: those would not be TLS.
+    chosen = select(SuiteOptions(tls=True))
+    assert chosen == [s for s in SCENARIOS if not s.proxied]
+    assert any(s.proxied for s in SCENARIOS)
+    with pytest.raises(ValueError, match="--tls runs no scenario through Toxiproxy: kafka-cut"):
+        select(SuiteOptions(tls=True, scenarios=["graceful-sigterm", "kafka-cut"]))
