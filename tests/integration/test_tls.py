@@ -319,6 +319,19 @@ async def test_a_kafka_refusal_stops_the_worker_at_start_with_the_reason(
     assert_refused_at_start(code, output, config.kafka_bootstrap_servers, reason)
 
 
+async def test_a_refused_child_stops_the_supervisor_of_several_processes(
+    broker: NativeKafka, settings: Settings, tmp_path: Path
+) -> None:
+    """Under ``--processes`` the refused child exits 1 and the supervisor exits with it,
+    rather than restarting it into the same refusal."""
+    config = secured(settings, kafka_refusal(broker, "SSL", "wrong CA", tmp_path))
+    code, output = await run_cli(config, "worker", "--processes", "2")
+    assert code == 1, output
+    assert f"TLS with Kafka at {config.kafka_bootstrap_servers} failed: unknown CA" in output
+    assert "supervisor_child_exited" in output, output
+    assert "waiting_for_kafka" not in output, output
+
+
 @pytest.mark.parametrize(("fault", "reason"), POSTGRES_REFUSALS)
 async def test_a_postgres_refusal_stops_the_worker_at_start_with_the_reason(
     broker: NativeKafka,
