@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from devstack import stack
+from devstack.native_postgres import PostgresSetupError
 
 app = typer.Typer(
     help=(
@@ -44,9 +45,13 @@ def _tls_endpoints() -> str:
         "KAFKA_SASL_MECHANISM=SCRAM-SHA-512 "
         f"KAFKA_SASL_USERNAME={broker.sasl_credentials().username} "
         f"KAFKA_SASL_PASSWORD_FILE={broker.sasl_password_file}",
-        f"PostgreSQL TLS:  DATABASE_URL={tls_server.tls_url()} DATABASE_SSLMODE=verify-full "
-        f"DATABASE_SSL_ROOT_CERT={database.ca} DATABASE_PASSWORD_FILE={tls_server.password_file}",
     ]
+    if tls_server.running():
+        lines.append(
+            f"PostgreSQL TLS:  DATABASE_URL={tls_server.tls_url()} DATABASE_SSLMODE=verify-full "
+            f"DATABASE_SSL_ROOT_CERT={database.ca} "
+            f"DATABASE_PASSWORD_FILE={tls_server.password_file}"
+        )
     return "".join(f"# {line}\n" for line in lines).rstrip("\n")
 
 
@@ -62,7 +67,11 @@ def up() -> None:
     typer.echo("starting PostgreSQL ...", err=True)
     server.start()
     typer.echo("starting PostgreSQL with TLS (first run downloads its server) ...", err=True)
-    stack.native_postgres_tls().start()
+    try:
+        stack.native_postgres_tls().start()
+    except PostgresSetupError as exc:
+        # Only the TLS tests need it; the stack the service runs on is up.
+        typer.echo(f"PostgreSQL with TLS did not start: {exc}", err=True)
     typer.echo(_exports())
 
 

@@ -11,6 +11,7 @@ read. Nothing here is a secret worth keeping: they exist for loopback tests only
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +91,24 @@ class Certificates:
         client = ca.issue_cert(CLIENT_NAME, common_name=CLIENT_NAME)
         ca.cert_pem.write_to_path(str(self.ca))
         other_ca.cert_pem.write_to_path(str(self.other_ca))
-        self.server_key.write_bytes(_pkcs8(server.private_key_pem.bytes()))
+        server_key = _pkcs8(server.private_key_pem.bytes())
+        _write_private(self.server_key, server_key)
         self.server_cert.write_bytes(_chain(server))
-        self.server.write_bytes(self.server_key.read_bytes() + _chain(server))
-        self.expired_server.write_bytes(_pkcs8(expired.private_key_pem.bytes()) + _chain(expired))
-        self.client_key.write_bytes(_pkcs8(client.private_key_pem.bytes()))
+        _write_private(self.server, server_key + _chain(server))
+        _write_private(
+            self.expired_server, _pkcs8(expired.private_key_pem.bytes()) + _chain(expired)
+        )
+        _write_private(self.client_key, _pkcs8(client.private_key_pem.bytes()))
         self.client_cert.write_bytes(_chain(client))
-        for key in (self.server_key, self.server, self.expired_server, self.client_key):
-            key.chmod(0o600)
         return self
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """Write a file only its owner can read, from its creation on."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
 
 
 def _chain(leaf: trustme.LeafCert) -> bytes:

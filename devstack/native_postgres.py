@@ -287,29 +287,21 @@ class NativePostgres:
 
     def _ensure_roles(self) -> None:
         password = self.password().replace("'", "''")
-        self._psql(
-            "DO $$ BEGIN "
-            f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PASSWORD_USER}') THEN "
-            f"CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER; END IF; "
-            f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CERTIFICATE_USER}') THEN "
-            f'CREATE ROLE "{CERTIFICATE_USER}" LOGIN SUPERUSER; END IF; '
-            "END $$; "
-            f"ALTER ROLE {PASSWORD_USER} PASSWORD '{password}'"
-        )
-
-    def _psql(self, sql: str) -> str:
-        return self._run(
+        # On stdin, not in argv (where ps shows it) nor in an error message.
+        self._run(
             "psql",
-            "-h",
-            HOST,
-            "-p",
-            str(self.port()),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-            "-tAc",
-            sql,
+            *("-h", HOST, "-p", str(self.port()), "-U", SUPERUSER, "-d", "postgres", "-tA"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            stdin=(
+                "DO $$ BEGIN "
+                f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PASSWORD_USER}') THEN "
+                f"CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER; END IF; "
+                f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CERTIFICATE_USER}') THEN "
+                f'CREATE ROLE "{CERTIFICATE_USER}" LOGIN SUPERUSER; END IF; '
+                "END $$;\n"
+                f"ALTER ROLE {PASSWORD_USER} PASSWORD '{password}';\n"
+            ),
         )
 
     def _ensure_database(self, name: str) -> None:
@@ -332,13 +324,14 @@ class NativePostgres:
     def _pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), *args)
 
-    def _run(self, program: str, *args: str) -> str:
+    def _run(self, program: str, *args: str, stdin: str | None = None) -> str:
         user = _server_user()
         directory = (
             self.server_dir / "bin" if self.tls and program in SERVER_PROGRAMS else bin_dir()
         )
         result = subprocess.run(
             [str(directory / program), *args],
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,

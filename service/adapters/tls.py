@@ -26,7 +26,8 @@ _VERIFY_REASONS = {
 }
 
 #: TLS alerts a server sends when it refuses the client's certificate (or the lack of
-#: one), and handshake errors that no retry changes.
+#: one), and handshake errors that no retry changes. Not among them: WRONG_VERSION_NUMBER
+#: (a plaintext answer), which a load balancer's error page gives during a failover too.
 _REFUSED_BY_SERVER = {
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate",
     "SSLV3_ALERT_BAD_CERTIFICATE": (
@@ -37,7 +38,6 @@ _REFUSED_BY_SERVER = {
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server says the client certificate has expired",
     "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the server refused the client certificate",
     "TLSV1_ALERT_ACCESS_DENIED": "the server denied access to this client certificate",
-    "WRONG_VERSION_NUMBER": "the server does not speak TLS on this port",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server and client share no TLS version or cipher",
     "TLSV1_ALERT_PROTOCOL_VERSION": "the server and client share no TLS version",
 }

@@ -70,6 +70,8 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
             return runner.run(main())  # type: ignore[arg-type]
         except* AccessRefusedError as group:
             for error in group.exceptions:
+                # Once for log collectors, once in plain words for whoever ran the verb.
+                structlog.get_logger(__name__).error("access_refused", error=str(error))
                 typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
 

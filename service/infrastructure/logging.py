@@ -26,7 +26,8 @@ _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
 #: A dotted IPv4 address looks like a phone number to ``_PHONE``, but it names a server
 #: (a broker, a database) that an operator must see in an error.
-_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"  # 0-255, no leading zero
+_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 _MAYBE_PERSONAL = re.compile(r"[@\d]")

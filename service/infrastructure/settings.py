@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -205,12 +206,18 @@ class Settings(BaseSettings):
                 f"{self.kafka_security_protocol}, which does not use TLS (SSL or SASL_SSL does)"
             )
         database_files = ("database_ssl_root_cert", "database_ssl_cert", "database_ssl_key")
-        if self.database_sslmode not in ("require", "verify-ca", "verify-full") and any(
+        url = urlsplit(self.database_url.get_secret_value())
+        sslmode = self.database_sslmode or dict(parse_qsl(url.query)).get("sslmode")
+        if sslmode not in ("require", "verify-ca", "verify-full") and any(
             getattr(self, name) is not None for name in database_files
         ):
             raise ValueError(
-                "DATABASE_SSL_* files need DATABASE_SSLMODE require, verify-ca or verify-full "
-                "(with prefer or allow PostgreSQL's client checks no certificate)"
+                "DATABASE_SSL_* files need DATABASE_SSLMODE (or the URL's sslmode) require, "
+                "verify-ca or verify-full (with prefer or allow no certificate is checked)"
+            )
+        if url.password and (self.database_password or self.database_password_file):
+            raise ValueError(
+                "DATABASE_URL has a password and DATABASE_PASSWORD(_FILE) is set: keep one"
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")

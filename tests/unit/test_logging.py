@@ -86,6 +86,9 @@ def test_ids_and_numbers_in_structured_fields_stay_readable(
         # A server's address is what an operator needs to read in a connection error.
         ('Unable connect to "127.0.0.1:9093"', 'Unable connect to "127.0.0.1:9093"'),
         ("call 555.123.4567 or 127.0.0.2", f"call {REDACTED} or 127.0.0.2"),
+        # Dotted like an address, but no address: 456 and 333 are no octets, 02 has a zero.
+        ("call 02.123.456.78 now", f"call {REDACTED} now"),
+        ("or 333.123.456.7", f"or {REDACTED}"),
     ],
 )
 def test_redact_text(text: str, expected: str) -> None:

@@ -61,10 +61,30 @@ def test_the_database_password_comes_from_its_file_apart_from_the_url(
 
     target = database(load_settings())
 
-    assert target.password == "pg-pass"
     assert "pg-pass" not in target.url
-    assert target.options() == {"dsn": target.url, "password": "pg-pass"}
+    options = target.options()
+    assert options["dsn"] == target.url
+    # A function asyncpg calls for each new connection: a rotated file is read.
+    assert options["password"]() == "pg-pass"
+    (tmp_path / "pw").write_text("rotated\n")
+    assert options["password"]() == "rotated"
     assert target.endpoint == "db.internal:5433/customers"
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("postgresql://svc:secret@db:5432/c", "db:5432/c"),
+        ("postgresql://svc@db-1:5432,db-2:5432/c", "db-1:5432,db-2:5432/c"),
+        ("postgresql://svc@[::1]:5433/c", "[::1]:5433/c"),
+        ("postgresql:///c?host=/var/run/postgresql", "/var/run/postgresql/c"),
+    ],
+)
+def test_the_endpoint_in_messages_never_carries_credentials_nor_fails(
+    monkeypatch: pytest.MonkeyPatch, url: str, endpoint: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert database(load_settings()).endpoint == endpoint
 
 
 @pytest.mark.parametrize("secret", ["KAFKA_SASL_PASSWORD", "DATABASE_PASSWORD", "AUTH_JWT_KEY"])
@@ -108,6 +128,21 @@ def test_the_database_tls_settings_go_into_the_url_over_its_own(
     assert "application_name=cs" in url
     for path in (certificates.ca, certificates.client_cert, certificates.client_key):
         assert str(path).replace("/", "%2F") in url
+
+
+def test_the_urls_own_sslmode_counts_for_the_certificate_files(
+    monkeypatch: pytest.MonkeyPatch, certificates: Certificates
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://svc@db:5432/c?sslmode=verify-full")
+    monkeypatch.setenv("DATABASE_SSL_ROOT_CERT", str(certificates.ca))
+    assert "sslmode=verify-full" in database(load_settings()).url
+
+
+def test_a_password_in_the_url_and_apart_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://svc:one@db:5432/c")
+    monkeypatch.setenv("DATABASE_PASSWORD", "two")
+    with pytest.raises(SettingsError, match="DATABASE_URL has a password"):
+        load_settings()
 
 
 def test_without_tls_settings_the_url_is_left_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +244,6 @@ def _alert(reason: str) -> ssl.SSLError:
         (_verify_error(99, "something new"), "certificate verify failed: something new"),
         (_alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"), "requires a client certificate"),
         (_alert("SSLV3_ALERT_BAD_CERTIFICATE"), "refused the client certificate"),
-        (_alert("WRONG_VERSION_NUMBER"), "does not speak TLS"),
     ],
 )
 def test_certificate_problems_are_permanent_with_a_reason(error: Exception, words: str) -> None:
@@ -235,6 +269,8 @@ def test_the_reason_is_found_behind_the_client_libraries_own_error() -> None:
         TimeoutError(),
         ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
         _alert("SOME_TRANSIENT_READ_ERROR"),
+        # A plaintext answer: a wrong port, or a load balancer's error page in a failover.
+        _alert("WRONG_VERSION_NUMBER"),
     ],
 )
 def test_a_server_that_is_away_or_drops_the_connection_stays_transient(error: Exception) -> None:

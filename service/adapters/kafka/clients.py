@@ -11,7 +11,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.conn import create_conn
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
@@ -25,6 +25,8 @@ from service.infrastructure.settings import Settings
 log = structlog.get_logger(__name__)
 
 TOPIC_READY_TIMEOUT = 30.0
+#: How long a probe waits for a broker: short, so that it does not hold up a stop.
+PROBE_TIMEOUT_MS = 5_000
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -53,9 +55,15 @@ Client: TypeAlias = AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient
 
 
 async def start(client: Client, settings: Settings) -> None:
-    """Start ``client``; when it cannot, and the brokers refuse it for good (TLS or
-    authentication), raise ``AccessRefusedError`` saying which broker and why instead of
-    the bootstrap error a retry would wait on. The caller still stops the client."""
+    """Start ``client``; when the brokers refuse it for good (TLS or authentication), raise
+    ``AccessRefusedError`` saying which broker and why, instead of the bootstrap error a
+    retry would wait on. The caller still stops the client.
+
+    A client that did start is checked once more against the brokers the cluster
+    advertises: bootstrapping through a name the certificate carries (a load balancer)
+    says nothing of the brokers' own names, and a refusal there would otherwise show only
+    as aiokafka's endless reconnect errors.
+    """
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
@@ -71,29 +79,29 @@ async def start_refused(settings: Settings) -> AccessRefusedError | None:
     aiokafka's bootstrap logs why each server failed and then raises only "unable to
     bootstrap" (a connection error, retriable), so a wrong password or an untrusted
     certificate would look like a broker that is away and be waited for forever. One
-    connection per bootstrap server, with the same options, tells the two apart; None
-    when every failure is one a retry may cure.
+    connection per bootstrap server, with the same options and a short timeout, all at
+    once, tells the two apart; None when every failure is one a retry may cure.
     """
     options = connection_options(settings)
-    servers = options.pop("bootstrap_servers")
-    for server in servers.split(",") if isinstance(servers, str) else servers:
-        server = server.strip()
-        host, _, port = server.rpartition(":")
-        try:
-            connection = await create_conn(host, int(port), **options)
-        except KafkaError as exc:
-            reason = tls.refusal(exc)
-            if reason is not None:
-                return AccessRefusedError(f"TLS with Kafka at {server} failed: {reason}")
-            if not exc.retriable:
-                return AccessRefusedError(f"Kafka at {server} refused this client: {exc}")
-            continue
-        except (OSError, TimeoutError, ValueError) as exc:
-            reason = tls.refusal(exc)
-            if reason is not None:
-                return AccessRefusedError(f"TLS with Kafka at {server} failed: {reason}")
-            continue
-        connection.close()
+    servers: list[tuple[str, int]] = [
+        (host, port) for host, port, _family in collect_hosts(options.pop("bootstrap_servers"))
+    ]
+    refusals = await asyncio.gather(*(_refusal(host, port, options) for host, port in servers))
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
+async def _refusal(host: str, port: int, options: dict[str, Any]) -> AccessRefusedError | None:
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        connection = await create_conn(host, port, **options, request_timeout_ms=PROBE_TIMEOUT_MS)
+    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+        reason = tls.refusal(exc)
+        if reason is not None:
+            return AccessRefusedError(f"TLS with Kafka at {server} failed: {reason}")
+        if isinstance(exc, KafkaError) and not exc.retriable:
+            return AccessRefusedError(f"Kafka at {server} refused this client: {exc}")
+        return None
+    connection.close()
     return None
 
 

@@ -8,7 +8,8 @@ opens (the pool, the relay's leader session, the CLI's) gets the same TLS.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,29 +27,33 @@ REFUSED = (
     # No pg_hba.conf line lets this user in from here (or not without TLS), a role that
     # may not log in, an unknown user.
     asyncpg.InvalidAuthorizationSpecificationError,
-    # A TLS setting asyncpg cannot use (a root certificate file gone since start).
-    asyncpg.ClientConfigurationError,
 )
+
+#: What asyncpg says when the server answers TLS with "no": ``ssl = off``, or a pooler
+#: without TLS in front. A ConnectionError like a reset, but the same at every attempt.
+_NO_TLS = "rejected SSL upgrade"
 
 
 @dataclass(frozen=True)
 class Database:
-    """The URL (TLS included) and the password kept out of it."""
+    """The URL (TLS included) and where the password kept out of it comes from."""
 
     url: str
-    password: str | None = None
+    #: Called for each new connection (asyncpg does), so a rotated password file is read.
+    password: Callable[[], str | None] = lambda: None
 
     @property
     def endpoint(self) -> str:
-        """host:port/database, without credentials: for messages."""
+        """Where the URL points, without credentials: for messages. Never raises (a
+        multi-host or socket URL has no single host:port to parse)."""
         parts = urlsplit(self.url)
-        host = parts.hostname or "localhost"
-        return f"{host}:{parts.port or 5432}{parts.path}"
+        where = parts.netloc.rpartition("@")[2] or dict(parse_qsl(parts.query)).get("host", "")
+        return f"{where or 'localhost'}{parts.path}"
 
     def options(self) -> dict[str, Any]:
-        """asyncpg's ``dsn`` and ``password`` (the password only when given apart)."""
+        """asyncpg's ``dsn`` and, when the password is kept apart, ``password``."""
         options: dict[str, Any] = {"dsn": self.url}
-        if self.password is not None:
+        if self.password() is not None:
             options["password"] = self.password
         return options
 
@@ -72,7 +77,7 @@ def database(settings: Settings) -> Database:
     }
     query.update({name: str(value) for name, value in given.items() if value is not None})
     url = urlunsplit(parts._replace(query=urlencode(query)))
-    return Database(url, settings.secret("database_password"))
+    return Database(url, functools.partial(settings.secret, "database_password"))
 
 
 @contextmanager
@@ -85,8 +90,15 @@ def refused_for_good(target: Database) -> Iterator[None]:
         raise AccessRefusedError(
             f"PostgreSQL at {target.endpoint} refused this client: {exc}"
         ) from exc
+    except asyncpg.ClientConfigurationError as exc:
+        # A TLS setting asyncpg cannot use (a root certificate file it cannot read).
+        raise AccessRefusedError(
+            f"cannot connect to PostgreSQL at {target.endpoint}: {exc}"
+        ) from exc
     except OSError as exc:
         reason = tls.refusal(exc)
+        if reason is None and _NO_TLS in str(exc):
+            reason = "the server does not offer TLS, and DATABASE_SSLMODE requires it"
         if reason is None:
             raise
         raise AccessRefusedError(
