@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    #: A file holding the SASL password (a mounted Kubernetes or Docker secret): read at
-    #: every connection, so a rotated secret is picked up without a restart.
+    #: A file holding the SASL password (a mounted Kubernetes or Docker secret), read
+    #: when each Kafka client is made.
     kafka_sasl_password_file: Path | None = None
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
