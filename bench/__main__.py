@@ -17,7 +17,7 @@ from typing import Any
 from bench.kafka_io import BenchmarkError
 from bench.report import to_json_line
 from bench.runner import Options, run_benchmark, stderr_progress
-from bench.stack import DEFAULT_HOME, open_bench_stack
+from bench.stack import DEFAULT_HOME, TlsStack, open_bench_stack, open_tls_stack, tls_refusal
 from devstack.stack import Stack
 
 
@@ -121,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="fail when no output arrives for this many seconds (default 120)",
     )
+    add(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="measure ours again with and without TLS (Kafka SSL, PostgreSQL verify-full) "
+        "against the same servers: the benchmark's native broker and TLS PostgreSQL",
+    )
+    add(
+        "--tls-rounds",
+        type=int,
+        help="pairs of that comparison, each in the other order than the one before (default 1)",
+    )
     add("--keep", action="store_true", default=None, help="keep the run's databases and topics")
     add(
         "--quick",
@@ -147,12 +159,14 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
-        "naive_seconds", "relay_process", "processes",
+        "naive_seconds", "relay_process", "processes", "tls", "tls_rounds",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
         if value is not None:
             given[name] = value
+    if args.tls_rounds is not None and not args.tls:
+        raise ValueError("--tls-rounds needs --tls")
     if args.worker_env:
         given["worker_env"] = dict(args.worker_env)
     given["logs_dir"] = args.stack_home / "logs"
@@ -160,13 +174,13 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
     return Options.quick_options(**given) if args.quick else Options(**given)
 
 
-async def _run(options: Options, stack: Stack) -> dict[str, Any]:
+async def _run(options: Options, stack: Stack, tls: TlsStack | None) -> dict[str, Any]:
     # SIGTERM cancels the run like Ctrl-C does: the workers are stopped and the run's
     # databases and topics dropped on the way out.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run_benchmark(options, stack)
+    return await run_benchmark(options, stack, tls=tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,11 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         options_from_args(args, native_home=None)
     except ValueError as exc:
         build_parser().error(str(exc))
+    refusal = tls_refusal(os.environ) if args.tls else None
+    if refusal is not None:
+        build_parser().error(refusal)
     stack = open_bench_stack(os.environ, home=args.stack_home, progress=stderr_progress)
     native = stack.kafka_source == "native"
     options = options_from_args(args, native_home=args.stack_home if native else None)
+    tls: TlsStack | None = None
     try:
-        result = asyncio.run(_run(options, stack))
+        if args.tls:
+            tls = open_tls_stack(args.stack_home, progress=stderr_progress)
+        result = asyncio.run(_run(options, stack, tls))
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -192,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if not args.keep_stack:
+            if tls is not None:
+                tls.close()
             stack.close()
     stderr_progress(summary(result))
     print(to_json_line(result), flush=True)
@@ -210,6 +232,13 @@ def summary(result: dict[str, Any]) -> str:
         parts.append(
             f"naive {throughput['naive_commands_per_second']:g}/s, ratio {throughput['ratio']}x, "
             f"outputs match {throughput['outputs_match']}, state match {throughput['state_match']}"
+        )
+    tls = result.get("tls")
+    if tls is not None:
+        parts.append(
+            f"TLS {tls['tls_commands_per_second']:g}/s vs plain "
+            f"{tls['plain_commands_per_second']:g}/s on the same servers "
+            f"(ratio {tls['ratio']}, {tls['difference_percent']:+g}%, verified {tls['verified']})"
         )
     for name in ("latency", "soak"):
         paced = result[name]

@@ -134,3 +134,23 @@ async def until_quiet(url: str, *, within: float = QUIET_TIMEOUT) -> dict[str, A
         "quiet": workers == 0,
         "autovacuum_workers_left": max(workers, 0),
     }
+
+
+async def session_encryption(admin_url: str, database: str) -> dict[str, int]:
+    """How many sessions on ``database`` (other than this one) are over TLS and how many
+    are not: taken while a worker runs, it shows which way the worker connected."""
+    connection = await asyncpg.connect(admin_url)
+    try:
+        rows = await connection.fetch(
+            """
+            SELECT coalesce(s.ssl, false) AS tls, count(*) AS n
+            FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid)
+            WHERE a.datname = $1 AND a.pid <> pg_backend_pid()
+            GROUP BY 1
+            """,
+            database,
+        )
+    finally:
+        await connection.close()
+    counted = {bool(row["tls"]): int(row["n"]) for row in rows}
+    return {"tls": counted.get(True, 0), "plain": counted.get(False, 0)}

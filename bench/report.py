@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bench.cpu import CpuSample, cpu_figures, window
 from bench.outputs import OutcomeLog
 from bench.stats import latency_summary, rate, slope
 
 #: 2: the naive baseline runs for a time limit; CPU figures per process.
-RESULT_VERSION = 2
+#: 3: the ``tls`` block (null without ``--tls``).
+RESULT_VERSION = 3
 KIB_PER_MIB = 1024
 
 
@@ -36,6 +37,13 @@ class ThroughputRun:
     cpu: Sequence[CpuSample] = ()
     #: Seconds after its first output that the run was stopped at, if it was.
     time_limit: float | None = None
+    #: The worker's database sessions by TLS or not, counted while it ran (``--tls``
+    #: phases only; None: not counted, and left out of the figures).
+    database_sessions: Mapping[str, int] | None = None
+    #: The worker's connections to the broker's plain and TLS listeners, counted then too.
+    kafka_connections: Mapping[str, int] | None = None
+    #: How the wait for a quiet database before the run went, if there was one.
+    quiet: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -103,7 +111,133 @@ def throughput_figures(run: ThroughputRun) -> dict[str, Any]:
         "exit_status": run.exit_status,
         "state": dict(run.state),
         "log": run.log_path,
+        **(
+            {"database_sessions": dict(run.database_sessions)}
+            if run.database_sessions is not None
+            else {}
+        ),
+        **(
+            {"kafka_connections": dict(run.kafka_connections)}
+            if run.kafka_connections is not None
+            else {}
+        ),
+        **({"database_quiet": dict(run.quiet)} if run.quiet is not None else {}),
     }
+
+
+TlsMode = Literal["plain", "tls"]
+
+
+@dataclass
+class TlsPhase:
+    """One throughput run of the ``--tls`` comparison: ``round`` counts from 1, ``mode``
+    says whether the worker reached Kafka and PostgreSQL over TLS."""
+
+    name: str
+    round: int
+    mode: TlsMode
+    run: ThroughputRun
+
+
+def tls_figures(
+    phases: Sequence[TlsPhase],
+    *,
+    reference_state: Mapping[str, Any] | None = None,
+    endpoints: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Throughput and CPU per command with and without TLS (the mean over the rounds),
+    their ratio and difference, each round's pair, and whether every phase answered
+    everything over the connections it was meant to (``verified``) and left the same
+    rows as each other and as ``reference_state`` (ours, on the other server)."""
+    figures = {p.name: {"mode": p.mode, **throughput_figures(p.run)} for p in phases}
+    rates = {
+        mode: _mean([figures[p.name]["commands_per_second"] for p in phases if p.mode == mode])
+        for mode in ("plain", "tls")
+    }
+    cpu = {
+        mode: _mean_cpu([_cpu_summary(figures[p.name]["cpu"]) for p in phases if p.mode == mode])
+        for mode in ("plain", "tls")
+    }
+    plain, tls = rates["plain"], rates["tls"]
+    ratio = round(tls / plain, 3) if plain and tls is not None else None
+    rounds = []
+    for number in sorted({phase.round for phase in phases}):
+        pair = [phase for phase in phases if phase.round == number]
+        rate = {p.mode: figures[p.name]["commands_per_second"] for p in pair}
+        rounds.append(
+            {
+                "round": number,
+                "order": [phase.name for phase in pair],
+                "plain_commands_per_second": rate.get("plain"),
+                "tls_commands_per_second": rate.get("tls"),
+                "ratio": round(rate["tls"] / rate["plain"], 3)
+                if rate.get("plain") and rate.get("tls") is not None
+                else None,
+            }
+        )
+    states = [_comparable(phase.run.state) for phase in phases]
+    if reference_state is not None:
+        states.append(_comparable(reference_state))
+    return {
+        "plain_commands_per_second": plain,
+        "tls_commands_per_second": tls,
+        "ratio": ratio,
+        "difference_percent": round((ratio - 1) * 100, 1) if ratio is not None else None,
+        "plain_cpu_us_per_command": cpu["plain"],
+        "tls_cpu_us_per_command": cpu["tls"],
+        "cpu_difference_us_per_command": _cpu_difference(cpu["plain"], cpu["tls"]),
+        "verified": bool(phases) and all(_as_meant(p, figures[p.name]) for p in phases),
+        "state_match": all(state == states[0] for state in states) if states else None,
+        "rounds": rounds,
+        "order": [phase.name for phase in phases],
+        "endpoints": dict(endpoints or {}),
+        "phases": figures,
+    }
+
+
+def _as_meant(phase: TlsPhase, figures: Mapping[str, Any]) -> bool:
+    """The phase answered every command as expected, stopped cleanly, and its worker held
+    database sessions and broker connections, all over TLS or all plain as its mode says."""
+    used, other = ("tls", "plain") if phase.mode == "tls" else ("plain", "tls")
+    counts = [phase.run.database_sessions or {}, phase.run.kafka_connections or {}]
+    return (
+        figures["processed_all"] is True
+        and figures["exit_status"] == 0
+        and all(count.get(used, 0) > 0 and count.get(other, 0) == 0 for count in counts)
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
+def _mean_cpu(
+    summaries: Sequence[Mapping[str, float | None] | None],
+) -> dict[str, float | None] | None:
+    """The mean of each process's microseconds per command (None where any run lacks it)."""
+    if not summaries or any(summary is None for summary in summaries):
+        return None
+    present = [summary for summary in summaries if summary is not None]
+    names = list(present[0])
+    result: dict[str, float | None] = {}
+    for name in names:
+        values = [summary.get(name) for summary in present]
+        numbers = [value for value in values if value is not None]
+        result[name] = _mean(numbers) if len(numbers) == len(values) else None
+    return result
+
+
+def _cpu_difference(
+    plain: Mapping[str, float | None] | None, tls: Mapping[str, float | None] | None
+) -> dict[str, float | None] | None:
+    """TLS minus plain, microseconds per command, by process."""
+    if plain is None or tls is None:
+        return None
+    result: dict[str, float | None] = {}
+    for name, before in plain.items():
+        after = tls.get(name)
+        result[name] = None if before is None or after is None else round(after - before, 1)
+    return result
 
 
 def paced_figures(run: PacedRun) -> dict[str, Any]:
@@ -184,7 +318,9 @@ def build_result(
     soak_warmup_seconds: float = 0.0,
     wall_seconds: float,
     outputs_mismatched: int | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The whole result; ``tls`` is ``tls_figures`` of a ``--tls`` run."""
     ours_figures = throughput_figures(ours)
     naive_figures = throughput_figures(naive) if naive is not None else None
     ratio = None
@@ -216,6 +352,7 @@ def build_result(
             "ours": ours_figures,
             "naive": naive_figures,
         },
+        "tls": dict(tls) if tls is not None else None,
         "latency": paced_figures(latency) if latency is not None else None,
         "soak": soak_figures,
         "load": dict(load),

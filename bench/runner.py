@@ -12,6 +12,12 @@
    decision (the event's ``time``).
 4. ``soak`` (optional): like ``latency`` for longer, sampling the worker's RSS.
 
+With ``tls``, after ``naive``: ``plain1`` and ``tls1`` (then ``tls2``, ``plain2``, ... with
+more rounds, each round in the other order): the ``ours`` measurement again, on the same
+records, against the TLS-capable PostgreSQL and the same broker, the worker connecting
+plainly (``sslmode=disable``, the broker's PLAINTEXT listener) or over TLS (Kafka ``SSL``
+and ``verify-full``), each after the servers are quiet. See ``phase_plan``.
+
 ``run_benchmark`` is the library entry point (the e2e test calls it); ``python -m bench``
 wraps it in a command line.
 """
@@ -44,14 +50,24 @@ from bench.kafka_io import (
 )
 from bench.load import Command, LoadGenerator, LoadSpec, describe, expected_outcomes, generate
 from bench.outputs import OutcomeLog
-from bench.report import PacedRun, ThroughputRun, build_result, throughput_figures
-from bench.stack import DEFAULT_HOME, kafka_version
+from bench.report import (
+    PacedRun,
+    ThroughputRun,
+    TlsMode,
+    TlsPhase,
+    build_result,
+    throughput_figures,
+    tls_figures,
+)
+from bench.stack import DEFAULT_HOME, TlsStack, kafka_version
 from bench.svg import render_latency_svg
 from bench.workers import (
     WorkerGroup,
     WorkerKind,
     WorkerProcess,
+    connections_to,
     passed_through_settings,
+    port_of,
     worker_argv,
     worker_env,
 )
@@ -114,10 +130,16 @@ class Options:
     quick: bool = False
     #: Worker processes in the consumer group, for ours and for the naive baseline alike.
     workers: int = 1
+    #: Measure ours again with and without TLS against the same servers (``phase_plan``).
+    tls: bool = False
+    #: Pairs of that comparison, each in the other order than the one before.
+    tls_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.tls_rounds < 1:
+            raise ValueError("tls_rounds must be at least 1")
         if self.processes < 0:
             raise ValueError("processes must be 0 (off) or more")
         if self.naive_seconds <= 0:
@@ -160,48 +182,157 @@ class Options:
         return values
 
 
+def tls_phases(rounds: int) -> list[tuple[str, int, TlsMode]]:
+    """``(name, round, mode)`` of the TLS comparison's phases: plain then TLS, then TLS
+    then plain, and so on, so that a machine speeding up or slowing down during the run
+    favours neither side."""
+    phases: list[tuple[str, int, TlsMode]] = []
+    for number in range(1, rounds + 1):
+        order: tuple[TlsMode, TlsMode] = ("plain", "tls") if number % 2 else ("tls", "plain")
+        phases.extend((f"{mode}{number}", number, mode) for mode in order)
+    return phases
+
+
+def phase_plan(options: Options) -> list[str]:
+    """The phases ``run_benchmark`` runs for ``options``, in order."""
+    plan = ["ours"]
+    if options.naive:
+        plan.append("naive")
+    if options.tls:
+        plan.extend(name for name, _, _ in tls_phases(options.tls_rounds))
+    if options.latency_seconds > 0:
+        plan.append("latency")
+    if options.soak_seconds > 0:
+        plan.append("soak")
+    return plan
+
+
+def phase_settings(
+    tag: str,
+    *,
+    kafka: str,
+    database_url: str,
+    database: str,
+    mode: TlsMode | None = None,
+    tls: TlsStack | None = None,
+) -> tuple[Settings, Settings]:
+    """The settings of a phase's topics, group and database: the benchmark's own clients'
+    (plain, at ``kafka`` and ``database_url``) and the worker's. Without a ``mode`` the
+    worker's are the same; ``plain`` says so explicitly (libpq's default, ``prefer``,
+    would take TLS from a server that offers it); ``tls`` reaches the broker's ``SSL``
+    listener and PostgreSQL with ``verify-full`` as the TLS user, with the stack's CAs."""
+    names: dict[str, Any] = {
+        "kafka_consumer_group": f"{tag}.worker",
+        "topic_commands": f"{tag}.customer.update",
+        "topic_events": f"{tag}.customer.updated",
+        "topic_rejections": f"{tag}.customer.update.rejected",
+        "topic_dead_letters": f"{tag}.customer.update.dlq",
+        "relay_transactional_id": f"{tag}.relay",
+        "_env_file": None,
+    }
+    settings = Settings(kafka_bootstrap_servers=kafka, database_url=database_url, **names)
+    worker_settings = settings
+    if mode == "plain":
+        worker_settings = Settings(
+            kafka_bootstrap_servers=kafka,
+            kafka_security_protocol="PLAINTEXT",
+            database_url=database_url,
+            database_sslmode="disable",
+            **names,
+        )
+    elif mode == "tls":
+        if tls is None:
+            raise ValueError("a TLS phase needs the TLS stack")
+        postgres = tls.postgres
+        worker_settings = Settings(
+            kafka_bootstrap_servers=tls.kafka_bootstrap_servers,
+            kafka_security_protocol="SSL",
+            kafka_ssl_cafile=tls.kafka.certificates.ca,
+            database_url=postgres.tls_url(database),
+            database_sslmode="verify-full",
+            database_ssl_root_cert=postgres.certificates.ca,
+            database_password_file=postgres.password_file,
+            **names,
+        )
+    return settings, worker_settings
+
+
 def stderr_progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
+class _Server:
+    """A PostgreSQL server the run makes databases on: a superuser URL that connects
+    plainly, its postmaster (for CPU figures), the run's seeded template on it, and the
+    databases made there so far."""
+
+    admin_url: str
+    pid: int | None
+    template: str
+    databases: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Phase:
-    """The topics, group and database of one phase."""
+    """The topics, group and database of one phase: ``settings`` are the benchmark's own
+    clients' (always plain), ``worker_settings`` the worker's."""
 
     name: str
     settings: Settings
     database: str
+    server: _Server
+    worker_settings: Settings
 
 
 class _Run:
-    def __init__(self, options: Options, stack: Stack, progress: Progress) -> None:
+    def __init__(
+        self, options: Options, stack: Stack, progress: Progress, tls: TlsStack | None = None
+    ) -> None:
         self.options = options
         self.stack = stack
+        self.tls = tls
         self.progress = progress
         self.run_id = uuid.uuid4().hex[:8]
-        self.template = f"bench_{self.run_id}_template"
-        self.databases: list[str] = []
+        self.server = _Server(stack.database_url, stack.postgres_pid, self.template_name(""))
+        self.tls_server = (
+            _Server(tls.postgres.url(), tls.postgres.pid(), self.template_name("tls"))
+            if tls is not None
+            else None
+        )
         self.phases: list[_Phase] = []
         self.logs = options.logs_dir / self.run_id
 
-    async def phase(self, name: str) -> _Phase:
-        """A fresh copy of the seeded database and fresh topics for phase ``name``."""
+    def template_name(self, server: str) -> str:
+        return f"bench_{self.run_id}_{server + '_' if server else ''}template"
+
+    @property
+    def template(self) -> str:
+        return self.server.template
+
+    @property
+    def servers(self) -> list[_Server]:
+        return [self.server, *([self.tls_server] if self.tls_server is not None else [])]
+
+    async def phase(self, name: str, *, mode: TlsMode | None = None) -> _Phase:
+        """A fresh copy of the seeded database and fresh topics for phase ``name``; with
+        a ``mode``, on the TLS-capable server, the worker connecting that way."""
+        server = self.server
+        if mode is not None:
+            assert self.tls_server is not None, "a TLS phase needs the TLS stack"
+            server = self.tls_server
         database = f"bench_{self.run_id}_{name}"
-        self.databases.append(database)
-        url = await db.clone(self.stack.database_url, self.template, database)
-        tag = f"bench.{self.run_id}.{name}"
-        settings = Settings(
-            kafka_bootstrap_servers=self.stack.kafka_bootstrap_servers,
+        server.databases.append(database)
+        url = await db.clone(server.admin_url, server.template, database)
+        settings, worker_settings = phase_settings(
+            f"bench.{self.run_id}.{name}",
+            kafka=self.stack.kafka_bootstrap_servers,
             database_url=url,
-            kafka_consumer_group=f"{tag}.worker",
-            topic_commands=f"{tag}.customer.update",
-            topic_events=f"{tag}.customer.updated",
-            topic_rejections=f"{tag}.customer.update.rejected",
-            topic_dead_letters=f"{tag}.customer.update.dlq",
-            relay_transactional_id=f"{tag}.relay",
-            _env_file=None,
+            database=database,
+            mode=mode,
+            tls=self.tls,
         )
-        phase = _Phase(name, settings, database)
+        phase = _Phase(name, settings, database, server, worker_settings)
         self.phases.append(phase)
         await create_topics(settings, self.options.partitions)
         return phase
@@ -214,7 +345,7 @@ class _Run:
         options = self.options
         separate = options.relay_process and kind == "ours"
         extra = {**options.worker_env, **({"RELAY_ENABLED": "false"} if separate else {})}
-        env = worker_env(phase.settings, log_level=options.log_level, extra=extra)
+        env = worker_env(phase.worker_settings, log_level=options.log_level, extra=extra)
         members = [
             WorkerProcess(
                 kind,
@@ -232,7 +363,7 @@ class _Run:
         relay = None
         if separate:
             relay_env = worker_env(
-                phase.settings, log_level=options.log_level, extra=options.worker_env
+                phase.worker_settings, log_level=options.log_level, extra=options.worker_env
             )
             relay = WorkerProcess(
                 "relay",
@@ -242,16 +373,25 @@ class _Run:
             )
         return WorkerGroup(members, relay)
 
-    def cpu_meter(self, worker: WorkerGroup) -> CpuMeter:
+    def broker_ports(self) -> dict[str, int]:
+        """The broker's plain listener and, with the TLS stack, its ``SSL`` one."""
+        ports = {"plain": port_of(self.stack.kafka_bootstrap_servers)}
+        if self.tls is not None:
+            ports["tls"] = port_of(self.tls.kafka_bootstrap_servers)
+        return ports
+
+    def cpu_meter(self, worker: WorkerGroup, phase: _Phase) -> CpuMeter:
         """CPU time of the worker processes, a separate relay, the services this machine
-        runs for the benchmark, and the benchmark itself (producing and reading back)."""
+        runs for the benchmark (the phase's PostgreSQL), and the benchmark itself
+        (producing and reading back)."""
         stack = self.stack
+        postgres = phase.server.pid
         return CpuMeter(
             {
                 "worker": worker.consumer_pids(),
                 "relay": worker.relay_pids(),
                 "kafka": [stack.kafka_pid] if stack.kafka_pid else [],
-                "postgres": [stack.postgres_pid] if stack.postgres_pid else [],
+                "postgres": [postgres] if postgres else [],
                 "benchmark": [os.getpid()],
             },
             alone=frozenset({"benchmark"}),
@@ -259,7 +399,7 @@ class _Run:
 
     async def cleanup(self) -> None:
         if self.options.keep:
-            kept = [self.template, *self.databases]
+            kept = [name for s in self.servers for name in (s.template, *s.databases)]
             self.progress(f"kept databases {kept} and topics bench.{self.run_id}.*")
             return
         for phase in self.phases:
@@ -269,26 +409,41 @@ class _Run:
                     phase.settings,
                     [topics.commands, topics.events, topics.rejections, topics.dead_letters],
                 )
-        with contextlib.suppress(Exception):
-            await db.drop(self.stack.database_url, [*self.databases, self.template])
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await db.drop(server.admin_url, [*server.databases, server.template])
 
 
 async def run_benchmark(
-    options: Options, stack: Stack, *, progress: Progress = stderr_progress
+    options: Options,
+    stack: Stack,
+    *,
+    progress: Progress = stderr_progress,
+    tls: TlsStack | None = None,
 ) -> dict[str, Any]:
-    """Run every phase the options ask for and return the result (see README)."""
+    """Run every phase the options ask for and return the result (see README);
+    ``options.tls`` needs ``tls``, the TLS side of the same native stack."""
+    if options.tls and tls is None:
+        raise ValueError("options.tls needs the TLS stack (bench.stack.open_tls_stack)")
     started = time.monotonic()
     load_before = os.getloadavg()
-    run = _Run(options, stack, progress)
+    run = _Run(options, stack, progress, tls if options.tls else None)
     spec = options.load_spec()
+    tls_result = None
     try:
-        progress(f"run {run.run_id}: seeding {spec.customers} customers; worker logs in {run.logs}")
-        await db.create_template(stack.database_url, run.template, customers=spec.customers)
+        progress(
+            f"run {run.run_id}: phases {', '.join(phase_plan(options))}; seeding "
+            f"{spec.customers} customers; worker logs in {run.logs}"
+        )
+        for server in run.servers:
+            await db.create_template(server.admin_url, server.template, customers=spec.customers)
         commands = generate(spec, options.commands, prefix=THROUGHPUT_STREAM)
         load = describe(commands)
         progress(f"load: {load}")
         ours = await _throughput(run, "ours", commands)
         naive = await _throughput(run, "naive", commands) if options.naive else None
+        if run.tls is not None:
+            tls_result = await _tls_comparison(run, commands, reference=ours)
         latency = None
         if options.latency_seconds > 0:
             latency = await _paced(run, "latency", options.rate, options.latency_seconds)
@@ -333,28 +488,80 @@ async def run_benchmark(
         soak_warmup_seconds=min(60.0, options.soak_seconds / 10),
         wall_seconds=time.monotonic() - started,
         outputs_mismatched=ours.log.mismatches(naive.log) if naive is not None else None,
+        tls=tls_result,
     )
 
 
-async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> ThroughputRun:
+async def _tls_comparison(
+    run: _Run, commands: list[Command], *, reference: ThroughputRun
+) -> dict[str, Any]:
+    """Ours on the same records with and without TLS, against the same two servers,
+    each phase after both PostgreSQL servers are quiet (the runs before leave autovacuum
+    work behind, which would land on whichever phase came next)."""
+    assert run.tls is not None
+    assert run.tls_server is not None
+    measured: list[TlsPhase] = []
+    for name, number, mode in tls_phases(run.options.tls_rounds):
+        phase = await run.phase(name, mode=mode)
+        # The other server first: its database is tiny, only its autovacuum matters.
+        await db.until_quiet(run.server.admin_url)
+        quiet = await db.until_quiet(phase.settings.database_url.get_secret_value())
+        run.progress(f"{name}: the databases were quiet after {quiet['seconds']}s ({quiet})")
+        result = await _throughput(run, "ours", commands, phase=phase, count_sessions=True)
+        result.quiet = quiet
+        measured.append(TlsPhase(name, number, mode, result))
+    postgres = run.tls.postgres
+    endpoints = {
+        "kafka_plain": run.stack.kafka_bootstrap_servers,
+        "kafka_tls": run.tls.kafka_bootstrap_servers,
+        "kafka_security_protocol": "SSL",
+        "postgres_plain": postgres.url(),
+        "postgres_tls": postgres.tls_url(),
+        "database_sslmode": "verify-full",
+        "postgres_version": await db.server_version(run.tls_server.admin_url),
+        "postgres_server": str(postgres.server_dir),
+    }
+    figures = tls_figures(measured, reference_state=reference.state, endpoints=endpoints)
+    run.progress(
+        f"tls: plain {figures['plain_commands_per_second']}/s, TLS "
+        f"{figures['tls_commands_per_second']}/s (ratio {figures['ratio']}), "
+        f"verified {figures['verified']}, state match {figures['state_match']}"
+    )
+    return figures
+
+
+async def _throughput(
+    run: _Run,
+    kind: WorkerKind,
+    commands: list[Command],
+    *,
+    phase: _Phase | None = None,
+    count_sessions: bool = False,
+) -> ThroughputRun:
+    """One worker draining ``commands`` pre-produced on fresh topics, in ``phase`` (by
+    default a new one named ``kind``); ``count_sessions`` counts its database sessions
+    and broker connections by TLS or not while it still runs."""
     options, progress = run.options, run.progress
-    phase = await run.phase(kind)
-    progress(f"{kind}: producing {len(commands)} commands to {phase.settings.topic_commands}")
+    if phase is None:
+        phase = await run.phase(kind)
+    name = phase.name
+    progress(f"{name}: producing {len(commands)} commands to {phase.settings.topic_commands}")
     produced = await produce_all(phase.settings, commands)
     progress(
-        f"{kind}: produced in {produced.seconds:.1f}s ({len(commands) / produced.seconds:.0f}/s); "
+        f"{name}: produced in {produced.seconds:.1f}s ({len(commands) / produced.seconds:.0f}/s); "
         "starting the worker"
     )
     log = OutcomeLog(len(commands), THROUGHPUT_STREAM)
-    profile = options.profile if kind == "ours" else None
+    profile = options.profile if name == "ours" else None
     worker = run.worker(kind, phase, profile=profile)
     rss: list[tuple[float, int]] = []
     cpu: list[CpuSample] = []
     limit = options.naive_seconds if kind == "naive" else None
+    sessions = brokers = None
     async with OutputReader(phase.settings, log) as reader:
         spawned = time.time()
         worker.start()
-        meter = run.cpu_meter(worker)
+        meter = run.cpu_meter(worker, phase)
         background: list[asyncio.Task[Any]] = []
         try:
             consuming = asyncio.create_task(
@@ -365,9 +572,12 @@ async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> T
                 asyncio.create_task(_sample_rss(worker, 1.0, rss)),
                 asyncio.create_task(_sample_cpu(meter, CPU_SAMPLE_INTERVAL, cpu)),
             ]
-            await _drain(run, kind, reader, log, worker, checks=[consuming], limit=limit)
+            await _drain(run, name, reader, log, worker, checks=[consuming], limit=limit)
             cpu.append(meter.sample())
             consuming_at = await consuming
+            if count_sessions:
+                sessions = await db.session_encryption(phase.server.admin_url, phase.database)
+                brokers = connections_to(worker.pids(), run.broker_ports())
         finally:
             await _cancel(background)
             status = await worker.stop()
@@ -386,12 +596,17 @@ async def _throughput(run: _Run, kind: WorkerKind, commands: list[Command]) -> T
         log_path=str(worker.log_path),
         cpu=cpu,
         time_limit=limit,
+        database_sessions=sessions,
+        kafka_connections=brokers,
     )
     figures = throughput_figures(result)
     progress(
-        f"{kind}: {log.count} commands in {figures['seconds']}s = "
+        f"{name}: {log.count} commands in {figures['seconds']}s = "
         f"{figures['commands_per_second']}/s (outcomes {figures['outcomes']}, "
-        f"duplicates {log.duplicates}, exit {status})"
+        f"duplicates {log.duplicates}, exit {status}"
+        + (f", database sessions {sessions}" if sessions is not None else "")
+        + (f", broker connections {brokers}" if brokers is not None else "")
+        + ")"
     )
     return result
 

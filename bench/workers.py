@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
+
+import psutil
 
 from bench.kafka_io import BenchmarkError
 from service.infrastructure.settings import Settings
@@ -97,6 +99,36 @@ def parse_vm_rss(status: str) -> int | None:
             parts = line.split()
             return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
     return None
+
+
+def port_of(address: str) -> int:
+    """The port of a ``host:port`` address (the first of a list)."""
+    return int(address.split(",")[0].rsplit(":", 1)[1])
+
+
+def connections_to(pids: Iterable[int], ports: Mapping[str, int]) -> dict[str, int]:
+    """Established TCP connections of the processes ``pids`` and their descendants to each
+    of ``ports`` (by name), counted by remote port: which of the broker's listeners a
+    worker talks to."""
+    counted = dict.fromkeys(ports, 0)
+    names = {port: name for name, port in ports.items()}
+    processes: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            processes += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for process in processes:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for connection in connections:
+            name = names.get(connection.raddr.port) if connection.raddr else None
+            if name is not None and connection.status == psutil.CONN_ESTABLISHED:
+                counted[name] += 1
+    return counted
 
 
 class WorkerProcess:
@@ -198,6 +230,9 @@ class WorkerGroup:
 
     def relay_pids(self) -> list[int]:
         return [] if self.relay is None else [self.relay.pid]
+
+    def pids(self) -> list[int]:
+        return [member.pid for member in self.members]
 
     def check_alive(self) -> None:
         for member in self.members:
