@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import processes
+from devstack import maven, processes
 from devstack.certificates import Certificates
 
 POM_DIR = Path(__file__).parent / "kafka"
@@ -124,35 +124,11 @@ class NativeKafka:
         pom = POM_DIR / "pom.xml"
         if marker.exists() and marker.read_text() == pom.read_text():
             return
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise KafkaSetupError(
-                "Maven (mvn) is not on PATH; it is needed to fetch the broker jars"
-            )
         java = shutil.which("java")
         if java is None:
             raise KafkaSetupError("Java (java) is not on PATH; the broker needs Java 17 or newer")
         shutil.rmtree(self.libs, ignore_errors=True)
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                # Absolute: Maven resolves a relative directory against the pom's folder.
-                f"-DoutputDirectory={self.libs.resolve()}",
-                "-DincludeScope=runtime",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise KafkaSetupError(
-                "mvn dependency:copy-dependencies failed:\n" + result.stdout + result.stderr
-            )
+        maven.copy_dependencies(pom, self.libs, error=KafkaSetupError, what="the broker jars")
         marker.write_text(pom.read_text())
 
     def start(self, *, timeout: float = 90.0) -> None:

