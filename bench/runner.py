@@ -227,6 +227,7 @@ def phase_settings(
         "topic_events": f"{tag}.customer.updated",
         "topic_rejections": f"{tag}.customer.update.rejected",
         "topic_dead_letters": f"{tag}.customer.update.dlq",
+        "topic_state": f"{tag}.customer.state",
         "relay_transactional_id": f"{tag}.relay",
         "_env_file": None,
     }

@@ -77,8 +77,8 @@ def passed_through_settings(base: Mapping[str, str] = os.environ) -> list[str]:
     the ones the benchmark sets itself), for the report."""
     ours = {
         "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "KAFKA_CONSUMER_GROUP", "TOPIC_COMMANDS",
-        "TOPIC_EVENTS", "TOPIC_REJECTIONS", "TOPIC_DEAD_LETTERS", "RELAY_TRANSACTIONAL_ID",
-        "HTTP_PORT", "LOG_LEVEL", "LOG_FORMAT",
+        "TOPIC_EVENTS", "TOPIC_REJECTIONS", "TOPIC_DEAD_LETTERS", "TOPIC_STATE",
+        "RELAY_TRANSACTIONAL_ID", "HTTP_PORT", "LOG_LEVEL", "LOG_FORMAT",
     }  # fmt: skip
     names = {name.upper() for name in Settings.model_fields}
     return sorted(name for name in base if name in names and name not in ours)

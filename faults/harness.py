@@ -349,6 +349,7 @@ class ScenarioEnv:
             topic_events=f"{prefix}.customer.updated",
             topic_rejections=f"{prefix}.customer.update.rejected",
             topic_dead_letters=f"{prefix}.customer.update.dlq",
+            topic_state=f"{prefix}.customer.state",
             relay_transactional_id=f"faults-relay-{self.name}-{self.suffix}",
             _env_file=None,
         )
@@ -449,6 +450,7 @@ class ScenarioEnv:
                 "TOPIC_EVENTS": s.topic_events,
                 "TOPIC_REJECTIONS": s.topic_rejections,
                 "TOPIC_DEAD_LETTERS": s.topic_dead_letters,
+                "TOPIC_STATE": s.topic_state,
                 "RELAY_TRANSACTIONAL_ID": s.relay_transactional_id,
                 "RELAY_IDLE_INTERVAL": "0.2",
                 "RETRY_INITIAL_DELAY": "0.05",

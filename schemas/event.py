@@ -2,8 +2,11 @@
 
 * ``customer.updated`` (topic ``customer.updated``): a command was applied.
 * ``customer.update.rejected`` (topic ``customer.update.rejected``): a command was refused.
+* ``customer.state`` (topic ``customer.state``, compacted): a customer's whole current
+  state, published with every ``customer.updated`` event (in the same Kafka transaction)
+  and by ``customer-service backfill``; the latest record of each key is the customer now.
 
-Both are keyed by the customer id. ``causationid`` is the id of the command that caused
+All are keyed by the customer id. ``causationid`` is the id of the command that caused
 the event and ``correlationid`` is copied from it.
 """
 
@@ -19,6 +22,7 @@ from schemas.errors import ErrorObject
 
 UPDATED_TYPE = "customer.updated"
 REJECTED_TYPE = "customer.update.rejected"
+STATE_TYPE = "customer.state"
 SEQUENCE_DIGITS = 20
 _OPTIONAL_ATTRIBUTES = ("correlationid", "traceparent", "causationid")
 
@@ -84,6 +88,39 @@ class CustomerUpdatedEvent(_Envelope):
     ]
     causationid: Annotated[str, Field(description="The id of the command that was applied.")]
     data: CustomerUpdatedData
+
+
+class CustomerStateData(BaseModel):
+    """The customer as it is at ``sequence``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    object: Customer
+
+
+class CustomerStateEvent(_Envelope):
+    """A customer's whole state at one version; published to the compacted topic
+    ``customer.state``, keyed by the customer id, so that the topic's latest record of a
+    key is that customer as it is now. A subscriber reads the topic from its start to
+    build a complete view, then follows ``customer.updated``."""
+
+    type: Literal["customer.state"] = "customer.state"
+    sequence: Annotated[
+        str,
+        Field(
+            pattern=rf"^[0-9]{{{SEQUENCE_DIGITS}}}$",
+            description=(
+                "The customer's version, zero-padded to 20 digits: the same as the "
+                "``customer.updated`` event published with it. A customer's records never go "
+                "back in version; a backfill may publish the same version again."
+            ),
+        ),
+    ]
+    causationid: Annotated[
+        str | None,
+        Field(description="The command that made this version; absent on a backfill."),
+    ] = None
+    data: CustomerStateData
 
 
 class CommandRecord(BaseModel):

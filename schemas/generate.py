@@ -30,7 +30,9 @@ from schemas import headers as outbound
 from schemas.command import COMMAND_TYPE, CustomerUpdateCommand
 from schemas.event import (
     REJECTED_TYPE,
+    STATE_TYPE,
     UPDATED_TYPE,
+    CustomerStateEvent,
     CustomerUpdatedEvent,
     CustomerUpdateRejectedEvent,
 )
@@ -65,6 +67,7 @@ PAYLOADS = (
     Payload(COMMAND_TYPE, CustomerUpdateCommand, published=False),
     Payload(UPDATED_TYPE, CustomerUpdatedEvent, published=True),
     Payload(REJECTED_TYPE, CustomerUpdateRejectedEvent, published=True),
+    Payload(STATE_TYPE, CustomerStateEvent, published=True),
 )
 
 
@@ -155,7 +158,7 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
     components["DeadLetterHeaders"] = _dead_letter_headers()
     binary = {
         message_type: _binary_headers(schemas[message_type], published=message_type != COMMAND_TYPE)
-        for message_type in (COMMAND_TYPE, UPDATED_TYPE, REJECTED_TYPE)
+        for message_type in (COMMAND_TYPE, UPDATED_TYPE, REJECTED_TYPE, STATE_TYPE)
     }
     for message_type, headers in binary.items():
         components[_binary_headers_name(schemas, message_type)] = headers
@@ -209,6 +212,23 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
                 },
             },
         },
+        "customerState": {
+            "address": topics.state,
+            "title": "Customer states",
+            "description": (
+                "Compacted (`cleanup.policy=compact`): the whole state of a customer, "
+                "published with every `customer.updated` event in the same Kafka "
+                "transaction, and by `customer-service backfill` for customers that were "
+                "never updated through the service. The latest record of each key is that "
+                "customer now, and a customer's records never go back in version. A "
+                "subscriber reads it from the start to build a complete view, then "
+                "follows `customer.updated`. PUBLISH_STATE=false leaves it out."
+            ),
+            "messages": {
+                "customerState": {"$ref": "#/components/messages/customerState"},
+                "customerStateBinary": {"$ref": "#/components/messages/customerStateBinary"},
+            },
+        },
         "customerUpdateDeadLetter": {
             "address": topics.dead_letters,
             "title": "Dead-lettered command records",
@@ -243,6 +263,12 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
             "customerUpdateRejected",
             "customerUpdateRejected",
             "Tell the producer why a command was refused.",
+        ),
+        "sendCustomerState": operation(
+            "send",
+            "customerState",
+            "customerState",
+            "Publish a customer's whole current state.",
         ),
         "sendDeadLetter": operation(
             "send",
@@ -291,6 +317,17 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
                 }
             ),
         },
+        "customerState": {
+            "name": STATE_TYPE,
+            "title": "Customer state",
+            "summary": "A customer's whole state at one version (CloudEvents 1.0, structured "
+            "JSON).",
+            "contentType": "application/json",
+            "correlationId": correlation,
+            "headers": schema_ref("PublishedHeaders"),
+            "payload": schema_ref(title_of(STATE_TYPE)),
+            "bindings": kafka_key(customer_key),
+        },
         "deadLetter": {
             "name": "deadLetter",
             "title": "Dead letter",
@@ -321,6 +358,7 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
         ("customerUpdate", COMMAND_TYPE),
         ("customerUpdated", UPDATED_TYPE),
         ("customerUpdateRejected", REJECTED_TYPE),
+        ("customerState", STATE_TYPE),
     ):
         twin = messages[structured]
         messages[structured + "Binary"] = {
@@ -351,9 +389,10 @@ def asyncapi(schemas: dict[str, Json]) -> Json:
                 "idempotency key: a redelivered command is applied once. Each applied "
                 "command publishes one `customer.updated` event whose `sequence` is the "
                 "customer's new version; each refused command publishes one "
-                "`customer.update.rejected` event. The addresses are the default topic "
-                "names; the TOPIC_COMMANDS, TOPIC_EVENTS, TOPIC_REJECTIONS and "
-                "TOPIC_DEAD_LETTERS settings change them."
+                "`customer.update.rejected` event; the compacted `customer.state` topic "
+                "holds every customer's latest state. The addresses are the default topic "
+                "names; the TOPIC_COMMANDS, TOPIC_EVENTS, TOPIC_REJECTIONS, "
+                "TOPIC_DEAD_LETTERS and TOPIC_STATE settings change them."
             ),
         },
         "defaultContentType": "application/json",

@@ -11,3 +11,5 @@ class Topics:
     events: str = "customer.updated"
     rejections: str = "customer.update.rejected"
     dead_letters: str = "customer.update.dlq"
+    #: Compacted: the latest state of every customer (``schemas.event.CustomerStateEvent``).
+    state: str = "customer.state"

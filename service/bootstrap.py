@@ -113,7 +113,8 @@ def build_relay(
         ),
         publishers=publishers or relay_publishers(settings),
         topics=KafkaOutboxTopics(
-            (topics.events, topics.rejections, topics.dead_letters),
+            (topics.events, topics.rejections, topics.dead_letters)
+            + ((topics.state,) if settings.publish_state else ()),
             reader=functools.partial(kafka.reader, settings),
             partitions_of=functools.partial(kafka.partitions_of, settings),
             max_message_bytes=functools.partial(kafka.max_message_bytes, settings),
@@ -207,6 +208,7 @@ class WorkerProcess:
                 limits=settings.limits,
                 dead_letter_max_bytes=dead_letter_limit[settings.topic_dead_letters],
                 content_mode=settings.event_content_mode,
+                publish_state=settings.publish_state,
             ),
             build_authorizer(settings),
             tracing=self.tracing,

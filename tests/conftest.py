@@ -104,6 +104,7 @@ async def settings(stack: Stack, database_url: str) -> Settings:
         topic_events=f"customer.updated.{suffix}",
         topic_rejections=f"customer.update.rejected.{suffix}",
         topic_dead_letters=f"customer.update.dlq.{suffix}",
+        topic_state=f"customer.state.{suffix}",
         relay_transactional_id=f"cs-test-relay-{suffix}",
         retry_initial_delay=0.05,
         retry_max_delay=0.5,

@@ -144,6 +144,10 @@ class OutboxTopics(Protocol):
         """Each topic's ``max.message.bytes``."""
         ...
 
+    async def missing(self) -> list[str]:
+        """The topics that do not exist."""
+        ...
+
     async def published_since(self, since_ms: int) -> dict[int, set[bytes]]:
         """The ``row_fingerprint``s of records published with an ``outbox-id`` since
         ``since_ms``, by that id."""

@@ -51,6 +51,7 @@ class ProcessorConfig:
     #: The dead-letter topic's ``max.message.bytes``: a larger dead letter is cut to fit.
     dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     content_mode: ContentMode = "structured"
+    publish_state: bool = True
 
 
 class BatchProcessor:
@@ -183,6 +184,7 @@ class BatchProcessor:
                 time=self._clock(),
                 topics=config.topics,
                 content_mode=config.content_mode,
+                publish_state=config.publish_state,
             ),
             consumer_group=config.consumer_group,
             dead_letter_max_bytes=config.dead_letter_max_bytes,

@@ -165,6 +165,16 @@ class OutboxRelay:
             self.state = "leading"
             log.info("relay_leading")
             try:
+                missing = await self._topics.missing()
+                if missing:
+                    # Nothing can go out in order until they exist: a missing topic would
+                    # hold every row behind its first one anyway. Retried with backoff.
+                    log.error("relay_topics_missing", topics=missing)
+                    raise TransientError(
+                        f"topic(s) {', '.join(missing)} do not exist: run "
+                        "`customer-service create-topics` (or, for the state topic, set "
+                        "PUBLISH_STATE=false)"
+                    )
                 self._limits = await self._topics.limits()
                 self._parked = await store.any_parked()
                 recovered = False
@@ -232,23 +242,18 @@ class OutboxRelay:
             if self._parked:
                 self._parked = await store.any_parked()
             return 0
-        too_large = [row for row in rows if self._size(row) > self._limit(row.topic)]
+        too_large = [row for row in rows if self._oversize(row)]
         if too_large:
             # Read the limits again first: an operator may have raised one since, and then
             # retried the rows parked under the old one.
             self._limits = await self._topics.limits()
-            too_large = [row for row in rows if self._size(row) > self._limit(row.topic)]
+            too_large = [row for row in rows if self._oversize(row)]
         if too_large:
             # Parked before anything is sent, the first of each topic and key only: the next
             # read leaves out the rows behind it, which wait for it whatever their size.
             firsts = {(row.topic, row.key): row for row in reversed(too_large)}
             for row in sorted(firsts.values(), key=lambda row: row.id):
-                await self._park(
-                    store,
-                    row,
-                    f"the record takes about {self._size(row)} bytes; max.message.bytes of "
-                    f"{row.topic} is {self._limit(row.topic)}",
-                )
+                await self._park(store, row, self._oversize(row) or "")
             return len(firsts)
         try:
             await publisher.publish(rows, self._limits)
@@ -280,15 +285,27 @@ class OutboxRelay:
 
     async def _published(self, store: OutboxStore, rows: Sequence[OutboxRow]) -> None:
         await store.forget([row.id for row in rows])
-        for topic, count in Counter(row.topic for row in rows).items():
+        for topic, count in Counter(topic for row in rows for topic in row.topics).items():
             self._metrics.published.labels(topic).inc(count)
 
     def _limit(self, topic: str) -> int:
         return self._limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
 
-    @staticmethod
-    def _size(row: OutboxRow) -> int:
-        return record_size(row.key, row.value, row.headers) + _OUTBOX_HEADER_BYTES
+    def _oversize(self, row: OutboxRow) -> str | None:
+        """Why ``row`` cannot go out (one of its records exceeds its topic's
+        ``max.message.bytes``), or None."""
+        records = [(row.topic, record_size(row.key, row.value, row.headers))]
+        if row.state is not None:
+            state = row.state
+            records.append((state.topic, record_size(row.key, state.value, state.headers)))
+        for topic, size in records:
+            size += _OUTBOX_HEADER_BYTES
+            if size > self._limit(topic):
+                return (
+                    f"the record takes about {size} bytes; max.message.bytes of "
+                    f"{topic} is {self._limit(topic)}"
+                )
+        return None
 
     async def _recover(self, store: OutboxStore) -> None:
         """Delete pending rows that a previous leader published but did not delete."""

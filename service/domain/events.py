@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +15,7 @@ import orjson
 from schemas.command import CustomerUpdateCommand
 from schemas.customer import SubscriptionList
 from schemas.errors import ErrorObject
-from schemas.event import REJECTED_TYPE, UPDATED_TYPE, format_sequence
+from schemas.event import REJECTED_TYPE, STATE_TYPE, UPDATED_TYPE, format_sequence
 from schemas.headers import (
     CONTENT_TYPE,
     DLT_ERROR_CODE,
@@ -37,6 +39,7 @@ from schemas.headers import (
 from schemas.topics import Topics
 from service.domain import binary_mode
 from service.domain.binary_mode import ContentMode
+from service.domain.customer import CustomerState
 from service.domain.inbound import (
     UNREADABLE_BATCH_HEADER,
     Headers,
@@ -60,11 +63,23 @@ _RELAY_HEADROOM = 64
 
 
 @dataclass(frozen=True, slots=True)
+class StateRecord:
+    """A ``customer.state`` record that goes out with an event, under the event's key."""
+
+    topic: str
+    value: bytes
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundMessage:
     topic: str
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    #: Published with this message in the same Kafka transaction, so that the state topic
+    #: never disagrees with the events: one outbox row holds both.
+    state: StateRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,8 @@ class EventContext:
     topics: Topics
     #: How events and rejections travel (``EVENT_CONTENT_MODE``).
     content_mode: ContentMode = "structured"
+    #: Whether each ``customer.updated`` event carries its ``customer.state`` record.
+    publish_state: bool = True
 
 
 def updated_message(
@@ -89,7 +106,8 @@ def updated_message(
 ) -> OutboundMessage:
     """A ``customer.updated`` event: the shape of ``schemas.event.CustomerUpdatedEvent``,
     built as plain data because it runs for every command (the unit tests validate the
-    result against the model and the published JSON Schema)."""
+    result against the model and the published JSON Schema). With ``context.publish_state``
+    it carries its ``customer.state`` record (``state_event_id`` of the event's id)."""
     after = applied.after
     event = _envelope(event_id, context, after.id, command.correlationid, traceparent)
     event["type"] = UPDATED_TYPE
@@ -101,7 +119,50 @@ def updated_message(
         ),
         "previous_attributes": applied.previous_attributes,
     }
-    return _message(context.topics.events, after.id, event, context, traceparent)
+    message = _message(context.topics.events, after.id, event, context, traceparent)
+    if not context.publish_state:
+        return message
+    state = state_message(
+        after,
+        event_id=state_event_id(event_id),
+        context=context,
+        causationid=command.id,
+        correlationid=command.correlationid,
+        traceparent=traceparent,
+    )
+    assert state.value is not None
+    return dataclasses.replace(message, state=StateRecord(state.topic, state.value, state.headers))
+
+
+#: Names the ``customer.state`` record of an event (UUID version 5 of the event's id).
+_STATE_NAMESPACE = uuid.UUID("0b6c2f3e-8a4d-5e71-9c20-4f1d7a3b6e58")
+
+
+def state_event_id(event_id: str) -> str:
+    """The id of the state record published with event ``event_id``: derived, not drawn,
+    so that it costs no randomness and names the same record however often it is built."""
+    return str(uuid.uuid5(_STATE_NAMESPACE, event_id))
+
+
+def state_message(
+    customer: CustomerState,
+    *,
+    event_id: str,
+    context: EventContext,
+    causationid: str | None = None,
+    correlationid: str | None = None,
+    traceparent: str | None = None,
+) -> OutboundMessage:
+    """A ``customer.state`` record (``schemas.event.CustomerStateEvent``): the customer as
+    it is at its version, without expanded fields (a state is the same whoever asked).
+    Published with each update, and alone by a backfill (no ``causationid`` then)."""
+    event = _envelope(event_id, context, customer.id, correlationid, traceparent)
+    event["type"] = STATE_TYPE
+    event["sequence"] = format_sequence(customer.version)
+    if causationid is not None:
+        event["causationid"] = causationid
+    event["data"] = {"object": customer.to_object()}
+    return _message(context.topics.state, customer.id, event, context, traceparent)
 
 
 def rejected_message(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from service.domain.events import StateRecord
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -13,12 +15,20 @@ class OutboxRow:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
+    #: Published with the row's record, under its key, in the same transaction.
+    state: StateRecord | None = None
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Where the row's records go: its topic, and its state record's."""
+        return (self.topic,) if self.state is None else (self.topic, self.state.topic)
 
 
 def row_fingerprint(row: OutboxRow) -> bytes:
     """What makes a record read back the one published from ``row``: topic, key, value and
     headers (but the ``outbox-id`` one), each length-prefixed so that no two differ only
-    in where one field ends."""
+    in where one field ends. A row's state record goes out in the same transaction as
+    its record, so the record alone tells whether the row was published."""
     digest = hashlib.sha256()
 
     def part(data: bytes | None) -> None:

@@ -106,7 +106,8 @@ def create_topics(
         typer.Option(min=1, help="Partitions per topic (default: TOPIC_PARTITIONS)."),
     ] = None,
 ) -> None:
-    """Create the command, event, rejection and dead-letter topics if they are missing.
+    """Create the command, event, rejection, dead-letter and (compacted) state topics if
+    they are missing.
 
     Example: customer-service create-topics --partitions 12
     """

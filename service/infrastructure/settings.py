@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     topic_events: str = "customer.updated"
     topic_rejections: str = "customer.update.rejected"
     topic_dead_letters: str = "customer.update.dlq"
+    topic_state: str = "customer.state"
+    #: Publish every customer's state to the compacted ``TOPIC_STATE`` with each event
+    #: (and let ``backfill`` publish it); off for deployments that do not want the topic.
+    publish_state: bool = True
     topic_partitions: Annotated[int, Field(ge=1)] = 6
     topic_replication_factor: Annotated[int, Field(ge=1)] = 1
 
@@ -234,6 +238,7 @@ class Settings(BaseSettings):
             events=self.topic_events,
             rejections=self.topic_rejections,
             dead_letters=self.topic_dead_letters,
+            state=self.topic_state,
         )
 
     @property

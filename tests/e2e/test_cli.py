@@ -90,11 +90,14 @@ async def test_create_topics_creates_the_four_topics_once(settings: Settings) ->
         "TOPIC_EVENTS": f"e.{suffix}",
         "TOPIC_REJECTIONS": f"r.{suffix}",
         "TOPIC_DEAD_LETTERS": f"d.{suffix}",
+        "TOPIC_STATE": f"s.{suffix}",
     }
     first = await cli(settings, "create-topics", "--partitions", "2", env=env)
     second = await cli(settings, "create-topics", env=env)
     assert first.code == 0
-    assert first.out.strip() == f"created: c.{suffix}, e.{suffix}, r.{suffix}, d.{suffix}"
+    assert first.out.strip() == (
+        f"created: c.{suffix}, e.{suffix}, r.{suffix}, d.{suffix}, s.{suffix}"
+    )
     assert second.out.strip() == "topics exist"
 
 

@@ -18,7 +18,7 @@ from schemas.__main__ import ROOT, main
 from schemas.command import CustomerUpdateCommand
 from schemas.customer import Subscription, SubscriptionList
 from schemas.errors import invalid
-from schemas.event import CustomerUpdatedEvent, CustomerUpdateRejectedEvent
+from schemas.event import CustomerStateEvent, CustomerUpdatedEvent, CustomerUpdateRejectedEvent
 from schemas.generate import PAYLOADS, render
 from schemas.headers import DLT_OPTIONAL, binary_header
 from schemas.topics import Topics
@@ -37,10 +37,12 @@ EXAMPLES = ROOT / "examples"
 COMMAND = "customer.update"
 UPDATED = "customer.updated"
 REJECTED = "customer.update.rejected"
+STATE = "customer.state"
 MODELS: dict[str, type[BaseModel]] = {
     COMMAND: CustomerUpdateCommand,
     UPDATED: CustomerUpdatedEvent,
     REJECTED: CustomerUpdateRejectedEvent,
+    STATE: CustomerStateEvent,
 }
 
 # What the examples assume: the service's defaults and one moment for the whole batch.
@@ -225,6 +227,20 @@ def test_updated_example_is_what_the_service_publishes_for_the_command_example()
     assert json.loads(value_of(message)) == example(UPDATED)
 
 
+def test_state_example_is_what_the_service_publishes_with_the_updated_example() -> None:
+    command = CustomerUpdateCommand.model_validate(example(COMMAND))
+    message = updated_message(
+        applied(command),
+        command,
+        event_id=example(UPDATED)["id"],
+        context=CONTEXT,
+        subscriptions=expanded_subscriptions(command.subject),
+    )
+    assert message.state is not None
+    assert message.state.topic == STATE
+    assert json.loads(message.state.value) == example(STATE)
+
+
 def test_rejected_example_is_what_the_service_publishes_for_a_string_sequence() -> None:
     published = example(REJECTED)
     command = command_with({"next_invoice_sequence": "12"}, id=published["causationid"])
@@ -361,13 +377,19 @@ def local_references(node: Any) -> list[str]:
     return []
 
 
-def test_asyncapi_describes_the_four_topics(asyncapi: Json) -> None:
+def test_asyncapi_describes_the_five_topics(asyncapi: Json) -> None:
     assert asyncapi["asyncapi"] == "3.0.0"
     assert asyncapi["info"]["title"] == "customer-service"
     assert asyncapi["info"]["version"] == SCHEMA_VERSION
     topics = Topics()
     addresses = {channel["address"] for channel in asyncapi["channels"].values()}
-    assert addresses == {topics.commands, topics.events, topics.rejections, topics.dead_letters}
+    assert addresses == {
+        topics.commands,
+        topics.events,
+        topics.rejections,
+        topics.dead_letters,
+        topics.state,
+    }
     actions = {
         resolve(asyncapi, operation["channel"]["$ref"])["address"]: operation["action"]
         for operation in asyncapi["operations"].values()
@@ -377,6 +399,7 @@ def test_asyncapi_describes_the_four_topics(asyncapi: Json) -> None:
         topics.events: "send",
         topics.rejections: "send",
         topics.dead_letters: "send",
+        topics.state: "send",
     }
 
 

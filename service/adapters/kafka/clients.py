@@ -166,14 +166,24 @@ def inbound(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
     )
 
 
+#: The state topic keeps the latest record of each customer. A record stays at least a day
+#: before compaction may remove it: a relay recovering after a crash reads back the tail of
+#: its topics to find what it published, and subscribers following the topic see every
+#: version of that day.
+STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(86_400_000)}
+
+
 async def create_topics(settings: Settings, *, partitions: int | None = None) -> list[str]:
-    """Create the service's four topics if missing; return the names created now."""
+    """Create the service's topics if missing (the state topic compacted, unless
+    ``PUBLISH_STATE`` is off); return the names created now."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
     try:
         await start(admin, settings)
         existing = set(await admin.list_topics())
         topics = settings.topics
         wanted = [topics.commands, topics.events, topics.rejections, topics.dead_letters]
+        if settings.publish_state:
+            wanted.append(topics.state)
         missing = [name for name in wanted if name not in existing]
         if missing:
             response = await admin.create_topics(
@@ -182,6 +192,7 @@ async def create_topics(settings: Settings, *, partitions: int | None = None) ->
                         name,
                         partitions or settings.topic_partitions,
                         settings.topic_replication_factor,
+                        topic_configs=STATE_TOPIC_CONFIG if name == topics.state else None,
                     )
                     for name in missing
                 ]

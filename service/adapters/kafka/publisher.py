@@ -132,6 +132,11 @@ class KafkaOutboxTopics:
         with translated():
             return await self._max_message_bytes(self._topics)
 
+    async def missing(self) -> list[str]:
+        with translated():
+            found = {partition.topic for partition in await self._partitions_of(self._topics)}
+        return [topic for topic in self._topics if topic not in found]
+
     async def published_since(self, since_ms: int) -> dict[int, set[bytes]]:
         """The ``row_fingerprint`` of every committed record published at or after
         ``since_ms`` that carries one ``outbox-id`` header holding a row id, by that id (a
@@ -172,7 +177,8 @@ async def _published(
 async def _send_in_batches(
     producer: AIOKafkaProducer, rows: Sequence[OutboxRow], limits: Mapping[str, int]
 ) -> list[asyncio.Future[Any]]:
-    """Queue ``rows``, in order, as one record batch per partition (a new one when full).
+    """Queue ``rows``, in order, as one record batch per partition (a new one when full);
+    a row's state record goes with it, under the same ``outbox-id``.
 
     Building the batches here instead of calling ``send`` per message saves a future and
     a partitioner call per message: the relay's main cost. A partition's records keep
@@ -187,20 +193,26 @@ async def _send_in_batches(
         limit = limits.get(topic, DEFAULT_MAX_MESSAGE_BYTES)
         return BatchBuilder(min(RELAY_BATCH_BYTES, limit - _BATCH_MARGIN), 0, is_transactional=True)
 
-    for row in rows:
-        topic, key, value = row.topic, row.key, row.value
+    async def append(
+        topic: str, key: bytes | None, value: bytes | None, headers: list[Any], row_id: int
+    ) -> None:
         partition = partition_for(key, len(await producer.partitions_for(topic)))
-        headers = [*row.headers, (OUTBOX_ID, str(row.id).encode())]
+        headers = [*headers, (OUTBOX_ID, str(row_id).encode())]
         builder = builders.get((topic, partition))
         if builder is None:
             builder = builders[(topic, partition)] = new_batch(topic)
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is not None:
-            continue
+            return
         # Full: queue it and start the next one for this partition.
         deliveries.append(await producer.send_batch(builder, topic, partition=partition))
         builder = builders[(topic, partition)] = new_batch(topic)
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
-            raise ValueError(f"outbox row {row.id} does not fit an empty record batch")
+            raise ValueError(f"outbox row {row_id} does not fit an empty record batch")
+
+    for row in rows:
+        await append(row.topic, row.key, row.value, row.headers, row.id)
+        if row.state is not None:
+            await append(row.state.topic, row.key, row.state.value, [*row.state.headers], row.id)
     for (topic, partition), builder in builders.items():
         deliveries.append(await producer.send_batch(builder, topic, partition=partition))
     return deliveries

@@ -11,7 +11,7 @@ from asyncpg.transaction import Transaction
 
 from schemas.customer import Subscription, SubscriptionList
 from service.adapters.postgres.errors import translated
-from service.adapters.postgres.outbox import OUTBOX_CHANNEL, encode_headers, encode_raw_headers
+from service.adapters.postgres.outbox import encode_raw_headers, save_outbox
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import Address, CustomerState
 from service.domain.events import OutboundMessage
@@ -258,19 +258,7 @@ class BatchStore:
     async def save_outbox(self, messages: Sequence[OutboundMessage]) -> None:
         if not messages:
             return
-        await self._connection.execute(
-            """
-            INSERT INTO outbox (topic, key, value, headers)
-            SELECT topic, key, value, headers::jsonb
-            FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[])
-                 AS u(topic, key, value, headers)
-            """,
-            [message.topic for message in messages],
-            [message.key for message in messages],
-            [message.value for message in messages],
-            [encode_headers(message.headers) for message in messages],
-        )
-        await self._connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        await save_outbox(self._connection, messages)
 
     async def save_dead_letter_originals(
         self, consumer_group: str, records: Sequence[InboundRecord]

@@ -16,6 +16,7 @@ import structlog
 from service.adapters.postgres.connection import Database
 from service.adapters.postgres.errors import translated
 from service.application.ports import OutboxStats, ParkedRow
+from service.domain.events import OutboundMessage, StateRecord
 from service.domain.outbox import OutboxRow
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,42 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+async def save_outbox(connection: asyncpg.Connection, messages: Sequence[OutboundMessage]) -> None:
+    """Insert the messages as outbox rows, in order, and wake the relay (at commit)."""
+    states = [message.state for message in messages]
+    await connection.execute(
+        """
+        INSERT INTO outbox (topic, key, value, headers, state_topic, state_value, state_headers)
+        SELECT topic, key, value, headers::jsonb, state_topic, state_value, state_headers::jsonb
+        FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[],
+                    $5::text[], $6::bytea[], $7::text[])
+             AS u(topic, key, value, headers, state_topic, state_value, state_headers)
+        """,
+        [message.topic for message in messages],
+        [message.key for message in messages],
+        [message.value for message in messages],
+        [encode_headers(message.headers) for message in messages],
+        [None if state is None else state.topic for state in states],
+        [None if state is None else state.value for state in states],
+        [None if state is None else encode_headers(state.headers) for state in states],
+    )
+    await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+_ROW_COLUMNS = "id, topic, key, value, headers, state_topic, state_value, state_headers"
+
+
+def _outbox_row(row: asyncpg.Record) -> OutboxRow:
+    state = None
+    if row["state_topic"] is not None:
+        state = StateRecord(
+            row["state_topic"], row["state_value"], tuple(decode_headers(row["state_headers"]))
+        )
+    return OutboxRow(
+        row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"]), state
+    )
+
+
 class Statements(Protocol):
     """The calls ``OutboxStore`` makes: an asyncpg connection, or the leader's shared one."""
 
@@ -92,37 +129,29 @@ class OutboxStore:
         while a row of theirs is parked). ``parked=False`` says no row is parked, which
         spares the database the check (the relay's usual case)."""
         if parked:
-            query = """
-                SELECT o.id, o.topic, o.key, o.value, o.headers FROM outbox o
+            # Behind a parked row means: the same key, and a topic in common (either of the
+            # row's two), so that neither a customer's events nor its states overtake it.
+            query = f"""
+                SELECT {_ROW_COLUMNS} FROM outbox o
                 WHERE o.parked_at IS NULL
                   AND NOT EXISTS (
                     SELECT 1 FROM outbox p
-                    WHERE p.parked_at IS NOT NULL AND p.topic = o.topic AND p.key = o.key
-                      AND p.id < o.id
+                    WHERE p.parked_at IS NOT NULL AND p.key = o.key AND p.id < o.id
+                      AND (p.topic IN (o.topic, o.state_topic)
+                           OR p.state_topic IN (o.topic, o.state_topic))
                   )
                 ORDER BY o.id LIMIT $1
             """
         else:
-            query = "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1"
+            query = f"SELECT {_ROW_COLUMNS} FROM outbox ORDER BY id LIMIT $1"
         rows = await self._connection.fetch(query, limit)
-        return [
-            OutboxRow(
-                row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"])
-            )
-            for row in rows
-        ]
+        return [_outbox_row(row) for row in rows]
 
     async def rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         found = await self._connection.fetch(
-            "SELECT id, topic, key, value, headers FROM outbox WHERE id = ANY($1::bigint[])",
-            list(ids),
+            f"SELECT {_ROW_COLUMNS} FROM outbox WHERE id = ANY($1::bigint[])", list(ids)
         )
-        return [
-            OutboxRow(
-                row["id"], row["topic"], row["key"], row["value"], decode_headers(row["headers"])
-            )
-            for row in found
-        ]
+        return [_outbox_row(row) for row in found]
 
     async def forget(self, ids: Sequence[int]) -> int:
         """Delete published rows; returns how many there were."""
@@ -159,9 +188,11 @@ class OutboxStore:
         rows = await self._connection.fetch(
             """
             SELECT p.id, p.topic, p.key, p.parked_at, p.parked_reason,
-                   octet_length(p.value) AS size,
+                   octet_length(p.value) + coalesce(octet_length(p.state_value), 0) AS size,
                    (SELECT count(*) FROM outbox o
-                    WHERE o.topic = p.topic AND o.key = p.key AND o.id > p.id) AS waiting
+                    WHERE o.key = p.key AND o.id > p.id
+                      AND (p.topic IN (o.topic, o.state_topic)
+                           OR p.state_topic IN (o.topic, o.state_topic))) AS waiting
             FROM outbox p WHERE p.parked_at IS NOT NULL ORDER BY p.id LIMIT $1
             """,
             limit,

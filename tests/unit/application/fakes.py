@@ -24,7 +24,7 @@ from service.application.errors import ClaimConflictError, RecordRefusedError
 from service.application.ports import Partition
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import CustomerState
-from service.domain.events import OutboundMessage
+from service.domain.events import OutboundMessage, StateRecord
 from service.domain.inbound import InboundRecord
 from service.domain.outbox import OutboxRow, row_fingerprint
 
@@ -346,8 +346,9 @@ class FakeOutboxStore:
         topic: str = "customer.updated",
         headers: Sequence[tuple[str, bytes | None]] = (),
         created_ms: int = NOW_MS,
+        state: StateRecord | None = None,
     ) -> OutboxRow:
-        row = OutboxRow(self._next_id, topic, key, value, list(headers))
+        row = OutboxRow(self._next_id, topic, key, value, list(headers), state)
         self._next_id += 1
         self._rows[row.id] = StoredRow(row, created_ms)
         return row
@@ -370,15 +371,15 @@ class FakeOutboxStore:
         return self.failures.add(error, on=on, times=times, when=None)
 
     def _waiting(self, stored: StoredRow) -> bool:
-        """Parked, or behind a parked row of the same topic and key (a null key is equal
-        to no other, as in SQL)."""
+        """Parked, or behind a parked row of the same key with a topic in common (a null
+        key is equal to no other, as in SQL)."""
         if stored.parked_reason is not None:
             return True
         row = stored.row
         return row.key is not None and any(
             other.parked_reason is not None
             and other.row.id < row.id
-            and other.row.topic == row.topic
+            and set(other.row.topics) & set(row.topics)
             and other.row.key == row.key
             for other in self._rows.values()
         )
@@ -497,8 +498,12 @@ class TopicLog:
 
     def append_row(self, row: OutboxRow) -> None:
         """``row`` as the publisher writes it: its headers and its ``outbox-id``."""
-        headers = (*row.headers, (OUTBOX_ID, str(row.id).encode()))
-        self.records.append(LoggedRecord(row.topic, row.key, row.value, headers))
+        outbox_id = (OUTBOX_ID, str(row.id).encode())
+        self.records.append(LoggedRecord(row.topic, row.key, row.value, (*row.headers, outbox_id)))
+        if row.state is not None:
+            state = row.state
+            headers = (*state.headers, outbox_id)
+            self.records.append(LoggedRecord(state.topic, row.key, state.value, headers))
 
     def outbox_ids(self) -> list[int | None]:
         return [record.outbox_id for record in self.records]
@@ -511,6 +516,11 @@ class FakeOutboxTopics:
         self._log = log
         self.limits_given: dict[str, int] = dict(limits or {})
         self.limits_read = 0
+        #: The topics ``missing`` names; an operator may create them at any time.
+        self.missing_topics: list[str] = []
+
+    async def missing(self) -> list[str]:
+        return list(self.missing_topics)
 
     async def limits(self) -> dict[str, int]:
         self.limits_read += 1

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import structlog.testing
 
 from schemas.headers import OUTBOX_ID
 from service.application.errors import TransientError
 from service.application.relay import OutboxRelay, RelayConfig
+from service.domain.events import StateRecord
 from service.domain.outbox import OutboxRow
 from service.infrastructure.metrics import Metrics
 from tests.unit.application.fakes import (
@@ -408,3 +410,92 @@ async def test_a_drain_that_keeps_failing_is_given_up_after_the_drain_timeout(w:
 
     assert w.store.ids == [1], "the row stays for the next leader"
     assert len(w.publishers.made) > 1
+
+
+# The state topic
+
+STATE = "customer.state"
+
+
+def a_state(value: bytes = b'{"v": 1}') -> StateRecord:
+    return StateRecord(STATE, value, (("content-type", b"application/cloudevents+json"),))
+
+
+async def test_a_rows_state_goes_out_in_the_same_transaction_under_its_key_and_id(
+    w: World,
+) -> None:
+    w.store.add(key=b"cus_1", value=b"e1", state=a_state(b"s1"))
+    w.store.add(key=b"cus_2", value=b"e2")
+    w.store.add(key=b"cus_1", value=b"s2", topic=STATE)  # a backfill: a state alone
+
+    async with running(w.relay()):
+        await eventually(lambda: w.store.ids == [], what="the outbox emptied")
+
+    assert [(r.topic, r.key, r.value, r.outbox_id) for r in w.log.records] == [
+        (EVENTS, b"cus_1", b"e1", 1),
+        (STATE, b"cus_1", b"s1", 1),
+        (EVENTS, b"cus_2", b"e2", 2),
+        (STATE, b"cus_1", b"s2", 3),
+    ]
+    assert w.log.records[1].headers[0] == ("content-type", b"application/cloudevents+json")
+    batches = [batch for publisher in w.publishers.made for batch in publisher.batches]
+    assert batches == [[1, 2, 3]], "a row and its state are handed over as one"
+    assert (w.published_count(EVENTS), w.published_count(STATE)) == (2, 2)
+
+
+async def test_a_state_larger_than_the_state_topic_allows_parks_its_row() -> None:
+    w = world(limits={EVENTS: 10_000, STATE: 300})
+    w.store.add(key=b"cus_1", value=b"small", state=a_state(b"x" * 1000))
+    w.store.add(key=b"cus_2", value=b"other")
+
+    async with running(w.relay()):
+        await eventually(lambda: w.published_ids() == [2], what="the other customer published")
+
+    [(row_id, reason)] = w.store.parked_reasons.items()
+    assert row_id == 1
+    assert f"max.message.bytes of {STATE} is 300" in reason
+
+
+async def test_a_backfilled_state_waits_behind_a_parked_event_whose_state_it_would_overtake() -> (
+    None
+):
+    w = world(limits={EVENTS: 300})
+    w.store.add(key=b"cus_1", value=b"x" * 1000, state=a_state(b"v5"))  # parked: too large
+    w.store.add(key=b"cus_1", value=b"v6", topic=STATE)  # a newer state, from a backfill
+    w.store.add(key=b"cus_1", value=b"rejected", topic=REJECTIONS)  # no topic in common
+
+    async with running(w.relay()):
+        await eventually(lambda: w.published_ids() == [3], what="the unrelated row published")
+        assert w.store.ids == [1, 2], "the backfilled state waits for the parked row"
+        w.topics.limits_given = {EVENTS: 10_000}
+        w.store.unpark(1)
+        w.leadership.notify()
+        await eventually(lambda: w.store.ids == [], what="the outbox emptied")
+
+    assert [(r.topic, r.value) for r in w.log.records[1:]] == [
+        (EVENTS, b"x" * 1000),
+        (STATE, b"v5"),
+        (STATE, b"v6"),
+    ]
+
+
+async def test_a_missing_topic_holds_the_relay_with_its_name_until_it_is_created(
+    w: World,
+) -> None:
+    w.topics.missing_topics = [STATE]
+    w.store.add(state=a_state())
+    relay = w.relay()
+
+    with structlog.testing.capture_logs() as logs:
+        async with running(relay):
+            await eventually(lambda: (w.retries() or 0) >= 2, what="the relay retrying")
+            assert w.published_ids() == []
+            w.topics.missing_topics = []
+            await eventually(lambda: w.store.ids == [], what="the outbox emptied")
+
+    assert w.published_ids() == [1, 1]
+    missing = [entry for entry in logs if entry["event"] == "relay_topics_missing"]
+    assert missing
+    assert missing[0]["topics"] == [STATE]
+    retrying = next(entry for entry in logs if entry["event"] == "relay_retrying")
+    assert "customer.state do not exist: run `customer-service create-topics`" in retrying["error"]
