@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -415,3 +418,33 @@ async def shrink_topic(settings: Settings, topic: str, max_message_bytes: int) -
         )
     finally:
         await admin.close()
+
+
+# -- the command line ------------------------------------------------------------------
+
+#: The installed console script, next to the interpreter running the tests.
+CLI = str(Path(sys.executable).parent / "customer-service")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings.environment(), "LOG_FORMAT": "json"}
+
+
+async def cli(settings: Settings, *arguments: str, env: dict[str, str] | None = None) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        *arguments,
+        env=env or environment(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())

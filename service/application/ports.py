@@ -83,6 +83,44 @@ class BatchUnitOfWork(Protocol):
 BeginBatch = Callable[[], AbstractAsyncContextManager[BatchUnitOfWork]]
 
 
+# -- the backfill ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRun:
+    """How far a ``backfill --all`` run got: the last customer id published (in the
+    database's id order; None before the first), how many so far, whether it finished."""
+
+    after_id: str | None = None
+    published: int = 0
+    finished: bool = False
+
+
+class BackfillUnitOfWork(Protocol):
+    """One transaction of a backfill: customers locked (shared, so that no update of
+    theirs commits in between), their states written to the outbox, the run's progress."""
+
+    async def share_customers(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
+        """The customers, locked ``FOR SHARE``."""
+        ...
+
+    async def share_customers_after(self, after_id: str | None, limit: int) -> list[CustomerState]:
+        """The next ``limit`` customers after ``after_id`` in id order, locked ``FOR SHARE``."""
+        ...
+
+    async def count_after(self, after_id: str | None) -> int: ...
+
+    async def run(self, name: str) -> BackfillRun | None:
+        """The run's progress, locked until the commit (one runner at a time)."""
+        ...
+
+    async def save_run(self, name: str, run: BackfillRun) -> None: ...
+
+    async def save_outbox(self, messages: Sequence[OutboundMessage]) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
 # -- the outbox relay -------------------------------------------------------------------
 
 

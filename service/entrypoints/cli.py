@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -16,6 +17,7 @@ from service.adapters.postgres.connection import database
 from service.adapters.postgres.migrations import migrate as apply_migrations
 from service.adapters.postgres.outbox import OutboxStore
 from service.adapters.postgres.seed import seed_customers
+from service.application.backfill import Started
 from service.application.errors import AccessRefusedError
 from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.logging import configure_logging
@@ -114,6 +116,72 @@ def create_topics(
     settings = _settings()
     created = _run(lambda: kafka.create_topics(settings, partitions=partitions))
     typer.echo(f"created: {', '.join(created)}" if created else "topics exist")
+
+
+@app.command()
+def backfill(
+    customers: Annotated[
+        list[str] | None, typer.Argument(help="Customer ids (or --all).", show_default=False)
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every customer, in id order.")] = False,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Customers per second at most (0: no limit).")
+    ] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Customers per transaction.")
+    ] = 200,
+    restart: Annotated[
+        bool, typer.Option(help="Start --all over instead of resuming a stopped run.")
+    ] = False,
+) -> None:
+    """Publish customers' current state to the state topic (TOPIC_STATE), through the
+    outbox, so it is ordered with concurrent updates. Publishes no customer.updated event.
+
+    Run it once when the state topic is new (the first deployment with it), and after
+    customers were created or changed outside the service (an import, a migration, the
+    seed): until then they have no state record, and subscribers that bootstrap from the
+    topic do not see them. --all resumes where a stopped run left off.
+
+    \b
+    Examples:
+      customer-service backfill --all --rate 500
+      customer-service backfill cus_123 cus_456
+    """
+    from service.entrypoints.operator.backfill import run_backfill
+
+    settings = _settings()
+    if bool(customers) == every:
+        typer.echo("name customer ids, or pass --all", err=True)
+        raise typer.Exit(2)
+    if not settings.publish_state:
+        typer.echo("PUBLISH_STATE is false: there is no state topic to backfill", err=True)
+        raise typer.Exit(2)
+    with contextlib.ExitStack() as bars:
+
+        def on_start(started: Started) -> Callable[[int], None]:
+            if started.resumed is not None:
+                typer.echo(
+                    f"resuming after {started.resumed.after_id} "
+                    f"({started.resumed.published} published before)",
+                    err=True,
+                )
+            bar = typer.progressbar(length=started.remaining, label="backfilling", file=sys.stderr)
+            return bars.enter_context(bar).update
+
+        _, published, missing = _run(
+            lambda: run_backfill(
+                settings,
+                customers=list(customers or []),
+                restart=restart,
+                rate=rate,
+                batch_size=batch_size,
+                on_start=on_start,
+            )
+        )
+    typer.echo(f"published the state of {published} customer(s) to {settings.topic_state}")
+    if missing:
+        typer.echo(f"no such customer: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

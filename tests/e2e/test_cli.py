@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import orjson
@@ -16,45 +12,23 @@ import pytest
 from devstack.stack import Stack
 from service.infrastructure.settings import Settings
 from tests.support import (
+    CLI,
     TopicReader,
+    cli,
     command,
     database_url_for,
     encode,
+    environment,
     event_topics,
     insert_customer,
     produce,
     running_worker,
 )
 
-CLI = str(Path(sys.executable).parent / "customer-service")
 VERBS = [
     "migrate", "create-topics", "seed", "worker", "relay", "send", "tail", "dlq list", "dlq replay",
-    "outbox list", "outbox retry", "outbox discard",
+    "outbox list", "outbox retry", "outbox discard", "backfill",
 ]  # fmt: skip
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def environment(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings.environment(), "LOG_FORMAT": "json"}
-
-
-async def cli(settings: Settings, *arguments: str, env: dict[str, str] | None = None) -> Result:
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        *arguments,
-        env=env or environment(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -4,10 +4,12 @@ is parked."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -16,11 +18,16 @@ from schemas.headers import OUTBOX_ID
 from service.adapters.kafka.clients import connection_options, create_topics
 from service.adapters.kafka.publisher import partition_for
 from service.adapters.postgres.outbox import OutboxStore, save_outbox
+from service.adapters.postgres.seed import demo_id, seed_customers
 from service.domain.events import OutboundMessage, StateRecord
 from service.infrastructure.settings import Settings
 from tests.conftest import TEST_PARTITIONS
 from tests.support import (
+    CLI,
+    Received,
+    cli,
     command,
+    environment,
     eventually,
     insert_customer,
     outbox_size,
@@ -132,3 +139,178 @@ async def test_a_state_waits_behind_a_parked_row_of_its_customer_on_either_topic
     assert parked.size == len(b"v5") + len(b"s5")
     [row] = await store.rows([first.id])
     assert row.state == StateRecord(state, b"s5", ())
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+def latest_states(records: list[Received]) -> dict[str, list[int]]:
+    """Each customer's state versions, in the order the topic holds them."""
+    versions: dict[str, list[int]] = {}
+    for record in records:
+        state = CustomerStateEvent.model_validate_json(record.value or b"")
+        versions.setdefault(state.subject, []).append(int(state.sequence))
+    return versions
+
+
+async def database_versions(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT id, version FROM customers")
+    return {row["id"]: row["version"] for row in rows}
+
+
+async def test_backfill_publishes_every_customers_state_and_no_event(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await seed_customers(db, 25)
+    await db.execute("UPDATE customers SET version = 3 WHERE id = $1", demo_id(7))
+
+    async with running_worker(settings):
+        result = await cli(settings, "backfill", "--all", "--batch-size", "10")
+        await eventually(lambda: _outbox_empty(db), what="the outbox drained")
+    found = await read_everything(settings, [settings.topic_events, settings.topic_state])
+
+    assert result.code == 0, result.err
+    assert result.out.strip() == f"published the state of 25 customer(s) to {settings.topic_state}"
+    assert found[settings.topic_events] == []
+    states = latest_states(found[settings.topic_state])
+    assert states == {
+        customer: [version] for customer, version in (await database_versions(db)).items()
+    }
+    first = CustomerStateEvent.model_validate_json(found[settings.topic_state][0].value or b"")
+    assert first.causationid is None
+    row = await db.fetchrow("SELECT name, email FROM customers WHERE id = $1", first.subject)
+    assert (first.data.object.name, first.data.object.email) == (row["name"], row["email"])
+
+
+async def _outbox_empty(db: asyncpg.Connection) -> bool:
+    return await outbox_size(db) == 0
+
+
+async def test_backfill_of_named_customers_names_the_missing_ones(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await seed_customers(db, 3)
+    result = await cli(settings, "backfill", demo_id(2), "cus_nobody", demo_id(3))
+    assert result.code == 1
+    assert "published the state of 2 customer(s)" in result.out
+    assert result.err.strip().endswith("no such customer: cus_nobody")
+    rows = await db.fetch("SELECT key FROM outbox ORDER BY id")
+    assert [row["key"] for row in rows] == [demo_id(2).encode(), demo_id(3).encode()]
+
+
+async def test_backfill_refuses_no_target_and_a_turned_off_state_topic(settings: Settings) -> None:
+    neither = await cli(settings, "backfill")
+    off = await cli(
+        settings, "backfill", "--all", env={**environment(settings), "PUBLISH_STATE": "false"}
+    )
+    assert (neither.code, neither.err.strip()) == (2, "name customer ids, or pass --all")
+    assert off.code == 2
+    assert "PUBLISH_STATE is false" in off.err
+
+
+async def test_a_backfill_killed_half_way_resumes_and_publishes_each_customer_once(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await seed_customers(db, 600)
+    process = await asyncio.create_subprocess_exec(
+        CLI,
+        "backfill",
+        "--all",
+        "--rate",
+        "200",
+        "--batch-size",
+        "50",
+        env=environment(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await eventually(lambda: _run_published(db, 150), what="three batches committed")
+    finally:
+        process.kill()
+        await process.wait()
+    stopped_at = await db.fetchval("SELECT published FROM backfill_runs WHERE name = 'all'")
+    assert stopped_at < 600, "the run must be stopped half way for this test to mean anything"
+
+    resumed = await cli(settings, "backfill", "--all", "--rate", "0")
+
+    assert resumed.code == 0, resumed.err
+    assert f"({stopped_at} published before)" in resumed.err
+    assert f"published the state of {600 - stopped_at} customer(s)" in resumed.out
+    keys = [
+        row["key"]
+        for row in await db.fetch("SELECT key FROM outbox WHERE topic = $1", settings.topic_state)
+    ]
+    assert sorted(keys) == sorted(demo_id(n).encode() for n in range(1, 601))
+
+
+async def _run_published(db: asyncpg.Connection, count: int) -> bool:
+    published = await db.fetchval("SELECT published FROM backfill_runs WHERE name = 'all'")
+    return published is not None and published >= count
+
+
+async def test_a_backfill_during_updates_never_sends_a_customers_state_back_in_version(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await seed_customers(db, 40)
+    commands = [command(demo_id(n % 40 + 1), {"description": f"d{n}"}) for n in range(400)]
+
+    async with running_worker(settings):
+        sending = asyncio.create_task(produce_commands(settings, commands))
+        backfills = [
+            await cli(settings, "backfill", "--all", "--rate", "0", "--batch-size", "7")
+            for _ in range(3)
+        ]
+        await sending
+        await eventually(
+            lambda: _published_all(db, len(commands)), within=60, what="every update published"
+        )
+    found = await read_everything(settings, [settings.topic_events, settings.topic_state])
+
+    assert all(result.code == 0 for result in backfills), [r.err for r in backfills]
+    states = latest_states(found[settings.topic_state])
+    versions = await database_versions(db)
+    assert set(states) == set(versions)
+    for customer, seen in states.items():
+        assert seen == sorted(seen), f"{customer}'s states went back in version: {seen}"
+        assert seen[-1] == versions[customer]
+    assert len(found[settings.topic_events]) == 400
+
+
+@pytest.mark.parametrize("target", [["--all"], [demo_id(1)]], ids=["all", "named"])
+async def test_a_backfill_waits_for_an_update_in_flight_and_publishes_its_version_after_it(
+    settings: Settings, db: asyncpg.Connection, database_url: str, target: list[str]
+) -> None:
+    await seed_customers(db, 1)
+    update = await asyncpg.connect(database_url)
+    try:
+        # What a batch does, held open: the customer locked and changed, its event written.
+        transaction = update.transaction()
+        await transaction.start()
+        await update.execute("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE", demo_id(1))
+        await update.execute("UPDATE customers SET version = 2 WHERE id = $1", demo_id(1))
+        await update.execute(
+            "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, 'the update')",
+            settings.topic_state,
+            demo_id(1).encode(),
+        )
+        backfill = asyncio.create_task(cli(settings, "backfill", *target))
+        await eventually(lambda: _waiting_for_a_lock(db), what="the backfill waiting for the lock")
+        await transaction.commit()
+        result = await backfill
+    finally:
+        await update.close()
+
+    assert result.code == 0, result.err
+    rows = await db.fetch("SELECT value FROM outbox ORDER BY id")
+    assert rows[0]["value"] == b"the update"
+    state = CustomerStateEvent.model_validate_json(rows[1]["value"])
+    assert state.sequence == "00000000000000000002", "the backfill read the committed update"
+
+
+async def _waiting_for_a_lock(db: asyncpg.Connection) -> bool:
+    waiting: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -23,7 +24,7 @@ SUBSCRIPTIONS_PAGE = 10
 TopicPartition = tuple[str, int]
 
 
-_CUSTOMER_COLUMNS = """
+CUSTOMER_COLUMNS = """
     id, extract(epoch FROM created)::bigint AS created, delinquent,
     address_city, address_country, address_line1, address_line2, address_postal_code,
     address_state, description, email, invoice_prefix, next_invoice_sequence,
@@ -139,7 +140,7 @@ class BatchStore:
         if not ids:
             return {}
         rows = await self._connection.fetch(
-            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ANY($1::text[]) "
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = ANY($1::text[]) "
             "ORDER BY id FOR UPDATE",
             ids,
         )
@@ -301,8 +302,14 @@ class PostgresUnitOfWork(BatchStore):
         self.committed = True
 
 
+Unit = TypeVar("Unit", bound=PostgresUnitOfWork)
+
+
 @asynccontextmanager
-async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[PostgresUnitOfWork]:
+async def batch_transaction(
+    pool: asyncpg.Pool,
+    unit_type: type[Unit] = PostgresUnitOfWork,  # type: ignore[assignment]
+) -> AsyncIterator[Unit]:
     """One transaction, rolled back when the block ends without ``await uow.commit()``:
     an early ``return`` or an error commits nothing of a half-done batch. asyncpg's errors,
     the block's included, come out as ``application.errors`` (``postgres.errors``).
@@ -316,7 +323,7 @@ async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[PostgresUnitOfW
         async with pool.acquire() as connection:
             transaction = connection.transaction()
             await transaction.start()
-            unit = PostgresUnitOfWork(connection, transaction)
+            unit = unit_type(connection, transaction)
             try:
                 yield unit
             finally:

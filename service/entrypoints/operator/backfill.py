@@ -1,0 +1,72 @@
+"""``customer-service backfill``: the wiring of ``application.backfill`` for the CLI."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiolimiter import AsyncLimiter
+
+from service.adapters.postgres.backfill import backfill_transaction
+from service.adapters.postgres.connection import database
+from service.adapters.postgres.pool import create_pool
+from service.application.backfill import Backfill, BackfillConfig, Started
+from service.application.ports import BackfillRun
+from service.infrastructure.settings import Settings
+
+
+def pacer(rate: float) -> Callable[[int], Awaitable[None]]:
+    """``pace(n)`` waits until ``n`` more states fit ``rate`` per second (0: no limit)."""
+    if rate <= 0:
+
+        async def unlimited(_: int) -> None:
+            return None
+
+        return unlimited
+    limiter = AsyncLimiter(rate, 1.0)
+    return limiter.acquire
+
+
+async def run_backfill(
+    settings: Settings,
+    *,
+    customers: list[str],
+    restart: bool,
+    rate: float,
+    batch_size: int,
+    on_start: Callable[[Started], Callable[[int], None]],
+) -> tuple[BackfillRun | None, int, list[str]]:
+    """Publish ``customers`` (all of them when empty); ``on_start`` is told where an
+    ``--all`` run begins and returns what to call after each batch. Returns the finished
+    run (``--all``), and how many were published and which named ids do not exist."""
+    target = database(settings)
+    pool = await create_pool(
+        target,
+        size=2,
+        command_timeout=settings.database_command_timeout,
+        idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,
+    )
+    try:
+        backfill = Backfill(
+            functools.partial(backfill_transaction, pool),
+            BackfillConfig(
+                source=settings.event_source,
+                topics=settings.topics,
+                content_mode=settings.event_content_mode,
+                # The limiter takes at most its rate at once.
+                batch_size=min(batch_size, int(rate)) if rate >= 1 else batch_size,
+            ),
+            clock=lambda: datetime.now(UTC),
+            new_id=lambda: str(uuid.uuid4()),
+            pace=pacer(rate),
+        )
+        if customers:
+            published, missing = await backfill.customers(customers)
+            return None, published, missing
+        started = await backfill.start_all(restart=restart)
+        run = await backfill.all(on_start(started))
+        return run, run.published - (started.resumed.published if started.resumed else 0), []
+    finally:
+        await pool.close()
