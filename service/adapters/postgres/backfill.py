@@ -10,8 +10,8 @@ import asyncpg
 from service.adapters.postgres.batch_store import (
     CUSTOMER_COLUMNS,
     PostgresUnitOfWork,
-    batch_transaction,
     customer_from_row,
+    unit_of_work,
 )
 from service.application.ports import BackfillRun
 from service.domain.customer import CustomerState
@@ -75,5 +75,5 @@ class PostgresBackfillUnitOfWork(PostgresUnitOfWork):
 
 @asynccontextmanager
 async def backfill_transaction(pool: asyncpg.Pool) -> AsyncIterator[PostgresBackfillUnitOfWork]:
-    async with batch_transaction(pool, PostgresBackfillUnitOfWork) as unit:
+    async with unit_of_work(pool, PostgresBackfillUnitOfWork) as unit:
         yield unit

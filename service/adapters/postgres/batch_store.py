@@ -306,10 +306,14 @@ Unit = TypeVar("Unit", bound=PostgresUnitOfWork)
 
 
 @asynccontextmanager
-async def batch_transaction(
-    pool: asyncpg.Pool,
-    unit_type: type[Unit] = PostgresUnitOfWork,  # type: ignore[assignment]
-) -> AsyncIterator[Unit]:
+async def batch_transaction(pool: asyncpg.Pool) -> AsyncIterator[PostgresUnitOfWork]:
+    """A batch's transaction: see ``unit_of_work``."""
+    async with unit_of_work(pool, PostgresUnitOfWork) as unit:
+        yield unit
+
+
+@asynccontextmanager
+async def unit_of_work(pool: asyncpg.Pool, unit_type: type[Unit]) -> AsyncIterator[Unit]:
     """One transaction, rolled back when the block ends without ``await uow.commit()``:
     an early ``return`` or an error commits nothing of a half-done batch. asyncpg's errors,
     the block's included, come out as ``application.errors`` (``postgres.errors``).
