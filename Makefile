@@ -46,11 +46,12 @@ down: install ## Stop the native services (data is kept)
 destroy: install ## Stop the native services and delete their data
 	@$(STACK) destroy
 
-run: install ## Start the stack, create topics, migrate, seed demo customers and run the worker
+run: install ## Start the stack, create topics, migrate, seed demo customers (and their states) and run the worker
 	@eval "$$($(STACK) up)" && \
 	  $(BIN)/customer-service create-topics && \
 	  $(BIN)/customer-service migrate && \
 	  $(BIN)/customer-service seed --count 10 && \
+	  $(BIN)/customer-service backfill --all && \
 	  exec $(BIN)/customer-service worker
 
 schemas: install ## Regenerate the JSON Schema and AsyncAPI files from the models

@@ -16,7 +16,7 @@ from devstack.containers import KAFKA_IMAGE, POSTGRES_IMAGE
 from service.infrastructure.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("create-topics", "migrate", "seed", "worker")
+APP_SERVICES = ("create-topics", "migrate", "seed", "backfill", "worker")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,11 @@ def test_one_shot_steps_wait_for_healthy_services(compose: dict[str, Any]) -> No
     assert all_services["seed"]["depends_on"] == {
         "migrate": {"condition": "service_completed_successfully"}
     }
+    # The seeded customers' states, once they exist.
+    assert all_services["backfill"]["depends_on"] == {
+        "seed": {"condition": "service_completed_successfully"}
+    }
+    assert all_services["backfill"]["command"] == ["backfill", "--all"]
 
 
 def test_topics_are_created_with_an_explicit_partition_count(compose: dict[str, Any]) -> None:
