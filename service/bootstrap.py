@@ -73,6 +73,7 @@ def relay_producer(settings: Settings) -> AIOKafkaProducer:
         # The relay hands over whole record batches (all rows it read at once); a linger
         # would only hold each of them back for its duration.
         linger_ms=0,
+        transaction_timeout_ms=kafka.RELAY_TRANSACTION_TIMEOUT_MS,
     )
 
 

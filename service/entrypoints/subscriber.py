@@ -15,15 +15,18 @@ Example::
                 await save(change.customer_id, change.version, change.object)
             await sub.commit()  # after the caller's own commit: at least once, never lost
 
-**The consistent cut.** The end offsets of ``customer.updated`` are taken first, then
-those of ``customer.state``; state is read up to its ends while the updated partitions are
-paused, and updated is then followed from the ends taken first. Both reads use
-``read_committed``, and aiokafka sends them as ListOffsets with that isolation level, so
-each end is the partition's last stable offset: everything before it is decided. The
-relay writes an event and its state record in one transaction, so a transaction
-committed between the two reads is in the state read and again in the updated read,
-where its version is skipped as already had: nothing is missed and nothing is applied
-twice.
+**The cut.** The end offsets of ``customer.updated`` are taken first, then those of
+``customer.state``; state is read up to its ends while the updated partitions are paused,
+and updated is then followed from ``REWIND_SECONDS`` before the ends taken first. Both
+reads use ``read_committed``, and aiokafka sends them as ListOffsets with that isolation
+level, so each end is the partition's last stable offset: everything before it is
+decided. The relay writes an event and its state record in one transaction, but a
+transaction does not become visible on every partition at the same instant (its markers
+are written one partition at a time, and another open transaction holds a partition's
+stable offset back), so one committed around the cut may show its event before the
+updated end and its state after the state end. The rewind reads such an event again:
+it is longer than the broker lets a relay transaction stay open. Versions read twice are
+skipped as already had: nothing is missed and nothing is applied twice.
 
 **Restarts.** ``commit()`` stores, with the group's offsets, each state partition's
 bootstrap end in the offset metadata for as long as the bootstrap runs. A subscriber that
@@ -41,6 +44,8 @@ where offsets are kept, and two subscribers must not share one.
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -51,12 +56,16 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import ValidationError
 
-from schemas.event import CustomerStateEvent, CustomerUpdatedEvent
+from schemas.event import SEQUENCE_DIGITS, STATE_TYPE, UPDATED_TYPE
 from schemas.topics import Topics
 from service.adapters.kafka import records as kafka_records
-from service.adapters.kafka.clients import connection_options, partitions_of, start
+from service.adapters.kafka.clients import (
+    RELAY_TRANSACTION_TIMEOUT_MS,
+    connection_options,
+    partitions_of,
+    start,
+)
 from service.domain import binary_mode
 from service.infrastructure.settings import Settings
 
@@ -68,6 +77,9 @@ GapPolicy: TypeAlias = Literal["raise", "report"]
 REMEMBERED_IDS = 100_000
 #: The offset-metadata key under which a state partition's bootstrap end is committed.
 BOOTSTRAP_END = "bootstrap_end"
+#: How far before its cut a new subscriber follows ``customer.updated``: longer than a
+#: relay transaction may stay open, and a minute of clock skew between relay and here.
+REWIND_SECONDS = RELAY_TRANSACTION_TIMEOUT_MS / 1000 + 60
 _POLL_TIMEOUT_MS = 500
 _MAX_RECORDS = 500
 
@@ -117,34 +129,56 @@ class Event:
     causation_id: str | None = None
 
 
+_SEQUENCE = re.compile(rf"[0-9]{{{SEQUENCE_DIGITS}}}")
+
+
 def parse(
     source: Source, key: bytes | None, value: bytes | None, headers: binary_mode.Headers
 ) -> Event | None:
     """The event a record of ``source``'s topic holds, in either content mode; None for a
     record that is not one (anyone who may write to a topic can write anything), or whose
-    key is not its subject (the state topic is compacted by key)."""
+    key is not its subject (the state topic is compacted by key).
+
+    Only what a view needs is checked, not the whole schema: a later version of the
+    service may add attributes or fields, and a subscriber built against this one must
+    keep reading its events rather than drop them as unreadable.
+    """
     try:
         document = binary_mode.as_structured(value, headers)
-        if document is None:
-            return None
-        event: CustomerUpdatedEvent | CustomerStateEvent
-        if source == "updated":
-            event = CustomerUpdatedEvent.model_validate_json(document)
-            previous: dict[str, Any] | None = event.data.previous_attributes
-        else:
-            event = CustomerStateEvent.model_validate_json(document)
-            previous = None
-    except (ValueError, ValidationError):
+        found = orjson.loads(document) if document is not None else None
+    except (ValueError, orjson.JSONDecodeError):
         return None
-    if key != event.subject.encode():
+    if not isinstance(found, dict):
         return None
+    data = found.get("data")
+    subject, sequence, event_id = found.get("subject"), found.get("sequence"), found.get("id")
+    wanted = UPDATED_TYPE if source == "updated" else STATE_TYPE
+    if not (
+        found.get("type") == wanted
+        and isinstance(subject, str)
+        and isinstance(event_id, str)
+        and isinstance(sequence, str)
+        and _SEQUENCE.fullmatch(sequence)
+        and isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+        and data["object"].get("id") == subject
+        and key == subject.encode()
+    ):
+        return None
+    previous = data.get("previous_attributes") if source == "updated" else None
+    if source == "updated" and not isinstance(previous, dict):
+        return None
+    causation = found.get("causationid")
+    # An event of a command that expanded subscriptions carries them, its state never
+    # does: a view holds the customer alone, whichever topic a version came from.
+    customer = {name: field for name, field in data["object"].items() if name != "subscriptions"}
     return Event(
-        customer_id=event.subject,
-        version=int(event.sequence),
-        event_id=event.id,
-        object=event.data.object.model_dump(mode="json"),
+        customer_id=subject,
+        version=int(sequence),
+        event_id=event_id,
+        object=customer,
         previous_attributes=previous,
-        causation_id=event.causationid,
+        causation_id=causation if isinstance(causation, str) else None,
     )
 
 
@@ -233,6 +267,8 @@ class Tracker:
         #: The state partitions still below their end.
         self._open: set[TopicPartition] = set()
         self._bootstrapping = False
+        #: A gap the caller accepted (``accept_gap``): decided, not raised, next time.
+        self._accepted: tuple[str, int, int] | None = None
 
     # -- the boundary ------------------------------------------------------------------
 
@@ -316,8 +352,10 @@ class Tracker:
             return None
         if source == "updated" and known is not None and event.version > known + 1:
             gap = SequenceGap(event.customer_id, known + 1, event.version)
-            if self.on_gap == "raise":
+            accepted = self._accepted == (gap.customer_id, gap.expected, gap.got)
+            if self.on_gap == "raise" and not accepted:
                 raise gap
+            self._accepted = None
         return Change(
             customer_id=event.customer_id,
             version=event.version,
@@ -329,6 +367,10 @@ class Tracker:
             during_bootstrap=not self.bootstrapped,
             gap=gap,
         )
+
+    def accept_gap(self, gap: SequenceGap) -> None:
+        """Let the record that raised ``gap`` through (with the gap reported on it)."""
+        self._accepted = (gap.customer_id, gap.expected, gap.got)
 
     def _remember(self, event_id: str) -> None:
         self._ids[event_id] = None
@@ -439,9 +481,17 @@ class Subscriber:
         """The known version of each customer (seeded, then as yielded)."""
         return self._tracker.versions
 
+    def accept_gap(self, gap: SequenceGap) -> None:
+        """Go on past a ``SequenceGap`` that was raised: iterating again yields its change
+        with ``.gap`` set (it holds the whole customer) instead of raising again. For when
+        the missing versions are known to be gone for good (an event an operator
+        discarded, a retention shorter than an absence)."""
+        self._tracker.accept_gap(gap)
+
     async def commit(self) -> None:
         """Commit the position after every record yielded or skipped so far. Call it after
-        the changes are durable in the caller's own store.
+        the changes are durable in the caller's own store, from the iterating task: the
+        change yielded last counts as done.
 
         Raises:
             aiokafka.errors.KafkaError: the commit failed; the records since the last
@@ -496,9 +546,19 @@ class Subscriber:
         ends: dict[TopicPartition, int] = {}
         if decided.bootstrap:
             ends = dict(decided.ends or {})
+            if ends:
+                # A bootstrap resumed: its ends were stored when the topic held more (it
+                # was recreated since, say); an end past the log would never be reached.
+                now = await self._consumer.end_offsets(list(ends))
+                beyond = {tp: end for tp, end in ends.items() if end > now[tp]}
+                if beyond:
+                    log.warning("subscriber_bootstrap_ends_past_the_log", partitions=len(beyond))
+                    ends.update({tp: now[tp] for tp in beyond})
             missing = [tp for tp in state if tp not in ends]
             if missing:
                 ends.update(await self._consumer.end_offsets(missing))
+        if cut:
+            cut = await self._rewound(cut)
         firsts = await self._consumer.beginning_offsets(self._partitions)
         starts = {
             tp: cut.get(tp, firsts[tp]) if start is None else start
@@ -518,6 +578,15 @@ class Subscriber:
             bootstrap=not self._tracker.bootstrapped,
             resumed=any(start is not None for start in decided.starts.values()),
         )
+
+    async def _rewound(self, cut: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """``cut`` moved back to the first record of the last ``REWIND_SECONDS``."""
+        since = max(int((time.time() - REWIND_SECONDS) * 1000), 0)
+        found = await self._consumer.offsets_for_times(dict.fromkeys(cut, since))
+        return {
+            tp: min(end, found[tp].offset) if found.get(tp) is not None else end
+            for tp, end in cut.items()
+        }
 
     async def _committed(self) -> dict[TopicPartition, Committed]:
         # The consumer's committed() gives the offset alone; the admin gives the metadata.

@@ -320,6 +320,34 @@ async def test_a_transaction_committed_between_the_two_cuts_is_applied_once(
     assert reader.of("cus_z") == [(1, "updated", False)]
 
 
+async def test_an_update_whose_state_shows_after_the_state_cut_is_followed_from_the_rewind(
+    kafka: Settings, group: str, topics: Topics, producer: AIOKafkaProducer
+) -> None:
+    await publish(producer, *topics.applied("cus_a", 1))
+    # Now the open transaction holds cus_a's *state* partition back: update 2, committed
+    # before the cut, shows its event before the updated end and its state after the
+    # state end. Only following updated from before the cut finds it.
+    holder = await transactional(kafka)
+    try:
+        await holder.begin_transaction()
+        partition = partition_for(b"cus_a", PARTITIONS)
+        await send(holder, [topics.record("state", "cus_z", 1, partition=partition)])
+        await publish(producer, *topics.applied("cus_a", 2))
+
+        async with subscriber(kafka, group, on_gap="report") as entered:
+            reader = Reader(entered)
+            await entered.wait_bootstrapped()
+            await holder.commit_transaction()
+            await publish(producer, *topics.applied("cus_a", 3))
+            await barrier(producer, topics, reader)
+            await reader.stop()
+    finally:
+        await holder.stop()
+
+    assert reader.of("cus_a") == [(1, "state", True), (2, "updated", False), (3, "updated", False)]
+    assert [c.gap for c in reader.changes] == [None] * len(reader.changes)
+
+
 async def test_a_version_jump_raises_a_sequence_gap(
     following: Reader, topics: Topics, producer: AIOKafkaProducer
 ) -> None:

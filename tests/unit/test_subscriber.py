@@ -143,6 +143,44 @@ def test_a_record_that_is_no_event_of_its_topic_is_not_read(
     assert parse(source, key, value, ()) is None
 
 
+def test_attributes_and_fields_a_later_service_adds_do_not_make_a_record_unreadable() -> None:
+    doc = updated(3)
+    doc["newattribute"] = "x"
+    doc["data"]["object"]["loyalty_tier"] = "gold"
+    doc["data"]["more"] = {"a": 1}
+
+    read = parse("updated", b"cus_1", orjson.dumps(doc), ())
+
+    assert read is not None
+    assert read.version == 3
+    assert read.object["loyalty_tier"] == "gold"
+
+
+def test_expanded_subscriptions_are_left_out_of_the_view() -> None:
+    doc = updated(3)
+    doc["data"]["object"]["subscriptions"] = {"object": "list", "data": []}
+
+    read = parse("updated", b"cus_1", orjson.dumps(doc), ())
+
+    assert read is not None
+    assert read.object == customer()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"subject": 7},
+        {"id": None},
+        {"data": []},
+        {"data": {"previous_attributes": {}}},
+        {"data": {"object": {"id": "cus_other"}, "previous_attributes": {}}},
+        {"data": {"object": {"id": "cus_1"}, "previous_attributes": None}},
+    ],
+)
+def test_an_event_missing_what_a_view_needs_is_not_read(broken: dict[str, Any]) -> None:
+    assert parse("updated", b"cus_1", orjson.dumps({**updated(3), **broken}), ()) is None
+
+
 def test_a_binary_record_with_a_value_that_is_not_json_is_not_read() -> None:
     _value, headers = binary(state(1))
 
@@ -360,6 +398,29 @@ def test_a_reported_gap_is_on_the_change_and_its_version_is_taken() -> None:
     assert after is not None
     assert after.gap is None
     assert tracker.version("cus_1") == 6
+
+
+def test_an_accepted_gap_lets_its_record_through_once_with_the_gap_reported() -> None:
+    tracker = following({"cus_1": 2})
+    with pytest.raises(SequenceGap) as raised:
+        tracker.decide(UPDATED, 0, event(5))
+
+    tracker.accept_gap(raised.value)
+    change = tracker.decide(UPDATED, 0, event(5))
+
+    assert change is not None
+    assert change.gap is not None
+    assert (change.version, change.gap.expected, change.gap.got) == (5, 3, 5)
+    assert tracker.version("cus_1") == 5
+    with pytest.raises(SequenceGap):  # the next gap is a gap of its own
+        tracker.decide(UPDATED, 1, event(9))
+
+
+def test_accepting_one_gap_does_not_let_another_through() -> None:
+    tracker = following({"cus_1": 2, "cus_2": 1})
+    tracker.accept_gap(SequenceGap("cus_1", 3, 5))
+    with pytest.raises(SequenceGap):
+        tracker.decide(UPDATED, 0, event(4, "cus_2"))
 
 
 def test_the_first_event_of_an_unknown_customer_is_no_gap() -> None:

@@ -139,6 +139,12 @@ def reader(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+#: How long the broker lets a relay transaction stay open before it aborts it. A subscriber
+#: follows ``customer.updated`` from this far (and some clock skew) before its cut, since a
+#: transaction open across the cut may show its event before it and its state after.
+RELAY_TRANSACTION_TIMEOUT_MS = 60_000
+
+
 def event_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica."""
     options = {
