@@ -106,6 +106,7 @@ def build_relay(
             retry_max_delay=settings.retry_max_delay,
             drain_timeout=settings.relay_drain_timeout,
             stop_timeout=TRANSACTION_TIMEOUT,
+            publish_state=settings.publish_state,
         ),
         leadership=PostgresLeadership(
             database(settings),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -72,6 +73,9 @@ class RelayConfig:
     drain_timeout: float = 30.0
     #: Seconds a publisher may take to stop before it is left behind.
     stop_timeout: float = 30.0
+    #: Off, rows written while it was on go out without their state records: the state
+    #: topic is no longer kept (it may not even exist), and a backfill repairs it later.
+    publish_state: bool = True
 
 
 class _PublisherSpoiledError(Exception):
@@ -237,6 +241,8 @@ class OutboxRelay:
         if rows and self._suspects and rows[0].id > max(self._suspects):
             self._suspects.clear()
             rows = await store.publishable(self._config.batch_size, parked=self._parked)
+        if not self._config.publish_state:
+            rows = [dataclasses.replace(row, state=None) for row in rows]
         if not rows:
             self._suspects.clear()
             if self._parked:
