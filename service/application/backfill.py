@@ -31,6 +31,11 @@ from service.domain.events import EventContext, OutboundMessage, state_message
 #: The one resumable run: ``backfill --all``.
 ALL = "all"
 
+
+class BackfillBusyError(Exception):
+    """``--restart`` while another runner seems to be at work: both would start over."""
+
+
 Transactions = Callable[[], AbstractAsyncContextManager[BackfillUnitOfWork]]
 
 
@@ -73,6 +78,11 @@ class Backfill:
         ``restart`` says to start over; and how many customers are left."""
         async with self._transactions() as unit:
             run = await unit.run(ALL)
+            if restart and run is not None and not run.finished and run.recent:
+                raise BackfillBusyError(
+                    f"a backfill --all committed a batch within the last minute (after "
+                    f"{run.after_id}, {run.published} published): stop it before --restart"
+                )
             if run is None or run.finished or restart:
                 run = BackfillRun()
                 await unit.save_run(ALL, run)
@@ -83,25 +93,30 @@ class Backfill:
             await unit.commit()
         return Started(resumed, remaining)
 
-    async def all(self, progress: Callable[[int], None] = lambda _: None) -> BackfillRun:
+    async def all(
+        self, progress: Callable[[int], None] = lambda _: None
+    ) -> tuple[BackfillRun, int]:
         """Publish every customer after the run's place, one batch per transaction;
-        ``progress(n)`` after each batch. Call ``start_all`` first."""
+        ``progress(n)`` after each batch. Call ``start_all`` first. Returns the finished
+        run and how many states this call published (another runner may share the run)."""
+        mine = 0
         while True:
             await self._pace(self._config.batch_size)
             async with self._transactions() as unit:
                 run = await unit.run(ALL) or BackfillRun()
                 if run.finished:
-                    return run  # another runner got to the end first
+                    return run, mine  # another runner got to the end first
                 customers = await unit.share_customers_after(run.after_id, self._config.batch_size)
                 if customers:
                     await unit.save_outbox(self._messages(customers))
                     run = BackfillRun(customers[-1].id, run.published + len(customers))
+                    mine += len(customers)
                 else:
                     run = BackfillRun(run.after_id, run.published, finished=True)
                 await unit.save_run(ALL, run)
                 await unit.commit()
             if run.finished:
-                return run
+                return run, mine
             progress(len(customers))
 
     async def customers(self, ids: Iterable[str]) -> tuple[int, list[str]]:

@@ -94,6 +94,8 @@ class BackfillRun:
     after_id: str | None = None
     published: int = 0
     finished: bool = False
+    #: Its last batch committed within the last minute: a runner may still be at work.
+    recent: bool = False
 
 
 class BackfillUnitOfWork(Protocol):

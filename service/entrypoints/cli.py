@@ -17,7 +17,7 @@ from service.adapters.postgres.connection import database
 from service.adapters.postgres.migrations import migrate as apply_migrations
 from service.adapters.postgres.outbox import OutboxStore
 from service.adapters.postgres.seed import seed_customers
-from service.application.backfill import Started
+from service.application.backfill import BackfillBusyError, Started
 from service.application.errors import AccessRefusedError
 from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.logging import configure_logging
@@ -125,7 +125,8 @@ def backfill(
     ] = None,
     every: Annotated[bool, typer.Option("--all", help="Every customer, in id order.")] = False,
     rate: Annotated[
-        float, typer.Option(min=0, help="Customers per second at most (0: no limit).")
+        float,
+        typer.Option(min=0, max=1_000_000, help="Customers per second at most (0: no limit)."),
     ] = 1000,
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Customers per transaction.")
@@ -168,16 +169,20 @@ def backfill(
             bar = typer.progressbar(length=started.remaining, label="backfilling", file=sys.stderr)
             return bars.enter_context(bar).update
 
-        _, published, missing = _run(
-            lambda: run_backfill(
-                settings,
-                customers=list(customers or []),
-                restart=restart,
-                rate=rate,
-                batch_size=batch_size,
-                on_start=on_start,
+        try:
+            _, published, missing = _run(
+                lambda: run_backfill(
+                    settings,
+                    customers=list(customers or []),
+                    restart=restart,
+                    rate=rate,
+                    batch_size=batch_size,
+                    on_start=on_start,
+                )
             )
-        )
+        except BackfillBusyError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"published the state of {published} customer(s) to {settings.topic_state}")
     if missing:
         typer.echo(f"no such customer: {', '.join(missing)}", err=True)

@@ -47,13 +47,14 @@ class PostgresBackfillUnitOfWork(PostgresUnitOfWork):
 
     async def run(self, name: str) -> BackfillRun | None:
         row = await self._connection.fetchrow(
-            "SELECT after_id, published, finished IS NOT NULL AS finished FROM backfill_runs "
+            "SELECT after_id, published, finished IS NOT NULL AS finished, "
+            "updated > now() - interval '1 minute' AS recent FROM backfill_runs "
             "WHERE name = $1 FOR UPDATE",
             name,
         )
         if row is None:
             return None
-        return BackfillRun(row["after_id"], row["published"], row["finished"])
+        return BackfillRun(row["after_id"], row["published"], row["finished"], row["recent"])
 
     async def save_run(self, name: str, run: BackfillRun) -> None:
         await self._connection.execute(

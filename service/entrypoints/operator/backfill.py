@@ -17,16 +17,18 @@ from service.application.ports import BackfillRun
 from service.infrastructure.settings import Settings
 
 
-def pacer(rate: float) -> Callable[[int], Awaitable[None]]:
-    """``pace(n)`` waits until ``n`` more states fit ``rate`` per second (0: no limit)."""
+def pacer(rate: float, batch_size: int) -> tuple[Callable[[int], Awaitable[None]], int]:
+    """``pace(n)`` waits until ``n`` more states fit ``rate`` per second (0: no limit),
+    and the batch size it allows: a token bucket takes at most its capacity at once."""
     if rate <= 0:
 
         async def unlimited(_: int) -> None:
             return None
 
-        return unlimited
-    limiter = AsyncLimiter(rate, 1.0)
-    return limiter.acquire
+        return unlimited, batch_size
+    if rate < 1:
+        return AsyncLimiter(1, 1 / rate).acquire, 1
+    return AsyncLimiter(rate, 1.0).acquire, min(batch_size, int(rate))
 
 
 async def run_backfill(
@@ -48,6 +50,7 @@ async def run_backfill(
         command_timeout=settings.database_command_timeout,
         idle_in_transaction_timeout=settings.database_idle_in_transaction_timeout,
     )
+    pace, batch_size = pacer(rate, batch_size)
     try:
         backfill = Backfill(
             functools.partial(backfill_transaction, pool),
@@ -55,18 +58,17 @@ async def run_backfill(
                 source=settings.event_source,
                 topics=settings.topics,
                 content_mode=settings.event_content_mode,
-                # The limiter takes at most its rate at once.
-                batch_size=min(batch_size, int(rate)) if rate >= 1 else batch_size,
+                batch_size=batch_size,
             ),
             clock=lambda: datetime.now(UTC),
             new_id=lambda: str(uuid.uuid4()),
-            pace=pacer(rate),
+            pace=pace,
         )
         if customers:
             published, missing = await backfill.customers(customers)
             return None, published, missing
         started = await backfill.start_all(restart=restart)
-        run = await backfill.all(on_start(started))
-        return run, run.published - (started.resumed.published if started.resumed else 0), []
+        run, published = await backfill.all(on_start(started))
+        return run, published, []
     finally:
         await pool.close()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from schemas.topics import Topics
-from service.application.backfill import ALL, Backfill, BackfillConfig
+from service.application.backfill import ALL, Backfill, BackfillBusyError, BackfillConfig
 from service.application.ports import BackfillRun
 from service.domain.customer import CustomerState
 from service.domain.events import OutboundMessage
@@ -53,9 +53,7 @@ class FakeUnit:
     async def share_customers(self, customer_ids: Iterable[str]) -> dict[str, CustomerState]:
         return {i: self._db.customers[i] for i in customer_ids if i in self._db.customers}
 
-    async def share_customers_after(
-        self, after_id: str | None, limit: int
-    ) -> list[CustomerState]:
+    async def share_customers_after(self, after_id: str | None, limit: int) -> list[CustomerState]:
         ids = sorted(i for i in self._db.customers if after_id is None or i > after_id)
         return [self._db.customers[i] for i in ids[:limit]]
 
@@ -113,7 +111,7 @@ async def test_every_customer_is_published_once_in_id_order_as_a_state_only() ->
     fill = backfill(db, paced=paced)
 
     started = await fill.start_all()
-    run = await fill.all(progress.append)
+    run, mine = await fill.all(progress.append)
 
     assert (started.resumed, started.remaining) == (None, 7)
     assert published(db) == [(f"cus_{n:03d}", n % 4 + 1) for n in range(7)]
@@ -123,6 +121,7 @@ async def test_every_customer_is_published_once_in_id_order_as_a_state_only() ->
         orjson.loads(message.value or b"")["type"] == "customer.state" for message in db.outbox
     )
     assert run == BackfillRun("cus_006", 7, finished=True)
+    assert mine == 7
     assert progress == [3, 3, 1]
     assert paced == [3, 3, 3, 3], "every transaction waits for the rate limit first"
 
@@ -139,13 +138,14 @@ async def test_a_run_stopped_half_way_resumes_after_the_last_committed_batch() -
     db.commits_left = None
     again = backfill(db)
     started = await again.start_all()
-    run = await again.all()
+    run, mine = await again.all()
 
     assert started.resumed == BackfillRun("cus_005", 6)
     assert started.remaining == 4
     subjects = [subject for subject, _ in published(db)]
     assert subjects == [f"cus_{n:03d}" for n in range(10)], "each customer exactly once"
     assert run == BackfillRun("cus_009", 10, finished=True)
+    assert mine == 4, "only what this run published counts as its own"
 
 
 async def test_a_finished_run_starts_over_and_restart_starts_over_a_stopped_one() -> None:
@@ -168,7 +168,7 @@ async def test_a_second_runner_finding_the_run_finished_stops_at_once() -> None:
     await fill.start_all()
     await fill.all()
     transactions = db.transactions
-    assert await backfill(db).all() == BackfillRun("cus_002", 3, finished=True)
+    assert await backfill(db).all() == (BackfillRun("cus_002", 3, finished=True), 0)
     assert db.transactions == transactions + 1
     assert len(db.outbox) == 3
 
@@ -181,3 +181,15 @@ async def test_named_customers_are_published_once_each_and_missing_ones_named() 
     assert count == 3
     assert missing == ["cus_nope"]
     assert published(db) == [("cus_003", 4), ("cus_001", 2), ("cus_004", 1)]
+
+
+async def test_restart_is_refused_while_another_runner_seems_at_work() -> None:
+    db = database(4)
+    db.runs[ALL] = BackfillRun("cus_001", 2, recent=True)
+    with pytest.raises(BackfillBusyError, match="stop it before --restart"):
+        await backfill(db).start_all(restart=True)
+    assert db.runs[ALL] == BackfillRun("cus_001", 2, recent=True)
+
+    resumed = await backfill(db).start_all()  # resuming alongside it is fine: they take turns
+    assert resumed.resumed == BackfillRun("cus_001", 2, recent=True)
+
