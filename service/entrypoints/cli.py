@@ -116,6 +116,16 @@ def create_topics(
     settings = _settings()
     created = _run(lambda: kafka.create_topics(settings, partitions=partitions))
     typer.echo(f"created: {', '.join(created)}" if created else "topics exist")
+    if settings.publish_state and settings.topic_state not in created:
+        # Made by someone else (a platform team, an older tool): a state topic that is not
+        # compacted loses every customer not updated within its retention.
+        policy = _run(lambda: kafka.cleanup_policy(settings, settings.topic_state))
+        if policy is not None and "compact" not in policy.split(","):
+            typer.echo(
+                f"warning: {settings.topic_state} has cleanup.policy={policy}: customers not "
+                "updated within its retention drop out of it; set cleanup.policy=compact",
+                err=True,
+            )
 
 
 @app.command()

@@ -10,7 +10,7 @@ import uuid
 import asyncpg
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.event import CustomerStateEvent, CustomerUpdatedEvent
@@ -314,3 +314,24 @@ async def _waiting_for_a_lock(db: asyncpg.Connection) -> bool:
         "WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     return waiting > 0
+
+
+async def test_create_topics_warns_of_a_state_topic_someone_made_without_compaction(
+    settings: Settings,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    env = {**environment(settings), "TOPIC_STATE": f"s.{suffix}"}
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"s.{suffix}", 1, 1)])
+    finally:
+        await admin.close()
+
+    result = await cli(settings, "create-topics", env=env)
+    compacted = await cli(settings, "create-topics")
+
+    assert result.code == 0
+    assert f"warning: s.{suffix} has cleanup.policy=delete" in result.err
+    assert compacted.code == 0
+    assert "warning" not in compacted.err

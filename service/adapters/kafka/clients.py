@@ -179,6 +179,26 @@ def inbound(record: ConsumerRecord[bytes, bytes]) -> InboundRecord:
 STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(86_400_000)}
 
 
+async def cleanup_policy(settings: Settings, topic: str) -> str | None:
+    """``topic``'s ``cleanup.policy``; None when it does not exist or cannot be read."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    try:
+        await start(admin, settings)
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})]
+        )
+    except KafkaError:
+        return None
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, _message, _type, _name, entries in response.resources:
+            for entry in entries if error_code == 0 else ():
+                if entry[0] == "cleanup.policy":
+                    return str(entry[1])
+    return None
+
+
 async def create_topics(settings: Settings, *, partitions: int | None = None) -> list[str]:
     """Create the service's topics if missing (the state topic compacted, unless
     ``PUBLISH_STATE`` is off); return the names created now."""
