@@ -133,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="pairs of that comparison, each in the other order than the one before (default 1)",
     )
+    add(
+        "--state-cost",
+        action="store_true",
+        default=None,
+        help="measure ours again with PUBLISH_STATE on and off (the customer.state topic) "
+        "against the same servers",
+    )
+    add(
+        "--state-rounds",
+        type=int,
+        help="pairs of that comparison, each in the other order than the one before (default 1)",
+    )
     add("--keep", action="store_true", default=None, help="keep the run's databases and topics")
     add(
         "--quick",
@@ -159,7 +171,8 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "customers", "commands", "partitions", "seed", "skew", "invalid_ratio", "rate",
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
-        "naive_seconds", "relay_process", "processes", "tls", "tls_rounds",
+        "naive_seconds", "relay_process", "processes", "tls", "tls_rounds", "state_cost",
+        "state_rounds",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
@@ -167,6 +180,10 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
             given[name] = value
     if args.tls_rounds is not None and not args.tls:
         raise ValueError("--tls-rounds needs --tls")
+    if args.state_rounds is not None and not args.state_cost:
+        raise ValueError("--state-rounds needs --state-cost")
+    if args.state_cost and any(name == "PUBLISH_STATE" for name, _ in args.worker_env or ()):
+        raise ValueError("--state-cost sets PUBLISH_STATE itself; leave it out of --worker-env")
     if args.worker_env:
         given["worker_env"] = dict(args.worker_env)
     given["logs_dir"] = args.stack_home / "logs"
@@ -226,8 +243,7 @@ def summary(result: dict[str, Any]) -> str:
     parts = [f"ours {throughput['ours_commands_per_second']:g} commands/s"]
     cpu = throughput.get("ours_cpu_us_per_command")
     if cpu is not None:
-        shown = ", ".join(f"{name} {us:g}" for name, us in cpu.items() if us is not None)
-        parts.append(f"CPU µs per command: {shown}")
+        parts.append(f"CPU µs per command: {_cpu_shown(cpu)}")
     if throughput["naive"] is not None:
         parts.append(
             f"naive {throughput['naive_commands_per_second']:g}/s, ratio {throughput['ratio']}x, "
@@ -239,6 +255,19 @@ def summary(result: dict[str, Any]) -> str:
             f"TLS {tls['tls_commands_per_second']:g}/s vs plain "
             f"{tls['plain_commands_per_second']:g}/s on the same servers "
             f"(ratio {tls['ratio']}, {tls['difference_percent']:+g}%, verified {tls['verified']})"
+        )
+    state = result.get("state")
+    if state is not None:
+        rounds = state["spread"]["ratio"]
+        parts.append(
+            f"state topic off {state['off_commands_per_second']:g}/s vs on "
+            f"{state['on_commands_per_second']:g}/s (ratio off/on {state['ratio']}, "
+            f"{state['difference_percent']:+g}%; rounds' median {rounds['median']}, "
+            f"{rounds['min']}-{rounds['max']}, n {rounds['n']}; relay records/s off "
+            f"{state['off_relay_records_per_second']:g} vs on "
+            f"{state['on_relay_records_per_second']:g}; "
+            f"CPU µs per command off - on: {_cpu_shown(state['cpu_difference_us_per_command'])}; "
+            f"verified {state['verified']})"
         )
     for name in ("latency", "soak"):
         paced = result[name]
@@ -254,6 +283,12 @@ def summary(result: dict[str, Any]) -> str:
             f"(max {soak.get('rss_max_mib')}, slope {soak.get('rss_slope_mib_per_hour')} MiB/h)"
         )
     return "; ".join(parts)
+
+
+def _cpu_shown(cpu: dict[str, float | None] | None) -> str:
+    if cpu is None:
+        return "none"
+    return ", ".join(f"{name} {us:g}" for name, us in cpu.items() if us is not None)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,14 @@ async def session_encryption(admin_url: str, database: str) -> dict[str, int]:
         await connection.close()
     counted = {bool(row["tls"]): int(row["n"]) for row in rows}
     return {"tls": counted.get(True, 0), "plain": counted.get(False, 0)}
+
+
+async def wal_position(admin_url: str) -> int:
+    """The server's current WAL position in bytes: two of them apart are the WAL it
+    wrote in between (all its databases')."""
+    connection = await asyncpg.connect(admin_url)
+    try:
+        position = await connection.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+    finally:
+        await connection.close()
+    return int(position)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -15,7 +16,7 @@ from aiokafka.errors import KafkaError
 
 from bench.load import Command
 from bench.outputs import OutcomeLog, parse_output
-from service.adapters.kafka.clients import connection_options, partitions_of
+from service.adapters.kafka.clients import connection_options, partitions_of, read_range, reader
 from service.infrastructure.settings import Settings
 
 
@@ -158,6 +159,9 @@ class OutputReader:
             settings.topic_dead_letters: "dead_lettered",
         }
         self._consumer: AIOKafkaConsumer | None = None
+        #: Output records read so far, and their bytes (keys, values, headers).
+        self.records = 0
+        self.bytes = 0
 
     async def __aenter__(self) -> OutputReader:
         consumer = AIOKafkaConsumer(
@@ -193,9 +197,11 @@ class OutputReader:
         now = time.time()
         count = 0
         log = self._log
+        size = 0
         for tp, records in batch.items():
             outcome = self._outcomes[tp.topic]
             for record in records:
+                size += record_bytes(record.key, record.value, record.headers)
                 log.add(
                     parse_output(
                         outcome,  # type: ignore[arg-type]
@@ -206,7 +212,40 @@ class OutputReader:
                     now,
                 )
             count += len(records)
+        self.records += count
+        self.bytes += size
         return count
+
+
+def record_bytes(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> int:
+    """A record's payload: its key, value and headers' names and values, in bytes."""
+    size = len(key or b"") + len(value or b"")
+    for name, header in headers:
+        size += len(name.encode()) + len(header or b"")
+    return size
+
+
+async def topic_contents(settings: Settings, topic: str) -> dict[str, Any]:
+    """What ``topic`` holds now, read committed from its beginning to its end: whether it
+    exists, its records, and their bytes (``record_bytes``)."""
+    partitions = await partitions_of(settings, [topic])
+    if not partitions:
+        return {"exists": False, "records": 0, "bytes": 0}
+    consumer = reader(settings)
+    await consumer.start()
+    records = size = 0
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        async for record in read_range(consumer, starts, ends):
+            records += 1
+            size += record_bytes(record.key, record.value, record.headers)
+    finally:
+        await consumer.stop()
+    return {"exists": True, "records": records, "bytes": size}
 
 
 async def wait_until_consuming(

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bench.cpu import CpuSample, cpu_figures, window
 from bench.outputs import OutcomeLog
-from bench.stats import latency_summary, rate, slope
+from bench.stats import latency_summary, rate, slope, spread
 
 #: 2: the naive baseline runs for a time limit; CPU figures per process.
 #: 3: the ``tls`` block (null without ``--tls``).
-RESULT_VERSION = 3
+#: 4: the ``state`` block (null without ``--state-cost``); both comparisons add ``spread``
+#: (median and range of each mode's phases and of the rounds' ratios).
+RESULT_VERSION = 4
 KIB_PER_MIB = 1024
 
 
@@ -44,6 +46,15 @@ class ThroughputRun:
     kafka_connections: Mapping[str, int] | None = None
     #: How the wait for a quiet database before the run went, if there was one.
     quiet: Mapping[str, Any] | None = None
+    #: What the run's state topic held after it (``--state-cost`` phases only):
+    #: ``exists``, ``records`` and ``bytes`` (keys, values and headers), read back.
+    state_topic: Mapping[str, Any] | None = None
+    #: Output records (events, rejections, dead letters) the benchmark read, and their
+    #: bytes (keys, values, headers); counted in ``--state-cost`` phases.
+    output_records: int | None = None
+    output_bytes: int | None = None
+    #: WAL the PostgreSQL server wrote from the worker's start to the last output.
+    wal_bytes: int | None = None
 
 
 @dataclass
@@ -122,80 +133,216 @@ def throughput_figures(run: ThroughputRun) -> dict[str, Any]:
             else {}
         ),
         **({"database_quiet": dict(run.quiet)} if run.quiet is not None else {}),
+        **_published(run, seconds),
     }
 
 
-TlsMode = Literal["plain", "tls"]
+def _published(run: ThroughputRun, seconds: float) -> dict[str, Any]:
+    """What the relay published in the run, when it was counted: its records (outputs and
+    state records) per second of the throughput clock, bytes per command, and the WAL
+    the database wrote per command."""
+    if run.output_records is None:
+        return {}
+    commands = run.log.count
+    state = dict(run.state_topic) if run.state_topic is not None else None
+    state_records = state["records"] if state is not None else 0
+    state_bytes = state["bytes"] if state is not None else 0
+    records = run.output_records + state_records
+    output_bytes = run.output_bytes or 0
+
+    def per_command(value: float) -> float | None:
+        return round(value / commands, 1) if commands else None
+
+    return {
+        "state_topic": state,
+        "relay": {
+            "records": records,
+            "output_records": run.output_records,
+            "state_records": state_records,
+            "records_per_second": round(rate(records, seconds), 1),
+            "records_per_command": round(records / commands, 3) if commands else None,
+            "bytes_per_command": {
+                "outputs": per_command(output_bytes),
+                "state": per_command(state_bytes),
+                "all": per_command(output_bytes + state_bytes),
+            },
+        },
+        "wal_bytes": run.wal_bytes,
+        "wal_bytes_per_command": per_command(run.wal_bytes) if run.wal_bytes is not None else None,
+    }
 
 
 @dataclass
-class TlsPhase:
-    """One throughput run of the ``--tls`` comparison: ``round`` counts from 1, ``mode``
-    says whether the worker reached Kafka and PostgreSQL over TLS."""
+class ComparedPhase:
+    """One throughput run of a comparison of two worker environments (``--tls``,
+    ``--state-cost``): ``round`` counts from 1, ``mode`` names the environment."""
 
     name: str
     round: int
-    mode: TlsMode
+    mode: str
     run: ThroughputRun
 
 
-def tls_figures(
-    phases: Sequence[TlsPhase],
+#: The phases of the ``--tls`` comparison; ``mode`` says whether the worker reached Kafka
+#: and PostgreSQL over TLS.
+TlsPhase = ComparedPhase
+TlsMode = Literal["plain", "tls"]
+#: The phases of the ``--state-cost`` comparison; ``mode`` says whether ``PUBLISH_STATE``
+#: was on.
+StatePhase = ComparedPhase
+StateMode = Literal["on", "off"]
+
+#: A figure of a phase (its ``throughput_figures`` with ``mode``) to summarise by mode.
+Metric = Callable[[Mapping[str, Any]], float | None]
+
+
+def comparison_figures(
+    phases: Sequence[ComparedPhase],
     *,
+    modes: tuple[str, str],
+    as_meant: Callable[[ComparedPhase, Mapping[str, Any]], bool],
     reference_state: Mapping[str, Any] | None = None,
-    endpoints: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Throughput and CPU per command with and without TLS (the mean over the rounds),
-    their ratio and difference, each round's pair, and whether every phase answered
-    everything over the connections it was meant to (``verified``) and left the same
-    rows as each other and as ``reference_state`` (ours, on the other server)."""
+    """Throughput and CPU per command in each of two ``modes`` (the mean over the rounds),
+    the ratio and difference of the second to the first, each round's pair, the median
+    and range of each mode's phases and of the rounds' ratios (``spread``), and whether
+    every phase ran ``as_meant`` (``verified``) and left the same rows as each other and
+    as ``reference_state``. ``metrics`` are more figures of a phase, reported by mode as
+    ``<mode>_<name>`` (means) and in ``spread``; ``extra`` goes in as it is."""
+    first, second = modes
     figures = {p.name: {"mode": p.mode, **throughput_figures(p.run)} for p in phases}
-    rates = {
-        mode: _mean([figures[p.name]["commands_per_second"] for p in phases if p.mode == mode])
-        for mode in ("plain", "tls")
-    }
+
+    def by_mode(metric: Metric) -> dict[str, list[float]]:
+        values: dict[str, list[float]] = {mode: [] for mode in modes}
+        for phase in phases:
+            value = metric(figures[phase.name])
+            if value is not None and phase.mode in values:
+                values[phase.mode].append(value)
+        return values
+
+    rates = by_mode(lambda f: f["commands_per_second"])
+    mean_rate = {mode: _mean(values) for mode, values in rates.items()}
     cpu = {
         mode: _mean_cpu([_cpu_summary(figures[p.name]["cpu"]) for p in phases if p.mode == mode])
-        for mode in ("plain", "tls")
+        for mode in modes
     }
-    plain, tls = rates["plain"], rates["tls"]
-    ratio = round(tls / plain, 3) if plain and tls is not None else None
+    a, b = mean_rate[first], mean_rate[second]
+    ratio = round(b / a, 3) if a and b is not None else None
     rounds = []
+    ratios: list[float] = []
     for number in sorted({phase.round for phase in phases}):
         pair = [phase for phase in phases if phase.round == number]
         rate = {p.mode: figures[p.name]["commands_per_second"] for p in pair}
+        pair_ratio = None
+        if rate.get(first) and rate.get(second) is not None:
+            pair_ratio = round(rate[second] / rate[first], 3)
+            ratios.append(pair_ratio)
         rounds.append(
             {
                 "round": number,
                 "order": [phase.name for phase in pair],
-                "plain_commands_per_second": rate.get("plain"),
-                "tls_commands_per_second": rate.get("tls"),
-                "ratio": round(rate["tls"] / rate["plain"], 3)
-                if rate.get("plain") and rate.get("tls") is not None
-                else None,
+                f"{first}_commands_per_second": rate.get(first),
+                f"{second}_commands_per_second": rate.get(second),
+                "ratio": pair_ratio,
             }
         )
     states = [_comparable(phase.run.state) for phase in phases]
     if reference_state is not None:
         states.append(_comparable(reference_state))
+    measured = {name: by_mode(metric) for name, metric in (metrics or {}).items()}
+    all_cpu = by_mode(lambda f: f["cpu"]["all"]["us_per_command"] if f["cpu"] else None)
     return {
-        "plain_commands_per_second": plain,
-        "tls_commands_per_second": tls,
+        f"{first}_commands_per_second": a,
+        f"{second}_commands_per_second": b,
         "ratio": ratio,
         "difference_percent": round((ratio - 1) * 100, 1) if ratio is not None else None,
-        "plain_cpu_us_per_command": cpu["plain"],
-        "tls_cpu_us_per_command": cpu["tls"],
-        "cpu_difference_us_per_command": _cpu_difference(cpu["plain"], cpu["tls"]),
-        "verified": bool(phases) and all(_as_meant(p, figures[p.name]) for p in phases),
+        f"{first}_cpu_us_per_command": cpu[first],
+        f"{second}_cpu_us_per_command": cpu[second],
+        "cpu_difference_us_per_command": _cpu_difference(cpu[first], cpu[second]),
+        **{
+            f"{mode}_{name}": _mean(values[mode])
+            for name, values in measured.items()
+            for mode in modes
+        },
+        "spread": {
+            "commands_per_second": {mode: spread(rates[mode]) for mode in modes},
+            "ratio": spread(ratios, digits=3),
+            "cpu_us_per_command_all": {mode: spread(all_cpu[mode]) for mode in modes},
+            **{
+                name: {mode: spread(values[mode]) for mode in modes}
+                for name, values in measured.items()
+            },
+        },
+        "verified": bool(phases) and all(as_meant(p, figures[p.name]) for p in phases),
         "state_match": all(state == states[0] for state in states) if states else None,
         "rounds": rounds,
         "order": [phase.name for phase in phases],
-        "endpoints": dict(endpoints or {}),
+        **dict(extra or {}),
         "phases": figures,
     }
 
 
-def _as_meant(phase: TlsPhase, figures: Mapping[str, Any]) -> bool:
+def tls_figures(
+    phases: Sequence[ComparedPhase],
+    *,
+    reference_state: Mapping[str, Any] | None = None,
+    endpoints: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``comparison_figures`` of plain and TLS: TLS over plain, ``verified`` when every
+    phase answered everything over the connections it was meant to, and the state
+    compared with ``reference_state`` (ours, on the other server)."""
+    return comparison_figures(
+        phases,
+        modes=("plain", "tls"),
+        as_meant=_as_meant,
+        reference_state=reference_state,
+        extra={"endpoints": dict(endpoints or {})},
+    )
+
+
+def state_figures(
+    phases: Sequence[ComparedPhase],
+    *,
+    reference_state: Mapping[str, Any] | None = None,
+    topics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``comparison_figures`` of ``PUBLISH_STATE`` on and off: off over on (above 1: the
+    state topic costs throughput), CPU off minus on (negative: what it costs), and the
+    relay's records per second, the bytes it published and the WAL written per command
+    by mode. ``verified`` when every phase answered everything and the state topic got
+    one record per applied event with the state on, and none with it off."""
+    return comparison_figures(
+        phases,
+        modes=("on", "off"),
+        as_meant=_state_as_meant,
+        reference_state=reference_state,
+        metrics={
+            "relay_records_per_second": lambda f: f["relay"]["records_per_second"],
+            "published_bytes_per_command": lambda f: f["relay"]["bytes_per_command"]["all"],
+            "wal_bytes_per_command": lambda f: f["wal_bytes_per_command"],
+        },
+        extra={"topics": dict(topics or {})},
+    )
+
+
+def _state_as_meant(phase: ComparedPhase, figures: Mapping[str, Any]) -> bool:
+    """The phase answered every command as expected and stopped cleanly, and its state
+    topic holds one record per applied event (on), or does not exist or is empty (off)."""
+    state = phase.run.state_topic
+    if phase.mode == "on":
+        published = (
+            state is not None
+            and state.get("exists") is True
+            and (state.get("records") == figures["outcomes"].get("applied"))
+        )
+    else:
+        published = state is not None and state.get("records") == 0
+    return figures["processed_all"] is True and figures["exit_status"] == 0 and published
+
+
+def _as_meant(phase: ComparedPhase, figures: Mapping[str, Any]) -> bool:
     """The phase answered every command as expected, stopped cleanly, and its worker held
     database sessions and broker connections, all over TLS or all plain as its mode says."""
     used, other = ("tls", "plain") if phase.mode == "tls" else ("plain", "tls")
@@ -228,14 +375,15 @@ def _mean_cpu(
 
 
 def _cpu_difference(
-    plain: Mapping[str, float | None] | None, tls: Mapping[str, float | None] | None
+    first: Mapping[str, float | None] | None, second: Mapping[str, float | None] | None
 ) -> dict[str, float | None] | None:
-    """TLS minus plain, microseconds per command, by process."""
-    if plain is None or tls is None:
+    """The second mode minus the first (TLS minus plain), microseconds per command, by
+    process."""
+    if first is None or second is None:
         return None
     result: dict[str, float | None] = {}
-    for name, before in plain.items():
-        after = tls.get(name)
+    for name, before in first.items():
+        after = second.get(name)
         result[name] = None if before is None or after is None else round(after - before, 1)
     return result
 
@@ -319,8 +467,10 @@ def build_result(
     wall_seconds: float,
     outputs_mismatched: int | None = None,
     tls: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole result; ``tls`` is ``tls_figures`` of a ``--tls`` run."""
+    """The whole result; ``tls`` is ``tls_figures`` of a ``--tls`` run, ``state``
+    ``state_figures`` of a ``--state-cost`` one."""
     ours_figures = throughput_figures(ours)
     naive_figures = throughput_figures(naive) if naive is not None else None
     ratio = None
@@ -353,6 +503,7 @@ def build_result(
             "naive": naive_figures,
         },
         "tls": dict(tls) if tls is not None else None,
+        "state": dict(state) if state is not None else None,
         "latency": paced_figures(latency) if latency is not None else None,
         "soak": soak_figures,
         "load": dict(load),

@@ -18,6 +18,11 @@ records, against the TLS-capable PostgreSQL and the same broker, the worker conn
 plainly (``sslmode=disable``, the broker's PLAINTEXT listener) or over TLS (Kafka ``SSL``
 and ``verify-full``), each after the servers are quiet. See ``phase_plan``.
 
+With ``state_cost``, after those: ``state_on1`` and ``state_off1`` (then ``state_off2``,
+``state_on2``, ...): the ``ours`` measurement again, on the same records and servers,
+with ``PUBLISH_STATE`` on and off, each after the servers are quiet, counting what the
+relay published and the WAL written. Both comparisons are ``_compare``.
+
 ``run_benchmark`` is the library entry point (the e2e test calls it); ``python -m bench``
 wraps it in a command line.
 """
@@ -32,10 +37,10 @@ import sys
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import db
 from bench.cpu import CpuMeter, CpuSample
@@ -46,16 +51,19 @@ from bench.kafka_io import (
     delete_topics,
     produce_all,
     produce_paced,
+    topic_contents,
     wait_until_consuming,
 )
 from bench.load import Command, LoadGenerator, LoadSpec, describe, expected_outcomes, generate
 from bench.outputs import OutcomeLog
 from bench.report import (
+    ComparedPhase,
     PacedRun,
+    StateMode,
     ThroughputRun,
     TlsMode,
-    TlsPhase,
     build_result,
+    state_figures,
     throughput_figures,
     tls_figures,
 )
@@ -134,12 +142,20 @@ class Options:
     tls: bool = False
     #: Pairs of that comparison, each in the other order than the one before.
     tls_rounds: int = 1
+    #: Measure ours again with ``PUBLISH_STATE`` on and off on the same servers.
+    state_cost: bool = False
+    #: Pairs of that comparison, each in the other order than the one before.
+    state_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.tls_rounds < 1:
             raise ValueError("tls_rounds must be at least 1")
+        if self.state_rounds < 1:
+            raise ValueError("state_rounds must be at least 1")
+        if self.state_cost and "PUBLISH_STATE" in self.worker_env:
+            raise ValueError("state_cost sets PUBLISH_STATE itself; leave it out of worker_env")
         if self.processes < 0:
             raise ValueError("processes must be 0 (off) or more")
         if self.naive_seconds <= 0:
@@ -182,15 +198,33 @@ class Options:
         return values
 
 
-def tls_phases(rounds: int) -> list[tuple[str, int, TlsMode]]:
-    """``(name, round, mode)`` of the TLS comparison's phases: plain then TLS, then TLS
-    then plain, and so on, so that a machine speeding up or slowing down during the run
-    favours neither side."""
-    phases: list[tuple[str, int, TlsMode]] = []
+Mode = TypeVar("Mode", bound=str)
+
+
+def alternating_phases(
+    rounds: int, modes: tuple[Mode, Mode], *, prefix: str = ""
+) -> list[tuple[str, int, Mode]]:
+    """``(name, round, mode)`` of a comparison's phases: the first mode then the second,
+    then the second then the first, and so on, so that a machine speeding up or slowing
+    down during the run favours neither side. Names are ``<prefix><mode><round>``."""
+    phases: list[tuple[str, int, Mode]] = []
+    first, second = modes
     for number in range(1, rounds + 1):
-        order: tuple[TlsMode, TlsMode] = ("plain", "tls") if number % 2 else ("tls", "plain")
-        phases.extend((f"{mode}{number}", number, mode) for mode in order)
+        order = (first, second) if number % 2 else (second, first)
+        phases.extend((f"{prefix}{mode}{number}", number, mode) for mode in order)
     return phases
+
+
+def tls_phases(rounds: int) -> list[tuple[str, int, TlsMode]]:
+    """The TLS comparison's phases: ``plain1``, ``tls1``, ``tls2``, ``plain2``, ..."""
+    modes: tuple[TlsMode, TlsMode] = ("plain", "tls")
+    return alternating_phases(rounds, modes)
+
+
+def state_phases(rounds: int) -> list[tuple[str, int, StateMode]]:
+    """The state topic's comparison: ``state_on1``, ``state_off1``, ``state_off2``, ..."""
+    modes: tuple[StateMode, StateMode] = ("on", "off")
+    return alternating_phases(rounds, modes, prefix="state_")
 
 
 def phase_plan(options: Options) -> list[str]:
@@ -200,6 +234,8 @@ def phase_plan(options: Options) -> list[str]:
         plan.append("naive")
     if options.tls:
         plan.extend(name for name, _, _ in tls_phases(options.tls_rounds))
+    if options.state_cost:
+        plan.extend(name for name, _, _ in state_phases(options.state_rounds))
     if options.latency_seconds > 0:
         plan.append("latency")
     if options.soak_seconds > 0:
@@ -215,12 +251,16 @@ def phase_settings(
     database: str,
     mode: TlsMode | None = None,
     tls: TlsStack | None = None,
+    publish_state: bool | None = None,
 ) -> tuple[Settings, Settings]:
     """The settings of a phase's topics, group and database: the benchmark's own clients'
     (plain, at ``kafka`` and ``database_url``) and the worker's. Without a ``mode`` the
     worker's are the same; ``plain`` says so explicitly (libpq's default, ``prefer``,
     would take TLS from a server that offers it); ``tls`` reaches the broker's ``SSL``
-    listener and PostgreSQL with ``verify-full`` as the TLS user, with the stack's CAs."""
+    listener and PostgreSQL with ``verify-full`` as the TLS user, with the stack's CAs.
+    ``publish_state`` sets ``PUBLISH_STATE`` explicitly in both (so that the phase's
+    topics are created with or without the state topic, and the caller's environment
+    cannot change it); None leaves it to the environment."""
     names: dict[str, Any] = {
         "kafka_consumer_group": f"{tag}.worker",
         "topic_commands": f"{tag}.customer.update",
@@ -231,6 +271,8 @@ def phase_settings(
         "relay_transactional_id": f"{tag}.relay",
         "_env_file": None,
     }
+    if publish_state is not None:
+        names["publish_state"] = publish_state
     settings = Settings(kafka_bootstrap_servers=kafka, database_url=database_url, **names)
     worker_settings = settings
     if mode == "plain":
@@ -315,9 +357,12 @@ class _Run:
     def servers(self) -> list[_Server]:
         return [self.server, *([self.tls_server] if self.tls_server is not None else [])]
 
-    async def phase(self, name: str, *, mode: TlsMode | None = None) -> _Phase:
+    async def phase(
+        self, name: str, *, mode: TlsMode | None = None, publish_state: bool | None = None
+    ) -> _Phase:
         """A fresh copy of the seeded database and fresh topics for phase ``name``; with
-        a ``mode``, on the TLS-capable server, the worker connecting that way."""
+        a ``mode``, on the TLS-capable server, the worker connecting that way; with
+        ``publish_state``, ``PUBLISH_STATE`` set that way (``phase_settings``)."""
         server = self.server
         if mode is not None:
             assert self.tls_server is not None, "a TLS phase needs the TLS stack"
@@ -332,6 +377,7 @@ class _Run:
             database=database,
             mode=mode,
             tls=self.tls,
+            publish_state=publish_state,
         )
         phase = _Phase(name, settings, database, server, worker_settings)
         self.phases.append(phase)
@@ -408,7 +454,13 @@ class _Run:
             with contextlib.suppress(Exception):
                 await delete_topics(
                     phase.settings,
-                    [topics.commands, topics.events, topics.rejections, topics.dead_letters],
+                    [
+                        topics.commands,
+                        topics.events,
+                        topics.rejections,
+                        topics.dead_letters,
+                        topics.state,
+                    ],
                 )
         for server in self.servers:
             with contextlib.suppress(Exception):
@@ -430,7 +482,7 @@ async def run_benchmark(
     load_before = os.getloadavg()
     run = _Run(options, stack, progress, tls if options.tls else None)
     spec = options.load_spec()
-    tls_result = None
+    tls_result = state_result = None
     try:
         progress(
             f"run {run.run_id}: phases {', '.join(phase_plan(options))}; seeding "
@@ -445,6 +497,8 @@ async def run_benchmark(
         naive = await _throughput(run, "naive", commands) if options.naive else None
         if run.tls is not None:
             tls_result = await _tls_comparison(run, commands, reference=ours)
+        if options.state_cost:
+            state_result = await _state_comparison(run, commands, reference=ours)
         latency = None
         if options.latency_seconds > 0:
             latency = await _paced(run, "latency", options.rate, options.latency_seconds)
@@ -490,27 +544,58 @@ async def run_benchmark(
         wall_seconds=time.monotonic() - started,
         outputs_mismatched=ours.log.mismatches(naive.log) if naive is not None else None,
         tls=tls_result,
+        state=state_result,
     )
+
+
+async def _compare(
+    run: _Run,
+    commands: list[Command],
+    plan: Iterable[tuple[str, int, Mode]],
+    open_phase: Callable[[str, Mode], Awaitable[_Phase]],
+    *,
+    count_sessions: bool = False,
+    count_published: bool = False,
+) -> list[ComparedPhase]:
+    """Ours on the same records in each phase of ``plan`` (``alternating_phases``), each
+    in the phase ``open_phase`` gives for its name and mode, each after every PostgreSQL
+    server of the run is quiet (the runs before leave autovacuum work behind, which would
+    land on whichever phase came next)."""
+    measured: list[ComparedPhase] = []
+    for name, number, mode in plan:
+        phase = await open_phase(name, mode)
+        # The other servers first: their databases are tiny, only their autovacuum matters.
+        for server in run.servers:
+            if server is not phase.server:
+                await db.until_quiet(server.admin_url)
+        quiet = await db.until_quiet(phase.settings.database_url.get_secret_value())
+        run.progress(f"{name}: the databases were quiet after {quiet['seconds']}s ({quiet})")
+        result = await _throughput(
+            run,
+            "ours",
+            commands,
+            phase=phase,
+            count_sessions=count_sessions,
+            count_published=count_published,
+        )
+        result.quiet = quiet
+        measured.append(ComparedPhase(name, number, mode, result))
+    return measured
 
 
 async def _tls_comparison(
     run: _Run, commands: list[Command], *, reference: ThroughputRun
 ) -> dict[str, Any]:
-    """Ours on the same records with and without TLS, against the same two servers,
-    each phase after both PostgreSQL servers are quiet (the runs before leave autovacuum
-    work behind, which would land on whichever phase came next)."""
+    """Ours on the same records with and without TLS, against the same two servers."""
     assert run.tls is not None
     assert run.tls_server is not None
-    measured: list[TlsPhase] = []
-    for name, number, mode in tls_phases(run.options.tls_rounds):
-        phase = await run.phase(name, mode=mode)
-        # The other server first: its database is tiny, only its autovacuum matters.
-        await db.until_quiet(run.server.admin_url)
-        quiet = await db.until_quiet(phase.settings.database_url.get_secret_value())
-        run.progress(f"{name}: the databases were quiet after {quiet['seconds']}s ({quiet})")
-        result = await _throughput(run, "ours", commands, phase=phase, count_sessions=True)
-        result.quiet = quiet
-        measured.append(TlsPhase(name, number, mode, result))
+
+    async def open_phase(name: str, mode: TlsMode) -> _Phase:
+        return await run.phase(name, mode=mode)
+
+    measured = await _compare(
+        run, commands, tls_phases(run.options.tls_rounds), open_phase, count_sessions=True
+    )
     postgres = run.tls.postgres
     endpoints = {
         "kafka_plain": run.stack.kafka_bootstrap_servers,
@@ -531,6 +616,34 @@ async def _tls_comparison(
     return figures
 
 
+async def _state_comparison(
+    run: _Run, commands: list[Command], *, reference: ThroughputRun
+) -> dict[str, Any]:
+    """Ours on the same records with ``PUBLISH_STATE`` on and off, against the run's
+    broker and PostgreSQL, counting what the relay published and the WAL written."""
+
+    async def open_phase(name: str, mode: StateMode) -> _Phase:
+        return await run.phase(name, publish_state=mode == "on")
+
+    measured = await _compare(
+        run, commands, state_phases(run.options.state_rounds), open_phase, count_published=True
+    )
+    topics = {
+        phase.name: phase.settings.topic_state
+        for phase in run.phases
+        if phase.name in {compared.name for compared in measured}
+    }
+    figures = state_figures(measured, reference_state=reference.state, topics=topics)
+    run.progress(
+        f"state topic: on {figures['on_commands_per_second']}/s, off "
+        f"{figures['off_commands_per_second']}/s (ratio off/on {figures['ratio']}, rounds "
+        f"{figures['spread']['ratio']}), relay records/s on "
+        f"{figures['on_relay_records_per_second']} off {figures['off_relay_records_per_second']}, "
+        f"verified {figures['verified']}, state match {figures['state_match']}"
+    )
+    return figures
+
+
 async def _throughput(
     run: _Run,
     kind: WorkerKind,
@@ -538,10 +651,13 @@ async def _throughput(
     *,
     phase: _Phase | None = None,
     count_sessions: bool = False,
+    count_published: bool = False,
 ) -> ThroughputRun:
     """One worker draining ``commands`` pre-produced on fresh topics, in ``phase`` (by
     default a new one named ``kind``); ``count_sessions`` counts its database sessions
-    and broker connections by TLS or not while it still runs."""
+    and broker connections by TLS or not while it still runs; ``count_published`` the
+    WAL its server wrote until the last output and, once it stopped, the records on the
+    phase's state topic."""
     options, progress = run.options, run.progress
     if phase is None:
         phase = await run.phase(kind)
@@ -558,7 +674,9 @@ async def _throughput(
     rss: list[tuple[float, int]] = []
     cpu: list[CpuSample] = []
     limit = options.naive_seconds if kind == "naive" else None
-    sessions = brokers = None
+    sessions = brokers = wal_from = wal_until = None
+    if count_published:
+        wal_from = await db.wal_position(phase.server.admin_url)
     async with OutputReader(phase.settings, log) as reader:
         spawned = time.time()
         worker.start()
@@ -575,6 +693,8 @@ async def _throughput(
             ]
             await _drain(run, name, reader, log, worker, checks=[consuming], limit=limit)
             cpu.append(meter.sample())
+            if count_published:
+                wal_until = await db.wal_position(phase.server.admin_url)
             consuming_at = await consuming
             if count_sessions:
                 sessions = await db.session_encryption(phase.server.admin_url, phase.database)
@@ -583,6 +703,9 @@ async def _throughput(
             await _cancel(background)
             status = await worker.stop()
     state = await db.state_fingerprint(phase.settings.database_url.get_secret_value())
+    state_topic = None
+    if count_published:
+        state_topic = await topic_contents(phase.settings, phase.settings.topic_state)
     result = ThroughputRun(
         worker=kind,
         log=log,
@@ -599,6 +722,10 @@ async def _throughput(
         time_limit=limit,
         database_sessions=sessions,
         kafka_connections=brokers,
+        state_topic=state_topic,
+        output_records=reader.records if count_published else None,
+        output_bytes=reader.bytes if count_published else None,
+        wal_bytes=wal_until - wal_from if wal_from is not None and wal_until is not None else None,
     )
     figures = throughput_figures(result)
     progress(
@@ -607,6 +734,8 @@ async def _throughput(
         f"duplicates {log.duplicates}, exit {status}"
         + (f", database sessions {sessions}" if sessions is not None else "")
         + (f", broker connections {brokers}" if brokers is not None else "")
+        + (f", state topic {state_topic}" if state_topic is not None else "")
+        + (f", WAL {figures['wal_bytes_per_command']} B/command" if count_published else "")
         + ")"
     )
     return result

@@ -50,3 +50,23 @@ def slope(points: Sequence[tuple[float, float]]) -> float:
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
+
+
+def median(values: Sequence[float]) -> float:
+    """The middle value (the mean of the two middle ones for an even count)."""
+    if not values:
+        raise ValueError("no values")
+    return percentile(sorted(values), 50)
+
+
+def spread(values: Sequence[float], *, digits: int = 1) -> dict[str, float | int | None]:
+    """Median, minimum and maximum of ``values`` and how many there are (None if none):
+    how far apart the phases of one mode are, which a mean alone hides."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": round(median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+    }

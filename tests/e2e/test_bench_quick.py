@@ -18,7 +18,10 @@ async def test_the_quick_benchmark_measures_both_workers_on_every_command(
     stack: Stack, tmp_path: Path
 ) -> None:
     options = Options.quick_options(
-        latency_seconds=3.0, logs_dir=tmp_path / "logs", plot=tmp_path / "latency.svg"
+        latency_seconds=3.0,
+        logs_dir=tmp_path / "logs",
+        plot=tmp_path / "latency.svg",
+        state_cost=True,
     )
     progress: list[str] = []
 
@@ -41,6 +44,19 @@ async def test_the_quick_benchmark_measures_both_workers_on_every_command(
     # The baseline is a correct worker: same outcome and sequence per command, same rows.
     assert throughput["outputs_match"] is True
     assert throughput["state_match"] is True
+
+    # With PUBLISH_STATE on, the state topic got one record per event; off, none.
+    state = result["state"]
+    assert state["order"] == ["state_on1", "state_off1"]
+    assert state["verified"] is True, state["phases"]
+    assert state["state_match"] is True
+    on, off = state["phases"]["state_on1"], state["phases"]["state_off1"]
+    assert on["state_topic"]["records"] == on["outcomes"]["applied"] > 0
+    assert off["state_topic"] == {"exists": False, "records": 0, "bytes": 0}
+    assert on["relay"]["records"] == options.commands + on["outcomes"]["applied"]
+    assert off["relay"]["records"] == options.commands
+    assert state["on_commands_per_second"] > 0
+    assert state["off_commands_per_second"] > 0
 
     latency = result["latency"]
     assert latency["answered"] == latency["commands"] == round(options.rate * 3.0)

@@ -192,4 +192,3 @@ async def test_restart_is_refused_while_another_runner_seems_at_work() -> None:
 
     resumed = await backfill(db).start_all()  # resuming alongside it is fine: they take turns
     assert resumed.resumed == BackfillRun("cus_001", 2, recent=True)
-
