@@ -65,6 +65,19 @@ What it verifies (each a separate check in ``CHECKS``, so a test can name one):
     carry none of the original headers, and give the original's key and value sizes
     and the value's SHA-256. Kind: ``dead_letter_content``.
 
+``customer_state``
+    The ``customer.state`` topic (``History.state``): each record is a valid
+    ``schemas.event.CustomerStateEvent`` keyed by its ``subject`` with one ``outbox-id``
+    (``malformed_state``); a customer's records are on one partition
+    (``state_partition_split``) and their versions never go down in offset order
+    (``state_went_backwards``; the same version again is a backfill's right); every
+    customer in the database has a record (``state_missing``), and the latest one carries
+    its final row, object and version, as the service builds it from the row
+    (``state_mismatch``, also for records of a customer without a row); and every
+    ``customer.updated`` event has a state record of the same outbox row (the same
+    ``outbox-id``, so the same Kafka transaction) with its subject, ``sequence`` and
+    ``causationid`` (``state_unpaired``).
+
 Outputs that cannot be read at all are reported as ``malformed_output``. An output is
 read in either content mode, as the README's "Content modes" table says, without the
 service's code.
@@ -94,6 +107,7 @@ from faults.model import (
 )
 from schemas import headers as contract
 from schemas.command import CustomerUpdateCommand
+from schemas.event import CustomerStateEvent
 from schemas.headers import DLT_ERROR_CODE, DLT_ORIGINAL_OFFSET, DLT_ORIGINAL_PARTITION
 from schemas.headers import DLT_ORIGINAL_TOPIC as DLT_TOPIC
 from service.domain.authorization import Authorizer
@@ -197,6 +211,9 @@ class History:
     jwt_key: str | None = None
     #: The workers' ``EVENT_CONTENT_MODE``: how every event and rejection must travel.
     event_content_mode: str = "structured"
+    #: Everything read (read_committed) from the ``customer.state`` topic: the relay's
+    #: record of each update and the backfill's.
+    state: Sequence[ConsumedRecord] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1250,6 +1267,150 @@ def _mapping_differences(got: Mapping[str, Any], want: Mapping[str, Any]) -> lis
     ]
 
 
+# -- the state topic ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    record: ConsumedRecord
+    customer_id: str
+    version: int
+    outbox_id: bytes | None
+    #: The command that made this version (None on a backfill's record).
+    causationid: str | None
+    #: ``data.object`` as the record holds it (JSON).
+    object: dict[str, Any]
+
+
+def _read_state(record: ConsumedRecord, result: CheckResult) -> _State | None:
+    """A ``customer.state`` record, if it is a valid ``CustomerStateEvent`` keyed by its
+    subject with one ``outbox-id`` (a ``malformed_state`` violation otherwise)."""
+    body = envelope(record)
+    if body is None:
+        result.add("malformed_state", f"{record.where()} is not a readable customer.state")
+        return None
+    try:
+        event = CustomerStateEvent.model_validate(body)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(record)'}: {error['msg']}"
+            for error in exc.errors()[:3]
+        )
+        result.add(
+            "malformed_state", f"{record.where()} is not a valid CustomerStateEvent: {errors}"
+        )
+        return None
+    problems = []
+    if record.key != event.subject.encode():
+        problems.append(f"is keyed {record.key!r} but is about {event.subject!r}")
+    ids = [value for name, value in record.headers if name == contract.OUTBOX_ID]
+    if len(ids) != 1:
+        problems.append(f"carries outbox-id headers {ids} (one expected)")
+    if problems:
+        result.add("malformed_state", f"{record.where()} {' and '.join(problems)}")
+        return None
+    return _State(
+        record,
+        customer_id=event.subject,
+        version=int(event.sequence),
+        outbox_id=ids[0],
+        causationid=event.causationid,
+        object=dict(body["data"]["object"]),
+    )
+
+
+def check_customer_state(facts: _Facts, result: CheckResult) -> None:
+    history = facts.history
+    read = [_read_state(record, result) for record in history.state]
+    states = sorted(
+        (state for state in read if state is not None),
+        key=lambda state: (state.record.partition, state.record.offset),
+    )
+    by_customer: dict[str, list[_State]] = defaultdict(list)
+    for state in states:
+        by_customer[state.customer_id].append(state)
+
+    for customer_id, records in sorted(by_customer.items()):
+        partitions = sorted({state.record.partition for state in records})
+        if len(partitions) > 1:
+            result.add(
+                "state_partition_split",
+                f"customer {customer_id}'s customer.state records are on partitions "
+                f"{partitions}: its latest record is not defined",
+            )
+        highest: dict[int, _State] = {}
+        for state in records:
+            top = highest.get(state.record.partition)
+            if top is not None and state.version < top.version:
+                result.add(
+                    "state_went_backwards",
+                    f"customer {customer_id}: {state.record.where()} has version "
+                    f"{state.version} after version {top.version} at {top.record.where()}",
+                )
+            elif top is None or state.version > top.version:
+                highest[state.record.partition] = state
+
+    for customer_id in sorted(set(history.final) | set(by_customer)):
+        row = history.final.get(customer_id)
+        records = by_customer.get(customer_id, [])
+        if row is None:
+            result.add(
+                "state_mismatch",
+                f"customer {customer_id} has {len(records)} customer.state record(s) (the "
+                f"latest {records[-1].record.where()}, version {records[-1].version}) but "
+                "no row in the database",
+            )
+            continue
+        if not records:
+            result.add(
+                "state_missing",
+                f"customer {customer_id} (version {row.version} in the database) has no "
+                "record on customer.state",
+            )
+            continue
+        latest = records[-1]
+        # Through JSON, as the record went, so both sides have the same types.
+        differences = _mapping_differences(
+            latest.object, orjson.loads(orjson.dumps(row.to_object()))
+        )
+        if latest.version != row.version:
+            differences.insert(0, f"version is {latest.version}, expected {row.version}")
+        if differences:
+            result.add(
+                "state_mismatch",
+                f"customer {customer_id}: the latest customer.state record "
+                f"{latest.record.where()} differs from the final row: {'; '.join(differences)}",
+            )
+
+    by_outbox_id: dict[bytes | None, list[_State]] = defaultdict(list)
+    for state in states:
+        by_outbox_id[state.outbox_id].append(state)
+    for event in facts.updated:
+        ids = [value for name, value in event.record.headers if name == contract.OUTBOX_ID]
+        if len(ids) != 1 or ids[0] is None:
+            continue  # output_headers reports it; there is nothing to pair it by
+        candidates = by_outbox_id.get(ids[0], [])
+        row_id = ids[0].decode(errors="replace")
+        if any(
+            (state.customer_id, state.version, state.causationid)
+            == (event.customer_id, event.version, event.command_id)
+            for state in candidates
+        ):
+            continue
+        found = ", ".join(
+            f"{state.record.where()} (customer {state.customer_id}, version {state.version}, "
+            f"causationid {state.causationid})"
+            for state in candidates
+        )
+        result.add(
+            "state_unpaired",
+            f"{event.record.where()} (customer {event.customer_id}, version {event.version}, "
+            f"command {event.command_id}, outbox-id {row_id}) has no customer.state "
+            f"record of its outbox row with that version; records with its outbox-id: "
+            f"{found or 'none'}",
+        )
+
+
 Check = Callable[[_Facts, CheckResult], None]
 
 #: Every check by name, in the order they run.
@@ -1265,6 +1426,7 @@ CHECKS: dict[str, Check] = {
     "event_details": check_event_details,
     "dead_letter_content": check_dead_letter_content,
     "rejection_record": check_rejection_record,
+    "customer_state": check_customer_state,
 }
 
 

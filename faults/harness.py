@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -36,7 +37,9 @@ from faults.reader import ConcurrentReader, compare, reads_of
 from faults.stack import FaultStack
 from service.adapters.kafka import records as kafka_records
 from service.adapters.kafka.clients import create_topics, partitions_of, read_range
-from service.adapters.postgres.batch_store import customer_from_row
+
+# The same columns, in the same form, as the service reads a customer.
+from service.adapters.postgres.batch_store import CUSTOMER_COLUMNS, customer_from_row
 from service.adapters.postgres.migrations import migrate
 from service.adapters.postgres.seed import seed_customers
 from service.domain.customer import CustomerState
@@ -47,13 +50,6 @@ Progress = Callable[[str], None]
 #: will not come any more (the load is sent and processed, say).
 GiveUp = Callable[[], Awaitable[bool]]
 
-#: The same columns, in the same form, as the service reads a customer.
-CUSTOMER_COLUMNS = """
-    id, extract(epoch FROM created)::bigint AS created, delinquent,
-    address_city, address_country, address_line1, address_line2, address_postal_code,
-    address_state, description, email, invoice_prefix, next_invoice_sequence,
-    last_invoice_sequence, name, phone, preferred_locales, tax_exempt, version
-"""
 #: Statements only a batch transaction runs (the relay's own queries on the outbox and
 #: the idempotency pruner's are left out).
 _BATCH_STATEMENTS = (
@@ -75,6 +71,14 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 #: Environment variables a worker inherits; everything else it is given explicitly, so a
 #: developer's own settings (or a .env) cannot change what the suite runs.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT")
+#: The backfill's ``application_name``: not a worker's, so that a batch it holds open is
+#: never taken for a worker's (``_BATCH_STATEMENTS`` match its ``FROM customers`` too).
+BACKFILL_SESSION = "faults-backfill"
+#: ``customer-service backfill --all`` in transactions of three customers (locked in id
+#: order, as a worker's batch locks its own), paced so that it lasts as long as the load:
+#: two at once, then two a second (7 transactions, 2.5 s, in the short form; 14 in the
+#: full one).
+BACKFILL_ARGS = ("backfill", "--all", "--batch-size", "3", "--rate", "6")
 
 
 def cli_path() -> Path:
@@ -251,6 +255,10 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
+
+
 def _session_name(slot: int | str) -> str:
     return f"faults-worker-{slot}"
 
@@ -334,6 +342,8 @@ class ScenarioEnv:
     #: Reads the output topics for the whole scenario (``faults.reader``).
     reader: ConcurrentReader | None = None
     _crashes: list[Worker] = field(default_factory=list)
+    #: The running ``customer-service backfill``, if any.
+    _backfill: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         stem = self.name.replace("-", "_")
@@ -362,7 +372,7 @@ class ScenarioEnv:
     @property
     def output_topics(self) -> list[str]:
         s = self.settings
-        return [s.topic_events, s.topic_rejections, s.topic_dead_letters]
+        return [s.topic_events, s.topic_rejections, s.topic_dead_letters, s.topic_state]
 
     @property
     def output_partitions(self) -> list[TopicPartition]:
@@ -405,6 +415,7 @@ class ScenarioEnv:
     async def teardown(self, *, keep: bool) -> None:
         """Stop every process; drop the database and topics unless they are to be kept."""
         await self.stop_supervising()
+        self._kill_backfill()
         for worker in self.every_worker:
             if worker.running:
                 worker.kill()
@@ -431,10 +442,20 @@ class ScenarioEnv:
 
     # -- workers -------------------------------------------------------------------------
 
-    def worker_env(self, slot: int) -> dict[str, str]:
+    def worker_env(
+        self, slot: int, *, session: str | None = None, proxied: bool = True
+    ) -> dict[str, str]:
+        """Worker ``slot``'s environment; its database sessions are named ``session``
+        (``faults-worker-<slot>`` by default), and it goes through the scenario's proxies
+        if it has any, ``slot`` is one of the proxied ones and ``proxied`` holds."""
         s = self.settings
+        session = session or _session_name(slot)
         bootstrap, database_url = s.kafka_bootstrap_servers, self.database_url
-        if self.network is not None and (not self.proxied_slots or slot in self.proxied_slots):
+        if (
+            proxied
+            and self.network is not None
+            and (not self.proxied_slots or slot in self.proxied_slots)
+        ):
             bootstrap = self.network.bootstrap_servers
             database_url = self.network.database_url(database_url)
         env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
@@ -445,7 +466,7 @@ class ScenarioEnv:
                 "KAFKA_CLIENT_ID": f"faults-{self.name}-w{slot}",
                 "KAFKA_CONSUMER_GROUP": s.kafka_consumer_group,
                 # Named, so that the harness can tell its sessions apart in pg_stat_activity.
-                "DATABASE_URL": _with_application_name(database_url, _session_name(slot)),
+                "DATABASE_URL": _with_application_name(database_url, session),
                 "TOPIC_COMMANDS": s.topic_commands,
                 "TOPIC_EVENTS": s.topic_events,
                 "TOPIC_REJECTIONS": s.topic_rejections,
@@ -465,7 +486,7 @@ class ScenarioEnv:
                 "LOG_LEVEL": "INFO",
                 "TRACING_ENABLED": "false",
                 **self._signed_mode(),
-                **self._tls(slot),
+                **self._tls(session),
                 "EVENT_CONTENT_MODE": self.event_content_mode,
                 **self._session_timeout(),
                 **self.worker_settings,
@@ -473,7 +494,7 @@ class ScenarioEnv:
         )
         return env
 
-    def _tls(self, slot: int) -> dict[str, str]:
+    def _tls(self, session: str) -> dict[str, str]:
         if not self.config.tls:
             return {}
         kafka, postgres = self.stack.kafka, self.stack.postgres
@@ -482,7 +503,7 @@ class ScenarioEnv:
             "KAFKA_BOOTSTRAP_SERVERS": kafka.tls_bootstrap_servers("SSL"),
             "KAFKA_SECURITY_PROTOCOL": "SSL",
             "KAFKA_SSL_CAFILE": str(kafka.certificates.ca),
-            "DATABASE_URL": _with_application_name(url, _session_name(slot)),
+            "DATABASE_URL": _with_application_name(url, session),
             "DATABASE_SSLMODE": "verify-full",
             "DATABASE_SSL_ROOT_CERT": str(postgres.certificates.ca),
             "DATABASE_PASSWORD_FILE": str(postgres.password_file),
@@ -610,6 +631,78 @@ class ScenarioEnv:
 
     def logged(self, name: str) -> int:
         return sum(worker.logged(name) for worker in self.every_worker)
+
+    # -- the backfill ----------------------------------------------------------------------
+
+    async def backfill(self, *, within: float) -> None:
+        """Run ``customer-service backfill --all`` (``BACKFILL_ARGS``) to completion under
+        whatever the scenario does meanwhile, with the workers' environment but its own
+        ``application_name`` and never through the proxies (it is an operator's job, not
+        a worker). A run that a fault ends (its sessions terminated, the server down) is
+        started again and resumes where it stopped. It is a violation
+        (``backfill_incomplete``) if no run completes within ``within`` seconds, or if
+        the completed run did not publish every customer."""
+        deadline = time.monotonic() + within
+        env = self.worker_env(0, session=BACKFILL_SESSION, proxied=False)
+        runs: list[int] = []
+        while True:
+            log_path = self.run_dir / f"backfill.{len(runs)}.log"
+            process = self._start_backfill(env, log_path)
+            try:
+                await self.wait_until(
+                    functools.partial(_exited, process), within=deadline - time.monotonic()
+                )
+            finally:
+                self._kill_backfill()
+            runs.append(process.returncode)
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-8:])
+            if process.returncode == 0:
+                break
+            if time.monotonic() >= deadline:
+                self.violation(
+                    "backfill_incomplete",
+                    f"customer-service backfill --all did not complete within {within:.0f}s "
+                    f"(exit codes of its runs: {runs}). Last lines:\n{tail}",
+                )
+                return
+            await asyncio.sleep(0.5)
+        published = await self.query(
+            lambda connection: connection.fetchval(
+                "SELECT published FROM backfill_runs WHERE name = 'all' AND finished IS NOT NULL"
+            )
+        )
+        again = f", after {len(runs) - 1} run(s) that a fault ended" if len(runs) > 1 else ""
+        if published != len(self.seeded):
+            self.violation(
+                "backfill_incomplete",
+                f"customer-service backfill --all completed{again} having published "
+                f"{published} of {len(self.seeded)} customers' states. Last lines:\n{tail}",
+            )
+        else:
+            self.notes.append(
+                f"customer-service backfill --all published the state of {published} "
+                f"customer(s) under the load{again}"
+            )
+
+    def _start_backfill(self, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            self._backfill = subprocess.Popen(
+                [str(cli_path()), *BACKFILL_ARGS],
+                env=env,
+                cwd=self.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session, as a worker's: a Ctrl-C meant for the suite is not its.
+                start_new_session=True,
+            )
+        return self._backfill
+
+    def _kill_backfill(self) -> None:
+        process, self._backfill = self._backfill, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
 
     def relay_recovered(self) -> list[int]:
         """Rows each relay recovery really deleted (it also logs when it found none)."""
@@ -796,9 +889,18 @@ class ScenarioEnv:
         positions: dict[int, int] = await self.query(run)
         return positions
 
-    async def outbox_size(self) -> int:
+    async def outbox_size(self, *, backfill: bool = True) -> int:
+        """Rows in the outbox; without the backfill's (the only rows whose own topic is
+        the state topic) when ``backfill`` is False: a worker cannot answer for those,
+        which another process may write while it stops."""
+
         async def run(connection: asyncpg.Connection) -> int:
-            count: int = await connection.fetchval("SELECT count(*) FROM outbox")
+            if backfill:
+                count: int = await connection.fetchval("SELECT count(*) FROM outbox")
+            else:
+                count = await connection.fetchval(
+                    "SELECT count(*) FROM outbox WHERE topic <> $1", self.settings.topic_state
+                )
             return count
 
         size: int = await self.query(run)
@@ -881,6 +983,7 @@ class ScenarioEnv:
             updated=records[s.topic_events],
             rejected=records[s.topic_rejections],
             dead_letters=records[s.topic_dead_letters],
+            state=records[s.topic_state],
             limits=s.limits,
             authorizer=None if self.jwt_key is None else signed_authorizer(self.jwt_key),
             jwt_key=self.jwt_key,
@@ -914,7 +1017,9 @@ class ScenarioEnv:
             )
         if reader.failure is not None:
             self.violation("harness_error", f"the concurrent reader failed: {reader.failure!r}")
-        held = reads_of([*history.updated, *history.rejected, *history.dead_letters])
+        held = reads_of(
+            [*history.updated, *history.rejected, *history.dead_letters, *history.state]
+        )
         for violation in compare(reader.reads, held):
             self.violation(violation.kind, violation.message)
         if reader.errors:

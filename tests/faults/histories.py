@@ -32,6 +32,7 @@ from service.domain.events import (
     OutboundMessage,
     dead_letter_message,
     rejected_message,
+    state_message,
     updated_message,
 )
 from service.domain.inbound import Limits, classify
@@ -93,11 +94,15 @@ class HistoryBuilder:
         order: Sequence[ProducedCommand] | None = None,
         dead_letter_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         content_mode: ContentMode = "structured",
+        backfill: bool = True,
     ) -> History:
         """What a perfect worker leaves after processing the records in ``order``
         (partition order unless told otherwise), with dead letters cut to fit
         ``dead_letter_max_bytes``. Every output carries an ``outbox-id`` header, as the
-        relay adds it. Events and rejections are in ``content_mode``."""
+        relay adds it. Events and rejections are in ``content_mode``. Each event's
+        ``customer.state`` record goes out with it, under its ``outbox-id``; with
+        ``backfill``, a backfill first published every seeded customer's state (each in
+        an outbox row of its own, before the first command's)."""
         processing = order or sorted(self.produced, key=lambda command: command.position)
         customers = dict(self.seeded)
         seen: dict[str, bytes] = {}
@@ -109,6 +114,11 @@ class HistoryBuilder:
             content_mode=content_mode,
         )
         messages: list[OutboundMessage] = []
+        if backfill:
+            messages.extend(
+                state_message(state, event_id=f"state-{n}", context=context)
+                for n, state in enumerate(self.seeded.values(), start=1)
+            )
         for command in processing:
             record = inbound_record(command, TOPICS.commands)
             item = classify(record, Limits(), UnsignedAuthorizer())
@@ -161,9 +171,15 @@ class HistoryBuilder:
             TOPICS.events: [],
             TOPICS.rejections: [],
             TOPICS.dead_letters: [],
+            TOPICS.state: [],
         }
         for row_id, message in enumerate(messages, start=1):
             outputs[message.topic].append(_consumed(message, outputs[message.topic], row_id))
+            if message.state is not None:
+                state = OutboundMessage(
+                    message.state.topic, message.key, message.state.value, message.state.headers
+                )
+                outputs[state.topic].append(_consumed(state, outputs[state.topic], row_id))
         return History(
             commands_topic=TOPICS.commands,
             produced=list(self.produced),
@@ -174,6 +190,7 @@ class HistoryBuilder:
             dead_letters=outputs[TOPICS.dead_letters],
             dead_letter_max_bytes=dead_letter_max_bytes,
             event_content_mode=content_mode,
+            state=outputs[TOPICS.state],
         )
 
 

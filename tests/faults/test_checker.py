@@ -203,6 +203,65 @@ def drop_a_traceparent(history: History) -> History:
     return dataclasses.replace(history, updated=replaced(history.updated, event, dropped))
 
 
+def states_of(history: History, customer_id: str) -> list[ConsumedRecord]:
+    """``customer_id``'s customer.state records, in log order."""
+    return sorted(
+        (r for r in history.state if (envelope(r) or {}).get("subject") == customer_id),
+        key=lambda r: (r.partition, r.offset),
+    )
+
+
+def state_of(history: History, command_id: str) -> ConsumedRecord:
+    """The customer.state record published with the event of ``command_id``."""
+    [state] = [r for r in history.state if (envelope(r) or {}).get("causationid") == command_id]
+    return state
+
+
+def with_states(history: History, states: list[ConsumedRecord]) -> History:
+    return dataclasses.replace(history, state=states)
+
+
+def send_a_state_backwards(history: History) -> History:
+    """cus_1's states of cmd-name (version 2) and cmd-city (version 3) swap places: the
+    topic goes from 3 back to 2, though its latest record is right."""
+    name, city = state_of(history, "cmd-name"), state_of(history, "cmd-city")
+    swapped = {
+        id(name): dataclasses.replace(name, offset=city.offset),
+        id(city): dataclasses.replace(city, offset=name.offset),
+    }
+    return with_states(history, [swapped.get(id(r), r) for r in history.state])
+
+
+def misstate_the_latest_state(history: History) -> History:
+    """cus_2's latest state record carries another name than its row."""
+    latest = states_of(history, "cus_2")[-1]
+    body = orjson.loads(latest.value or b"")
+    body["data"]["object"]["name"] = "Mallory"
+    changed = dataclasses.replace(latest, value=orjson.dumps(body))
+    return with_states(history, replaced(history.state, latest, changed))
+
+
+def drop_a_customers_states(history: History) -> History:
+    """cus_2 has no state record at all (nor have its events)."""
+    gone = {id(r) for r in states_of(history, "cus_2")}
+    return with_states(history, [r for r in history.state if id(r) not in gone])
+
+
+def drop_the_state_of_an_event(history: History) -> History:
+    """The relay published cmd-city's event without its state record (a later one makes
+    the latest record right again)."""
+    city = state_of(history, "cmd-city")
+    return with_states(history, [r for r in history.state if r is not city])
+
+
+def mis_key_a_state(history: History) -> History:
+    """cus_1's backfilled state record is keyed by cus_2."""
+    first = states_of(history, "cus_1")[0]
+    return with_states(
+        history, replaced(history.state, first, dataclasses.replace(first, key=b"cus_2"))
+    )
+
+
 Damage = Callable[[History], History]
 
 # (damage, the violation kind it must cause, the check that reports that kind)
@@ -223,6 +282,11 @@ CAUGHT: list[tuple[Damage, str, str]] = [
     (misstate_previous_attributes, "previous_attributes", "event_details"),
     (drop_a_traceparent, "output_headers", "event_details"),
     (misplace_a_rejection, "unmatchable_rejection", "rejection_record"),
+    (send_a_state_backwards, "state_went_backwards", "customer_state"),
+    (misstate_the_latest_state, "state_mismatch", "customer_state"),
+    (drop_a_customers_states, "state_missing", "customer_state"),
+    (drop_the_state_of_an_event, "state_unpaired", "customer_state"),
+    (mis_key_a_state, "malformed_state", "customer_state"),
 ]
 
 
@@ -296,8 +360,9 @@ def test_events_out_of_version_order_are_caught() -> None:
 def test_a_version_gap_is_caught() -> None:
     result = check(skip_a_version(clean()))
 
-    # The oracle sees it too: the event's customer is not at the version it expects.
-    assert result.kinds() == {"version_gap", "oracle_state"}
+    # The oracle sees it too: the event's customer is not at the version it expects; and
+    # the state record published with it is not at the event's version.
+    assert result.kinds() == {"version_gap", "oracle_state", "state_unpaired"}
     assert "version 5 right after version 3" in result.violations[0].message
 
 
@@ -329,9 +394,13 @@ def test_a_dropped_dead_letter_and_idless_rejection_are_caught_by_position() -> 
 def test_a_final_row_that_differs_from_the_fold_is_caught() -> None:
     result = check(change_the_final_row(clean()))
 
-    assert result.kinds() == {"row_mismatch", "oracle_state"}
+    # The state topic's latest record of cus_2 is no longer its row either.
+    assert result.kinds() == {"row_mismatch", "oracle_state", "state_mismatch"}
     for violation in result.violations:
-        assert "phone is '+39 06 9999', expected '+39 06 1234'" in violation.message
+        if violation.kind == "state_mismatch":
+            assert "phone is '+39 06 1234', expected '+39 06 9999'" in violation.message
+        else:
+            assert "phone is '+39 06 9999', expected '+39 06 1234'" in violation.message
 
 
 def test_an_update_applied_without_its_event_is_caught() -> None:
@@ -392,6 +461,11 @@ ONLY_ONE_CHECK_SEES: list[Damage] = [
     split_a_customer,
     drop_a_traceparent,
     misplace_a_rejection,
+    send_a_state_backwards,
+    misstate_the_latest_state,
+    drop_a_customers_states,
+    drop_the_state_of_an_event,
+    mis_key_a_state,
 ]
 
 
@@ -854,3 +928,156 @@ def test_a_rejection_whose_causationid_is_not_its_command_id_is_caught(mode: str
         rejected = replaced(history.rejected, original, damaged)
         result = check(dataclasses.replace(history, rejected=rejected))
         assert "envelope" in result.kinds(), damaged
+
+
+# -- the state topic --------------------------------------------------------------------
+
+
+def test_a_clean_history_has_a_state_per_event_and_per_backfilled_customer() -> None:
+    history = clean()
+
+    # 7 events, each with its state record, and one backfilled state per customer.
+    assert len(history.state) == 7 + 2
+    assert check(history).ok
+
+
+def test_a_state_that_goes_back_in_version_is_caught() -> None:
+    result = check(send_a_state_backwards(clean()))
+
+    assert result.kinds() == {"state_went_backwards"}
+    [backwards] = result.violations
+    assert backwards.message.startswith("customer cus_1: ")
+    assert "has version 2 after version 3" in backwards.message
+
+
+def test_an_old_state_republished_last_is_caught_going_back_and_as_the_latest() -> None:
+    history = clean()
+    backfilled = states_of(history, "cus_1")[0]
+    end = max(r.offset for r in history.state if r.partition == backfilled.partition)
+    again = dataclasses.replace(backfilled, offset=end + 1)
+
+    result = check(with_states(history, [*history.state, again]))
+
+    assert result.kinds() == {"state_went_backwards", "state_mismatch"}
+    mismatch = next(v for v in result.violations if v.kind == "state_mismatch")
+    assert "version is 1, expected 4" in mismatch.message
+
+
+def test_the_same_version_again_is_no_violation() -> None:
+    """A backfill after a customer's last update publishes its version once more."""
+    history = clean()
+    latest = states_of(history, "cus_2")[-1]
+    again = dataclasses.replace(
+        with_headers(latest, [(n, b"99" if n == "outbox-id" else v) for n, v in latest.headers]),
+        offset=latest.offset + 1,
+    )
+
+    assert check(with_states(history, [*history.state, again])).ok
+
+
+def test_a_latest_state_that_is_not_the_final_row_is_caught() -> None:
+    result = check(misstate_the_latest_state(clean()))
+
+    assert result.kinds() == {"state_mismatch"}
+    assert "name is 'Mallory', expected 'Bo'" in result.violations[0].message
+
+
+def test_a_customer_without_any_state_is_caught() -> None:
+    result = check(drop_a_customers_states(clean()))
+
+    assert result.kinds() == {"state_missing", "state_unpaired"}
+    [missing] = [v for v in result.violations if v.kind == "state_missing"]
+    assert missing.message == (
+        "customer cus_2 (version 5 in the database) has no record on customer.state"
+    )
+
+
+def test_a_customer_never_updated_nor_backfilled_is_caught() -> None:
+    build = HistoryBuilder({"cus_1": customer("cus_1"), "cus_2": customer("cus_2")})
+    build.send("cus_1", document("cus_1", "cmd-name", {"name": "Ada"}))
+
+    assert check(build.history()).ok
+    result = check(build.history(backfill=False))
+
+    assert result.kinds() == {"state_missing"}
+    assert "customer cus_2 " in result.violations[0].message
+
+
+def test_a_state_of_a_customer_without_a_row_is_caught() -> None:
+    history = clean()
+    final = {k: v for k, v in history.final.items() if k != "cus_2"}
+
+    result = check(dataclasses.replace(history, final=final), skip=["applied_once", "oracle"])
+
+    assert result.kinds() == {"state_mismatch"}
+    assert "no row in the database" in result.violations[0].message
+
+
+def test_an_event_without_its_state_record_is_caught() -> None:
+    result = check(drop_the_state_of_an_event(clean()))
+
+    assert result.kinds() == {"state_unpaired"}
+    [unpaired] = result.violations
+    assert "command cmd-city" in unpaired.message
+    assert "records with its outbox-id: none" in unpaired.message
+
+
+@pytest.mark.parametrize("what", ["outbox-id", "sequence", "causationid"])
+def test_a_state_record_of_another_row_or_version_does_not_pair(what: str) -> None:
+    history = clean()
+    state = state_of(history, "cmd-city")
+    if what == "outbox-id":
+        changed = with_headers(
+            state, [(n, b"999" if n == "outbox-id" else v) for n, v in state.headers]
+        )
+    elif what == "sequence":
+        changed = with_body(state, sequence=str(2).zfill(20))
+    else:
+        changed = with_body(state, causationid="cmd-name")
+
+    result = check(with_states(history, replaced(history.state, state, changed)))
+
+    assert "state_unpaired" in result.kinds()
+    [unpaired] = [v for v in result.violations if v.kind == "state_unpaired"]
+    assert "command cmd-city" in unpaired.message
+
+
+def test_invalid_state_records_are_caught() -> None:
+    history = clean()
+    first, second, third = states_of(history, "cus_1")[:3]
+    no_object = dataclasses.replace(
+        first, value=orjson.dumps({**orjson.loads(first.value or b""), "data": {}})
+    )
+    wrong_type = with_body(second, type="customer.updated")
+    two_ids = with_headers(third, [*third.headers, ("outbox-id", b"1")])
+    states = replaced(
+        replaced(replaced(history.state, first, no_object), second, wrong_type), third, two_ids
+    )
+
+    result = check(with_states(history, states))
+
+    malformed = [v.message for v in result.violations if v.kind == "malformed_state"]
+    assert len(malformed) == 3
+    assert "data.object: Field required" in malformed[0]
+    assert "type: Input should be 'customer.state'" in malformed[1]
+    assert "(one expected)" in malformed[2]
+
+
+def test_a_customers_states_split_over_partitions_are_caught() -> None:
+    history = clean()
+    first = states_of(history, "cus_1")[0]
+    moved = dataclasses.replace(first, partition=1, offset=100)
+
+    result = check(with_states(history, replaced(history.state, first, moved)))
+
+    # The moved record, version 1, now sorts last: it is not the row either.
+    assert result.kinds() == {"state_partition_split", "state_mismatch"}
+    assert "partitions [0, 1]" in result.violations[0].message
+
+
+def test_a_binary_mode_history_pairs_and_reads_its_states() -> None:
+    history = builder().history(content_mode="binary")
+    assert history.state[0].header("ce_type") == b"customer.state"
+
+    assert check(history).ok
+    assert check(drop_the_state_of_an_event(history)).kinds() == {"state_unpaired"}
