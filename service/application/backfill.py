@@ -17,16 +17,28 @@ other. A run that finished starts over.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
+
+import structlog
+from tenacity import RetryCallState
 
 from schemas.topics import Topics
+from service.application.errors import TransientError
 from service.application.ports import BackfillRun, BackfillUnitOfWork
 from service.domain.binary_mode import ContentMode
 from service.domain.customer import CustomerState
 from service.domain.events import EventContext, OutboundMessage, state_message
+from service.infrastructure.retrying import retrying
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: The one resumable run: ``backfill --all``.
 ALL = "all"
@@ -46,6 +58,11 @@ class BackfillConfig:
     content_mode: ContentMode = "structured"
     #: Customers per transaction: each holds their row locks until it commits.
     batch_size: int = 200
+    #: A batch that fails transiently (the database restarting) is tried again for this
+    #: long, with backoff, before the error ends the run (which then resumes when rerun).
+    retry_for: float = 300.0
+    retry_initial_delay: float = 0.1
+    retry_max_delay: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +119,26 @@ class Backfill:
         mine = 0
         while True:
             await self._pace(self._config.batch_size)
-            async with self._transactions() as unit:
-                run = await unit.run(ALL) or BackfillRun()
-                if run.finished:
-                    return run, mine  # another runner got to the end first
-                customers = await unit.share_customers_after(run.after_id, self._config.batch_size)
-                if customers:
-                    await unit.save_outbox(self._messages(customers))
-                    run = BackfillRun(customers[-1].id, run.published + len(customers))
-                    mine += len(customers)
-                else:
-                    run = BackfillRun(run.after_id, run.published, finished=True)
-                await unit.save_run(ALL, run)
-                await unit.commit()
+            run, published = await self._retried(self._next_batch)
+            mine += published
             if run.finished:
                 return run, mine
-            progress(len(customers))
+            progress(published)
+
+    async def _next_batch(self) -> tuple[BackfillRun, int]:
+        async with self._transactions() as unit:
+            run = await unit.run(ALL) or BackfillRun()
+            if run.finished:
+                return run, 0  # another runner got to the end first
+            customers = await unit.share_customers_after(run.after_id, self._config.batch_size)
+            if customers:
+                await unit.save_outbox(self._messages(customers))
+                run = BackfillRun(customers[-1].id, run.published + len(customers))
+            else:
+                run = BackfillRun(run.after_id, run.published, finished=True)
+            await unit.save_run(ALL, run)
+            await unit.commit()
+        return run, len(customers)
 
     async def customers(self, ids: Iterable[str]) -> tuple[int, list[str]]:
         """Publish the named customers; return how many, and the ids that do not exist."""
@@ -128,13 +149,35 @@ class Backfill:
         for first in range(0, len(wanted), size):
             chunk = wanted[first : first + size]
             await self._pace(len(chunk))
-            async with self._transactions() as unit:
-                found = await unit.share_customers(chunk)
-                await unit.save_outbox(self._messages([found[i] for i in chunk if i in found]))
-                await unit.commit()
+            found = await self._retried(functools.partial(self._named_batch, chunk))
             published += len(found)
             missing.extend(i for i in chunk if i not in found)
         return published, missing
+
+    async def _named_batch(self, chunk: list[str]) -> set[str]:
+        async with self._transactions() as unit:
+            found = await unit.share_customers(chunk)
+            await unit.save_outbox(self._messages([found[i] for i in chunk if i in found]))
+            await unit.commit()
+        return set(found)
+
+    async def _retried(self, batch: Callable[[], Awaitable[T]]) -> T:
+        """``batch()``, tried again on a transient error for ``retry_for`` seconds: each
+        batch is its own transaction, so a failed one left nothing behind."""
+        config = self._config
+        started = time.monotonic()
+        attempts = retrying(
+            on=(TransientError,),
+            initial_delay=config.retry_initial_delay,
+            max_delay=config.retry_max_delay,
+            stopping=asyncio.Event(),  # the verb stops by its process ending
+            before_sleep=_retrying,
+            give_up=lambda: time.monotonic() - started > config.retry_for,
+        )
+        async for attempt in attempts:
+            with attempt:
+                return await batch()
+        raise AssertionError("tenacity neither returned nor raised")  # pragma: no cover
 
     def _messages(self, customers: Sequence[CustomerState]) -> list[OutboundMessage]:
         config = self._config
@@ -148,3 +191,8 @@ class Backfill:
             state_message(customer, event_id=self._new_id(), context=context)
             for customer in customers
         ]
+
+
+def _retrying(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    log.warning("backfill_retrying", attempt=state.attempt_number, error=repr(error))

@@ -18,7 +18,7 @@ from service.adapters.postgres.migrations import migrate as apply_migrations
 from service.adapters.postgres.outbox import OutboxStore
 from service.adapters.postgres.seed import seed_customers
 from service.application.backfill import BackfillBusyError, Started
-from service.application.errors import AccessRefusedError
+from service.application.errors import AccessRefusedError, TransientError
 from service.application.ports import OutboxStats, ParkedRow
 from service.infrastructure.logging import configure_logging
 from service.infrastructure.settings import Settings, SettingsError, load_settings
@@ -192,6 +192,13 @@ def backfill(
             )
         except BackfillBusyError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except TransientError as exc:
+            typer.echo(
+                f"error: PostgreSQL is unavailable ({exc}); a rerun of --all resumes where "
+                "this one stopped",
+                err=True,
+            )
             raise typer.Exit(1) from None
     typer.echo(f"published the state of {published} customer(s) to {settings.topic_state}")
     if missing:

@@ -335,3 +335,16 @@ async def test_create_topics_warns_of_a_state_topic_someone_made_without_compact
     assert f"warning: s.{suffix} has cleanup.policy=delete" in result.err
     assert compacted.code == 0
     assert "warning" not in compacted.err
+
+
+async def test_backfill_against_a_database_that_is_away_says_so_and_how_to_resume(
+    settings: Settings,
+) -> None:
+    from devstack.processes import free_port
+
+    away = {**environment(settings), "DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"}
+    result = await cli(settings, "backfill", "--all", env=away)
+    assert result.code == 1
+    assert result.err.strip().startswith("error: PostgreSQL is unavailable")
+    assert "resumes where this one stopped" in result.err
+    assert "Traceback" not in result.err

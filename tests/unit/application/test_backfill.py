@@ -14,6 +14,7 @@ import pytest
 
 from schemas.topics import Topics
 from service.application.backfill import ALL, Backfill, BackfillBusyError, BackfillConfig
+from service.application.errors import TransientError
 from service.application.ports import BackfillRun
 from service.domain.customer import CustomerState
 from service.domain.events import OutboundMessage
@@ -34,6 +35,8 @@ class FakeDatabase:
     runs: dict[str, BackfillRun] = field(default_factory=dict)
     #: Transactions that may still commit before the next one crashes (None: all).
     commits_left: int | None = None
+    #: Commits that fail as the database going away does, before the next ones succeed.
+    transient_failures: int = 0
     transactions: int = 0
 
     @contextlib.asynccontextmanager
@@ -70,6 +73,9 @@ class FakeUnit:
         self._outbox.extend(messages)
 
     async def commit(self) -> None:
+        if self._db.transient_failures:
+            self._db.transient_failures -= 1
+            raise TransientError("the database restarted")
         if self._db.commits_left is not None:
             if self._db.commits_left == 0:
                 raise CrashError
@@ -92,7 +98,9 @@ def backfill(db: FakeDatabase, *, batch_size: int = 3, paced: list[int] | None =
 
     return Backfill(
         db.transaction,
-        BackfillConfig(source="tests", topics=TOPICS, batch_size=batch_size),
+        BackfillConfig(
+            source="tests", topics=TOPICS, batch_size=batch_size, retry_initial_delay=0.001
+        ),
         clock=lambda: NOW,
         new_id=lambda: next(ids),
         pace=pace,
@@ -192,3 +200,38 @@ async def test_restart_is_refused_while_another_runner_seems_at_work() -> None:
 
     resumed = await backfill(db).start_all()  # resuming alongside it is fine: they take turns
     assert resumed.resumed == BackfillRun("cus_001", 2, recent=True)
+
+
+async def test_a_batch_the_database_fails_transiently_is_tried_again_and_counted_once() -> None:
+    db = database(5)
+    fill = backfill(db, batch_size=2)
+    await fill.start_all()
+    db.transient_failures = 3
+    run, mine = await fill.all()
+
+    assert run == BackfillRun("cus_004", 5, finished=True)
+    assert mine == 5
+    assert [subject for subject, _ in published(db)] == [f"cus_{n:03d}" for n in range(5)]
+
+    db.transient_failures = 2
+    assert await fill.customers(["cus_001", "cus_nope"]) == (1, ["cus_nope"])
+
+
+async def test_a_database_away_for_longer_than_retry_for_ends_the_run_with_its_error() -> None:
+    db = database(2)
+    fill = Backfill(
+        db.transaction,
+        BackfillConfig(source="tests", topics=TOPICS, retry_for=0, retry_initial_delay=0.001),
+        clock=lambda: NOW,
+        new_id=lambda: "evt",
+        pace=_no_pace,
+    )
+    await fill.start_all()
+    db.transient_failures = 1_000
+    with pytest.raises(TransientError, match="the database restarted"):
+        await fill.all()
+    assert db.outbox == []
+
+
+async def _no_pace(_: int) -> None:
+    return None
