@@ -107,6 +107,7 @@ def build_relay(
             drain_timeout=settings.relay_drain_timeout,
             stop_timeout=TRANSACTION_TIMEOUT,
             publish_state=settings.publish_state,
+            state_topic=settings.topic_state,
         ),
         leadership=PostgresLeadership(
             database(settings),

@@ -73,9 +73,11 @@ class RelayConfig:
     drain_timeout: float = 30.0
     #: Seconds a publisher may take to stop before it is left behind.
     stop_timeout: float = 30.0
-    #: Off, rows written while it was on go out without their state records: the state
-    #: topic is no longer kept (it may not even exist), and a backfill repairs it later.
+    #: Off, rows written while it was on go out without their state records, and rows of
+    #: the state topic itself (a backfill's) are dropped: the topic is no longer kept (it
+    #: may not even exist), and a backfill repairs it once it is on again.
     publish_state: bool = True
+    state_topic: str = "customer.state"
 
 
 class _PublisherSpoiledError(Exception):
@@ -241,8 +243,10 @@ class OutboxRelay:
         if rows and self._suspects and rows[0].id > max(self._suspects):
             self._suspects.clear()
             rows = await store.publishable(self._config.batch_size, parked=self._parked)
-        if not self._config.publish_state:
-            rows = [dataclasses.replace(row, state=None) for row in rows]
+        if rows and not self._config.publish_state:
+            rows, dropped = await self._without_state(store, rows)
+            if dropped and not rows:
+                return dropped
         if not rows:
             self._suspects.clear()
             if self._parked:
@@ -277,6 +281,24 @@ class OutboxRelay:
         await self._published(store, rows)
         self._suspects.difference_update(row.id for row in rows)
         return len(rows)
+
+    async def _without_state(
+        self, store: OutboxStore, rows: list[OutboxRow]
+    ) -> tuple[list[OutboxRow], int]:
+        """``rows`` with the state topic off: their state records left out, the rows of
+        the state topic forgotten (and counted)."""
+        state_rows = [row.id for row in rows if row.topic == self._config.state_topic]
+        if state_rows:
+            await store.forget(state_rows)
+            log.warning(
+                "relay_state_rows_dropped", rows=len(state_rows), reason="PUBLISH_STATE off"
+            )
+        kept = [
+            dataclasses.replace(row, state=None)
+            for row in rows
+            if row.topic != self._config.state_topic
+        ]
+        return kept, len(state_rows)
 
     async def _park(self, store: OutboxStore, row: OutboxRow, reason: str) -> None:
         log.error(

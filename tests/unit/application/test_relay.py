@@ -484,13 +484,24 @@ async def test_with_the_state_topic_off_rows_written_before_go_out_without_their
     w.store.add(key=b"cus_1", value=b"e1", state=a_state(b"s1"))
     w.store.add(key=b"cus_2", value=b"e2")
     off = RelayConfig(
-        retry_initial_delay=0.001, retry_max_delay=0.01, idle_interval=0.01, publish_state=False
+        retry_initial_delay=0.001,
+        retry_max_delay=0.01,
+        idle_interval=0.01,
+        publish_state=False,
+        state_topic=STATE,
     )
+
+    w.store.add(key=b"cus_3", value=b"s3", topic=STATE)  # a backfill's: dropped
+    w.store.add(key=b"cus_4", value=b"e4")
 
     async with running(w.relay(off)):
         await eventually(lambda: w.store.ids == [], what="the outbox emptied")
 
-    assert [(r.topic, r.value) for r in w.log.records] == [(EVENTS, b"e1"), (EVENTS, b"e2")]
+    assert [(r.topic, r.value) for r in w.log.records] == [
+        (EVENTS, b"e1"),
+        (EVENTS, b"e2"),
+        (EVENTS, b"e4"),
+    ]
 
 
 async def test_a_missing_topic_holds_the_relay_with_its_name_until_it_is_created(
