@@ -47,7 +47,7 @@ import asyncio
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
@@ -56,7 +56,9 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import ConfigDict, ValidationError
 
+from schemas.customer import Customer
 from schemas.event import SEQUENCE_DIGITS, STATE_TYPE, UPDATED_TYPE
 from schemas.topics import Topics
 from service.adapters.kafka import records as kafka_records
@@ -129,6 +131,13 @@ class Event:
     causation_id: str | None = None
 
 
+class _KnownCustomer(Customer):
+    """A customer object as a later service version may send it: with fields this one
+    does not know."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
 _SEQUENCE = re.compile(rf"[0-9]{{{SEQUENCE_DIGITS}}}")
 
 
@@ -172,6 +181,11 @@ def parse(
     # An event of a command that expanded subscriptions carries them, its state never
     # does: a view holds the customer alone, whichever topic a version came from.
     customer = {name: field for name, field in data["object"].items() if name != "subscriptions"}
+    try:
+        # The fields a view relies on, typed as the contract says; more are allowed.
+        _KnownCustomer.model_validate(customer, strict=True)
+    except ValidationError:
+        return None
     return Event(
         customer_id=subject,
         version=int(sequence),
@@ -499,10 +513,12 @@ class Subscriber:
         """
         await self._consumer.commit(self._tracker.offsets())
 
-    def __aiter__(self) -> AsyncIterator[Change]:
-        return self._changes()
+    def __aiter__(self) -> Subscriber:
+        return self
 
-    async def _changes(self) -> AsyncIterator[Change]:
+    async def __anext__(self) -> Change:
+        """The next change. A method rather than a generator, so that the subscriber is
+        still usable after it raised (a ``SequenceGap``, then ``accept_gap``)."""
         while True:
             if not self._pending:
                 await self._fetch()
@@ -526,7 +542,7 @@ class Subscriber:
             if change is not None:
                 if change.gap is not None:
                     log.warning("subscriber_sequence_gap", error=str(change.gap))
-                yield change
+                return change
 
     async def _start(self) -> None:
         topics = self._topics
@@ -540,6 +556,8 @@ class Subscriber:
         self._consumer.assign(self._partitions)
         decided = plan(topics, self._partitions, await self._committed())
         cut: dict[TopicPartition, int] = {}
+        # Taken before the cut: the rewind counts back from the moment the ends are read.
+        since = max(int((time.time() - REWIND_SECONDS) * 1000), 0)
         if decided.bootstrap and decided.ends is None:
             # The order is the cut: updated first, then state (see the module).
             cut = await self._consumer.end_offsets(updated)
@@ -558,7 +576,7 @@ class Subscriber:
             if missing:
                 ends.update(await self._consumer.end_offsets(missing))
         if cut:
-            cut = await self._rewound(cut)
+            cut = await self._rewound(cut, since)
         firsts = await self._consumer.beginning_offsets(self._partitions)
         starts = {
             tp: cut.get(tp, firsts[tp]) if start is None else start
@@ -579,9 +597,10 @@ class Subscriber:
             resumed=any(start is not None for start in decided.starts.values()),
         )
 
-    async def _rewound(self, cut: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """``cut`` moved back to the first record of the last ``REWIND_SECONDS``."""
-        since = max(int((time.time() - REWIND_SECONDS) * 1000), 0)
+    async def _rewound(
+        self, cut: dict[TopicPartition, int], since: int
+    ) -> dict[TopicPartition, int]:
+        """``cut`` moved back to the first record at or after ``since`` (ms)."""
         found = await self._consumer.offsets_for_times(dict.fromkeys(cut, since))
         return {
             tp: min(end, found[tp].offset) if found.get(tp) is not None else end

@@ -175,6 +175,10 @@ def test_expanded_subscriptions_are_left_out_of_the_view() -> None:
         {"data": {"previous_attributes": {}}},
         {"data": {"object": {"id": "cus_other"}, "previous_attributes": {}}},
         {"data": {"object": {"id": "cus_1"}, "previous_attributes": None}},
+        # Not a customer, though it names one.
+        {"data": {"object": {**customer(), "object": "invoice"}, "previous_attributes": {}}},
+        {"data": {"object": {**customer(), "delinquent": "yes"}, "previous_attributes": {}}},
+        {"data": {"object": {"id": "cus_1"}, "previous_attributes": {}}},  # fields missing
     ],
 )
 def test_an_event_missing_what_a_view_needs_is_not_read(broken: dict[str, Any]) -> None:
