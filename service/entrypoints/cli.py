@@ -120,7 +120,8 @@ def create_topics(
         # Made by someone else (a platform team, an older tool): a state topic that is not
         # compacted loses every customer not updated within its retention.
         policy = _run(lambda: kafka.cleanup_policy(settings, settings.topic_state))
-        if policy is not None and "compact" not in policy.split(","):
+        policies = set((policy or "").replace(" ", "").split(","))
+        if policy is not None and (policies != {"compact"}):
             typer.echo(
                 f"warning: {settings.topic_state} has cleanup.policy={policy}: customers not "
                 "updated within its retention drop out of it; set cleanup.policy=compact",

@@ -199,6 +199,10 @@ async def test_backfill_of_named_customers_names_the_missing_ones(
 
 
 async def test_backfill_refuses_no_target_and_a_turned_off_state_topic(settings: Settings) -> None:
+    for rate in ("nan", "inf", "-1"):
+        refused = await cli(settings, "backfill", "--all", "--rate", rate)
+        assert refused.code == 2
+        assert "Invalid value for '--rate'" in refused.err
     neither = await cli(settings, "backfill")
     off = await cli(
         settings, "backfill", "--all", env={**environment(settings), "PUBLISH_STATE": "false"}
@@ -329,10 +333,24 @@ async def test_create_topics_warns_of_a_state_topic_someone_made_without_compact
         await admin.close()
 
     result = await cli(settings, "create-topics", env=env)
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC, f"s.{suffix}", {"cleanup.policy": "compact,delete"}
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    both = await cli(settings, "create-topics", env=env)
     compacted = await cli(settings, "create-topics")
 
     assert result.code == 0
     assert f"warning: s.{suffix} has cleanup.policy=delete" in result.err
+    assert f"warning: s.{suffix} has cleanup.policy=compact,delete" in both.err
     assert compacted.code == 0
     assert "warning" not in compacted.err
 
