@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -109,60 +108,75 @@ def updated_message(
     result against the model and the published JSON Schema). With ``context.publish_state``
     it carries its ``customer.state`` record (``state_event_id`` of the event's id)."""
     after = applied.after
+    # Serialised once for the event and its state (when nothing is expanded): orjson
+    # embeds the fragment as it is.
+    customer: Any = orjson.Fragment(orjson.dumps(after.to_object()))
     event = _envelope(event_id, context, after.id, command.correlationid, traceparent)
     event["type"] = UPDATED_TYPE
     event["sequence"] = format_sequence(after.version)
     event["causationid"] = command.id
     event["data"] = {
-        "object": after.to_object(
-            None if subscriptions is None else subscriptions.model_dump(mode="json")
-        ),
+        "object": customer
+        if subscriptions is None
+        else after.to_object(subscriptions.model_dump(mode="json")),
         "previous_attributes": applied.previous_attributes,
     }
-    message = _message(context.topics.events, after.id, event, context, traceparent)
-    if not context.publish_state:
-        return message
-    state = state_message(
-        after,
-        event_id=state_event_id(event_id),
-        context=context,
-        causationid=command.id,
-        correlationid=command.correlationid,
-        traceparent=traceparent,
-    )
-    assert state.value is not None
-    return dataclasses.replace(message, state=StateRecord(state.topic, state.value, state.headers))
+    state = None
+    if context.publish_state:
+        record = state_message(
+            after,
+            event_id=state_event_id(event_id),
+            context=context,
+            causationid=command.id,
+            correlationid=command.correlationid,
+            traceparent=traceparent,
+            customer=customer,
+        )
+        assert record.value is not None
+        state = StateRecord(record.topic, record.value, record.headers)
+    return _message(context.topics.events, after.id, event, context, traceparent, state)
 
 
 #: Names the ``customer.state`` record of an event (UUID version 5 of the event's id).
 _STATE_NAMESPACE = uuid.UUID("0b6c2f3e-8a4d-5e71-9c20-4f1d7a3b6e58")
 
 
+_STATE_NAMESPACE_BYTES = _STATE_NAMESPACE.bytes
+
+
 def state_event_id(event_id: str) -> str:
     """The id of the state record published with event ``event_id``: derived, not drawn,
-    so that it costs no randomness and names the same record however often it is built."""
-    return str(uuid.uuid5(_STATE_NAMESPACE, event_id))
+    so that it costs no randomness and names the same record however often it is built.
+    ``uuid.uuid5(_STATE_NAMESPACE, event_id)``, computed without the ``UUID`` object (a
+    quarter of the time, on a path every command takes)."""
+    digest = bytearray(hashlib.sha1(_STATE_NAMESPACE_BYTES + event_id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def state_message(
-    customer: CustomerState,
+    state: CustomerState,
     *,
     event_id: str,
     context: EventContext,
     causationid: str | None = None,
     correlationid: str | None = None,
     traceparent: str | None = None,
+    customer: Any = None,
 ) -> OutboundMessage:
     """A ``customer.state`` record (``schemas.event.CustomerStateEvent``): the customer as
     it is at its version, without expanded fields (a state is the same whoever asked).
-    Published with each update, and alone by a backfill (no ``causationid`` then)."""
-    event = _envelope(event_id, context, customer.id, correlationid, traceparent)
+    Published with each update, and alone by a backfill (no ``causationid`` then).
+    ``customer`` is its object when already built (``to_object()``, or its fragment)."""
+    event = _envelope(event_id, context, state.id, correlationid, traceparent)
     event["type"] = STATE_TYPE
-    event["sequence"] = format_sequence(customer.version)
+    event["sequence"] = format_sequence(state.version)
     if causationid is not None:
         event["causationid"] = causationid
-    event["data"] = {"object": customer.to_object()}
-    return _message(context.topics.state, customer.id, event, context, traceparent)
+    event["data"] = {"object": state.to_object() if customer is None else customer}
+    return _message(context.topics.state, state.id, event, context, traceparent)
 
 
 def rejected_message(
@@ -221,6 +235,7 @@ def _message(
     event: dict[str, Any],
     context: EventContext,
     traceparent: str | None,
+    state: StateRecord | None = None,
 ) -> OutboundMessage:
     if context.content_mode == "binary":
         value, headers = binary_mode.encode(event)
@@ -230,7 +245,7 @@ def _message(
     if traceparent is not None:
         # Also as a plain record header, where Kafka instrumentations of subscribers look.
         headers = (*headers, (TRACEPARENT, traceparent.encode()))
-    return OutboundMessage(topic, customer_id.encode(), value, headers)
+    return OutboundMessage(topic, customer_id.encode(), value, headers, state)
 
 
 #: The Kafka binding's structured mode names its event format in ``content-type``.

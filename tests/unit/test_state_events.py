@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,3 +120,27 @@ def test_a_backfilled_state_names_no_command() -> None:
     assert event.data.object.name == "Ada"
     body = orjson.loads(message.value or b"")
     assert "causationid" not in body
+
+
+def test_the_state_id_is_the_uuid5_of_the_events_id_however_it_is_computed() -> None:
+    from service.domain.events import _STATE_NAMESPACE
+
+    for event_id in ("evt-1", "9d5a7c1e-3b2f-4a6d-8e0c-1f2a3b4c5d6e", "é" * 40, ""):
+        assert state_event_id(event_id) == str(uuid.uuid5(_STATE_NAMESPACE, event_id))
+
+
+def test_the_state_of_an_update_is_byte_for_byte_the_state_built_alone() -> None:
+    message = an_update(traceparent=TRACEPARENT)
+    assert message.state is not None
+    event = CustomerStateEvent.model_validate_json(message.state.value)
+    applied = apply_update(stored(), command({"name": "Ada King"}), no_owner)
+    assert isinstance(applied, Applied)
+    alone = state_message(
+        applied.after,
+        event_id=event.id,
+        context=CONTEXT,
+        causationid="cmd-42",
+        correlationid="corr-1",
+        traceparent=TRACEPARENT,
+    )
+    assert (alone.value, alone.headers) == (message.state.value, message.state.headers)
