@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -30,6 +31,20 @@ LEADER_LOCK = 0x6375_7374_7265_6C
 def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> str:
     """Headers as jsonb text, ``[[name, base64 value or null], ...]``. Names must be valid
     UTF-8 without NUL (``inbound.valid_header_name``), which jsonb can hold."""
+    if isinstance(headers, tuple) and len(headers) == 1:
+        # Most events and states carry the same one header (the structured content type):
+        # its text is made once, not twice for every command. Others (a traceparent, a
+        # dead letter's) are mostly unique, and a cache would only add to their cost.
+        return _encoded(headers)
+    return _encode(headers)
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded(headers: tuple[tuple[str, bytes | None], ...]) -> str:
+    return _encode(headers)
+
+
+def _encode(headers: Sequence[tuple[str, bytes | None]]) -> str:
     return orjson.dumps(
         [[name, None if value is None else _b64(value)] for name, value in headers]
     ).decode()
