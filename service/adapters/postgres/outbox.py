@@ -51,6 +51,22 @@ def _encode(headers: Sequence[tuple[str, bytes | None]]) -> str:
 
 
 def decode_headers(stored: str | list[list[str | None]]) -> list[tuple[str, bytes | None]]:
+    if isinstance(stored, str) and len(stored) <= _COMMON_HEADERS_TEXT:
+        # The relay reads the same one-header text on most rows, twice with their states.
+        return list(_decoded(stored))
+    return _decode(stored)
+
+
+#: Longer than the text of the structured content type and a short header or two.
+_COMMON_HEADERS_TEXT = 128
+
+
+@functools.lru_cache(maxsize=64)
+def _decoded(stored: str) -> tuple[tuple[str, bytes | None], ...]:
+    return tuple(_decode(stored))
+
+
+def _decode(stored: str | list[list[str | None]]) -> list[tuple[str, bytes | None]]:
     pairs = orjson.loads(stored) if isinstance(stored, str) else stored
     return [
         (str(name), None if value is None else base64.b64decode(value)) for name, value in pairs
