@@ -87,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the naive baseline",
     )
     add(
+        "--no-sql-limit",
+        dest="sql_limit",
+        action="store_false",
+        default=None,
+        help="skip the SQL write-set limit (the worker's batch statements replayed "
+        "without Python work per command)",
+    )
+    add(
+        "--sql-batches",
+        type=int,
+        help="batches of the SQL write-set limit, from the start of the throughput load "
+        f"(default {defaults.sql_batches})",
+    )
+    add(
+        "--sql-rounds",
+        type=int,
+        help="replays of those batches, each on a fresh copy; the limit is their median "
+        f"(default {defaults.sql_rounds})",
+    )
+    add(
         "--naive-seconds",
         type=float,
         help="stop the naive baseline this long after its first output (default 60)",
@@ -172,7 +192,7 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
         "naive_seconds", "relay_process", "processes", "tls", "tls_rounds", "state_cost",
-        "state_rounds",
+        "state_rounds", "sql_limit", "sql_batches", "sql_rounds",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
@@ -180,6 +200,9 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
             given[name] = value
     if args.tls_rounds is not None and not args.tls:
         raise ValueError("--tls-rounds needs --tls")
+    sized = args.sql_batches is not None or args.sql_rounds is not None
+    if sized and args.sql_limit is False:
+        raise ValueError("--sql-batches and --sql-rounds need the limit (no --no-sql-limit)")
     if args.state_rounds is not None and not args.state_cost:
         raise ValueError("--state-rounds needs --state-cost")
     if args.state_cost and any(name == "PUBLISH_STATE" for name, _ in args.worker_env or ()):
@@ -244,6 +267,15 @@ def summary(result: dict[str, Any]) -> str:
     cpu = throughput.get("ours_cpu_us_per_command")
     if cpu is not None:
         parts.append(f"CPU µs per command: {_cpu_shown(cpu)}")
+    limit = result.get("sql_write_set")
+    if limit is not None:
+        rounds = limit["spread"]["commands_per_second"]
+        parts.append(
+            f"SQL write-set limit {limit['commands_per_second']:g}/s "
+            f"(rounds {rounds['min']}-{rounds['max']}, n {rounds['n']}) "
+            f"(ours {limit['ours_fraction_of_limit']} of it; PostgreSQL CPU µs per command "
+            f"{(limit['cpu_us_per_command'] or {}).get('postgres')}, verified {limit['verified']})"
+        )
     if throughput["naive"] is not None:
         parts.append(
             f"naive {throughput['naive_commands_per_second']:g}/s, ratio {throughput['ratio']}x, "

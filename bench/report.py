@@ -15,7 +15,9 @@ from bench.stats import latency_summary, rate, slope, spread
 #: 3: the ``tls`` block (null without ``--tls``).
 #: 4: the ``state`` block (null without ``--state-cost``); both comparisons add ``spread``
 #: (median and range of each mode's phases and of the rounds' ratios).
-RESULT_VERSION = 4
+#: 5: the ``sql_write_set`` block (null with ``--no-sql-limit``): the SQL write-set limit
+#: and ``ours_fraction_of_limit``.
+RESULT_VERSION = 5
 KIB_PER_MIB = 1024
 
 
@@ -468,9 +470,11 @@ def build_result(
     outputs_mismatched: int | None = None,
     tls: Mapping[str, Any] | None = None,
     state: Mapping[str, Any] | None = None,
+    sql_write_set: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole result; ``tls`` is ``tls_figures`` of a ``--tls`` run, ``state``
-    ``state_figures`` of a ``--state-cost`` one."""
+    ``state_figures`` of a ``--state-cost`` one, ``sql_write_set`` the
+    ``sql_limit.combined_figures`` of the limit's phase (ours' fraction of it added here)."""
     ours_figures = throughput_figures(ours)
     naive_figures = throughput_figures(naive) if naive is not None else None
     ratio = None
@@ -502,6 +506,7 @@ def build_result(
             "ours": ours_figures,
             "naive": naive_figures,
         },
+        "sql_write_set": _with_fraction(sql_write_set, ours_figures["commands_per_second"]),
         "tls": dict(tls) if tls is not None else None,
         "state": dict(state) if state is not None else None,
         "latency": paced_figures(latency) if latency is not None else None,
@@ -511,6 +516,18 @@ def build_result(
         "machine": dict(machine),
         "wall_seconds": round(wall_seconds, 1),
     }
+
+
+def _with_fraction(
+    sql_write_set: Mapping[str, Any] | None, ours_commands_per_second: float
+) -> dict[str, Any] | None:
+    """The limit's figures with ``ours_fraction_of_limit``: ours' commands per second
+    over the limit's (None without a limit)."""
+    if sql_write_set is None:
+        return None
+    limit = sql_write_set.get("commands_per_second")
+    fraction = round(ours_commands_per_second / limit, 3) if limit else None
+    return {**sql_write_set, "ours_fraction_of_limit": fraction}
 
 
 def _cpu_summary(cpu: Mapping[str, Any] | None) -> dict[str, float | None] | None:

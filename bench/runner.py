@@ -3,6 +3,10 @@
 1. ``ours``: pre-produce every command, start ``customer-service worker`` and time it
    from the moment its consumer group is stable (it has its partitions and starts
    fetching) until the benchmark's ``read_committed`` consumer has the last output.
+1b. ``sql_write_set`` (unless ``sql_limit`` is off): the SQL write-set limit, right after
+   ``ours``: the first ``sql_batches`` batches of the same records captured through the
+   service's own processor, then their statements replayed and timed ``sql_rounds``
+   times without Python work per command (``bench.sql_limit``).
 2. ``naive``: the same records on fresh topics and a fresh copy of the same database,
    drained by ``bench.naive_worker`` for at most ``naive_seconds``, timed the same way
    (its rate is over what it answered by then).
@@ -42,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import db
+from bench import db, sql_limit
 from bench.cpu import CpuMeter, CpuSample
 from bench.kafka_io import (
     BenchmarkError,
@@ -146,6 +150,13 @@ class Options:
     state_cost: bool = False
     #: Pairs of that comparison, each in the other order than the one before.
     state_rounds: int = 1
+    #: Measure the SQL write-set limit after ours (``bench.sql_limit``).
+    sql_limit: bool = True
+    #: Batches of the limit's phase: the first ``sql_batches x BATCH_MAX_RECORDS`` commands
+    #: of the throughput load (all of them if fewer).
+    sql_batches: int = 30
+    #: Replays of the captured batches, each on a fresh copy; the limit is their median.
+    sql_rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -158,6 +169,10 @@ class Options:
             raise ValueError("state_cost sets PUBLISH_STATE itself; leave it out of worker_env")
         if self.processes < 0:
             raise ValueError("processes must be 0 (off) or more")
+        if self.sql_batches < 1:
+            raise ValueError("sql_batches must be at least 1")
+        if self.sql_rounds < 1:
+            raise ValueError("sql_rounds must be at least 1")
         if self.naive_seconds <= 0:
             raise ValueError("naive_seconds must be positive")
 
@@ -230,6 +245,8 @@ def state_phases(rounds: int) -> list[tuple[str, int, StateMode]]:
 def phase_plan(options: Options) -> list[str]:
     """The phases ``run_benchmark`` runs for ``options``, in order."""
     plan = ["ours"]
+    if options.sql_limit:
+        plan.append("sql_write_set")
     if options.naive:
         plan.append("naive")
     if options.tls:
@@ -384,6 +401,13 @@ class _Run:
         await create_topics(settings, self.options.partitions)
         return phase
 
+    async def database(self, name: str) -> str:
+        """A fresh copy of the seeded database on the run's plain server, without topics
+        (dropped at the end with the phases' ones); returns its URL."""
+        database = f"bench_{self.run_id}_{name}"
+        self.server.databases.append(database)
+        return await db.clone(self.server.admin_url, self.server.template, database)
+
     def worker(
         self, kind: WorkerKind, phase: _Phase, *, profile: Path | None = None
     ) -> WorkerGroup:
@@ -482,7 +506,7 @@ async def run_benchmark(
     load_before = os.getloadavg()
     run = _Run(options, stack, progress, tls if options.tls else None)
     spec = options.load_spec()
-    tls_result = state_result = None
+    tls_result = state_result = sql_result = None
     try:
         progress(
             f"run {run.run_id}: phases {', '.join(phase_plan(options))}; seeding "
@@ -494,6 +518,8 @@ async def run_benchmark(
         load = describe(commands)
         progress(f"load: {load}")
         ours = await _throughput(run, "ours", commands)
+        if options.sql_limit:
+            sql_result = await _sql_write_set(run, commands)
         naive = await _throughput(run, "naive", commands) if options.naive else None
         if run.tls is not None:
             tls_result = await _tls_comparison(run, commands, reference=ours)
@@ -545,7 +571,77 @@ async def run_benchmark(
         outputs_mismatched=ours.log.mismatches(naive.log) if naive is not None else None,
         tls=tls_result,
         state=state_result,
+        sql_write_set=sql_result,
     )
+
+
+async def _sql_write_set(run: _Run, commands: list[Command]) -> dict[str, Any]:
+    """The SQL write-set limit (``bench.sql_limit``): the worker's batches captured on one
+    copy of the database by the service's own processor, then replayed and timed on
+    another, after the server is quiet."""
+    options, progress = run.options, run.progress
+    capture_url = await run.database("sql_capture")
+    phase_config, _ = phase_settings(
+        f"bench.{run.run_id}.sql_write_set",
+        kafka=run.stack.kafka_bootstrap_servers,
+        database_url=capture_url,
+        database=f"bench_{run.run_id}_sql_capture",
+    )
+    settings = sql_limit.worker_settings(phase_config, options.worker_env)
+    batches = sql_limit.plan_batches(
+        commands[: options.sql_batches * settings.batch_max_records],
+        topic=settings.topic_commands,
+        partitions=options.partitions,
+        batch_size=settings.batch_max_records,
+    )
+    progress(
+        f"sql_write_set: capturing {len(batches)} batches of up to "
+        f"{settings.batch_max_records} records with the service's processor"
+    )
+    captured = await sql_limit.capture(capture_url, settings, batches)
+    progress(
+        f"sql_write_set: captured in {captured.seconds:.1f}s "
+        f"({captured.records / captured.seconds:.0f} commands/s in-process); replaying"
+    )
+    # The capture's copy is done with: dropped now (unless kept), so that its autovacuum
+    # cannot fall in a replay; so is each replay's after it.
+    if not options.keep:
+        await db.drop(run.server.admin_url, [f"bench_{run.run_id}_sql_capture"])
+    postgres = run.server.pid
+    meter = CpuMeter(
+        {"postgres": [postgres] if postgres else [], "driver": [os.getpid()]},
+        alone=frozenset({"driver"}),
+    )
+    rounds = []
+    for number in range(1, options.sql_rounds + 1):
+        name = f"sql_replay{number}"
+        replay_url = await run.database(name)
+        quiet = await db.until_quiet(replay_url)
+        replayed = await sql_limit.replay(
+            replay_url, captured.batches, meter=meter, admin_url=run.server.admin_url
+        )
+        if not options.keep:
+            await db.drop(run.server.admin_url, [f"bench_{run.run_id}_{name}"])
+        rounds.append(
+            sql_limit.sql_figures(
+                replayed,
+                captured=captured,
+                batch_max_records=settings.batch_max_records,
+                quiet=quiet,
+            )
+        )
+        progress(
+            f"sql_write_set: round {number}: {rounds[-1]['commands_per_second']}/s "
+            f"(quiet after {quiet['seconds']}s, verified {rounds[-1]['verified']})"
+        )
+    figures = sql_limit.combined_figures(rounds)
+    progress(
+        f"sql_write_set: {figures['commands']} commands in {figures['batches']} batches, "
+        f"median of {len(rounds)} rounds {figures['commands_per_second']}/s "
+        f"({figures['spread']['commands_per_second']}), CPU µs per command "
+        f"{figures['cpu_us_per_command']}, verified {figures['verified']}"
+    )
+    return figures
 
 
 async def _compare(

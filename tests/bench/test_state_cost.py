@@ -48,7 +48,7 @@ def test_state_cost_is_off_by_default() -> None:
     default = _options()
 
     assert (default.state_cost, default.state_rounds) == (False, 1)
-    assert phase_plan(default) == ["ours", "naive", "latency"]
+    assert phase_plan(default) == ["ours", "sql_write_set", "naive", "latency"]
     assert default.parameters()["state_cost"] is False
 
 
@@ -56,11 +56,19 @@ def test_state_cost_adds_an_on_and_an_off_phase_after_the_tls_ones() -> None:
     options = _options("--state-cost")
 
     assert (options.state_cost, options.state_rounds) == (True, 1)
-    assert phase_plan(options) == ["ours", "naive", "state_on1", "state_off1", "latency"]
+    assert phase_plan(options) == [
+        "ours",
+        "sql_write_set",
+        "naive",
+        "state_on1",
+        "state_off1",
+        "latency",
+    ]
     assert phase_plan(
         _options("--state-cost", "--tls", "--no-naive", "--latency-seconds", "0")
     ) == [
         "ours",
+        "sql_write_set",
         "plain1",
         "tls1",
         "state_on1",
@@ -78,7 +86,7 @@ def test_each_round_runs_the_pair_in_the_other_order() -> None:
         ("state_on3", 3, "on"),
         ("state_off3", 3, "off"),
     ]
-    assert phase_plan(_options("--state-cost", "--state-rounds", "2", "--no-naive"))[1:5] == [
+    assert phase_plan(_options("--state-cost", "--state-rounds", "2", "--no-naive"))[2:6] == [
         "state_on1",
         "state_off1",
         "state_off2",
@@ -408,7 +416,7 @@ def test_the_result_carries_the_state_block_and_the_summary_names_it() -> None:
     result = json.loads(to_json_line(build_result(**common, state=state_figures(_comparison()))))  # type: ignore[arg-type]
 
     assert without["state"] is None
-    assert without["result_version"] == result["result_version"] == 4
+    assert without["result_version"] == result["result_version"] == 5
     assert "relay" not in without["throughput"]["ours"]
     assert "state topic" not in summary(without)
     assert result["state"]["ratio"] == pytest.approx(1.406, abs=0.001)

@@ -33,17 +33,24 @@ def test_tls_is_off_by_default_and_the_default_plan_is_unchanged() -> None:
     default = _options()
 
     assert default.tls is False
-    assert phase_plan(default) == ["ours", "naive", "latency"]
-    assert phase_plan(_options("--soak-seconds", "60")) == ["ours", "naive", "latency", "soak"]
+    assert phase_plan(default) == ["ours", "sql_write_set", "naive", "latency"]
+    assert phase_plan(_options("--soak-seconds", "60")) == [
+        "ours",
+        "sql_write_set",
+        "naive",
+        "latency",
+        "soak",
+    ]
 
 
 def test_tls_adds_a_plain_and_a_tls_phase_after_the_baseline() -> None:
     options = _options("--tls")
 
     assert (options.tls, options.tls_rounds) == (True, 1)
-    assert phase_plan(options) == ["ours", "naive", "plain1", "tls1", "latency"]
+    assert phase_plan(options) == ["ours", "sql_write_set", "naive", "plain1", "tls1", "latency"]
     assert phase_plan(_options("--tls", "--no-naive", "--latency-seconds", "0")) == [
         "ours",
+        "sql_write_set",
         "plain1",
         "tls1",
     ]
@@ -59,7 +66,7 @@ def test_each_round_runs_the_pair_in_the_other_order() -> None:
         ("plain3", 3, "plain"),
         ("tls3", 3, "tls"),
     ]
-    assert phase_plan(_options("--tls", "--tls-rounds", "2", "--no-naive"))[1:5] == [
+    assert phase_plan(_options("--tls", "--tls-rounds", "2", "--no-naive"))[2:6] == [
         "plain1",
         "tls1",
         "tls2",

@@ -45,6 +45,19 @@ async def test_the_quick_benchmark_measures_both_workers_on_every_command(
     assert throughput["outputs_match"] is True
     assert throughput["state_match"] is True
 
+    # The SQL write-set limit replayed the worker's own statements for the same commands,
+    # touching the same rows as when they were captured.
+    limit = result["sql_write_set"]
+    assert limit["verified"] is True, limit["mismatches"]
+    assert (limit["commands"], limit["batches"]) == (options.commands, 2)
+    assert limit["commands_per_second"] > 0
+    assert [r["verified"] for r in limit["rounds"]] == [True] * options.sql_rounds
+    assert limit["cpu_us_per_command"]["postgres"] is not None
+    assert limit["statements"]["save_outbox"]["calls"] == 2
+    assert limit["ours_fraction_of_limit"] == round(
+        throughput["ours_commands_per_second"] / limit["commands_per_second"], 3
+    )
+
     # With PUBLISH_STATE on, the state topic got one record per event; off, none.
     state = result["state"]
     assert state["order"] == ["state_on1", "state_off1"]
