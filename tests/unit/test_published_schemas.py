@@ -213,8 +213,7 @@ def test_example_is_valid_for_the_schema_and_the_model(message_type: str) -> Non
     MODELS[message_type].model_validate_json(json.dumps(document))
 
 
-def published_for_the_command_example() -> tuple[CustomerUpdateCommand, events.OutboundMessage]:
-    """What the service publishes for the command example, with the updated example's id."""
+def test_updated_example_is_what_the_service_publishes_for_the_command_example() -> None:
     command = CustomerUpdateCommand.model_validate(example(COMMAND))
     message = updated_message(
         applied(command),
@@ -223,18 +222,20 @@ def published_for_the_command_example() -> tuple[CustomerUpdateCommand, events.O
         context=CONTEXT,
         subscriptions=expanded_subscriptions(command.subject),
     )
-    return command, message
-
-
-def test_updated_example_is_what_the_service_publishes_for_the_command_example() -> None:
-    command, message = published_for_the_command_example()
     assert message.topic == UPDATED
     assert message.key == command.subject.encode()
     assert json.loads(value_of(message)) == example(UPDATED)
 
 
 def test_state_example_is_what_the_service_publishes_with_the_updated_example() -> None:
-    _, message = published_for_the_command_example()
+    command = CustomerUpdateCommand.model_validate(example(COMMAND))
+    message = updated_message(
+        applied(command),
+        command,
+        event_id=example(UPDATED)["id"],
+        context=CONTEXT,
+        subscriptions=expanded_subscriptions(command.subject),
+    )
     assert message.state is not None
     assert message.state.topic == STATE
     assert json.loads(message.state.value) == example(STATE)
