@@ -1,8 +1,8 @@
 """The naive baseline: one command at a time, the way a simple framework handler does it.
 
 For each record: decode and validate it with the service's own contract
-(``service.domain.inbound.classify``); in one PostgreSQL transaction claim the command
-id (``INSERT ... ON CONFLICT DO NOTHING`` on ``processed_commands``), load and lock the
+(``service.domain.inbound.classify``); in one PostgreSQL transaction look up the command
+id and claim it (``SELECT`` then ``INSERT`` on ``processed_commands``), load and lock the
 customer (``SELECT ... FOR UPDATE``), apply the update with the service's own rules
 (``service.domain.update.apply_update``), ``UPDATE`` the customer and record the outcome
 on the idempotency row; commit; then publish the event with ``send_and_wait`` on an
@@ -115,22 +115,23 @@ class NaiveHandler:
     ) -> tuple[str, OutboundMessage | None]:
         command = item.command
         async with self._pool.acquire() as connection, connection.transaction():
-            claimed = await connection.fetchval(
+            # The ids are unique per table of days only (see migration 0008), so look
+            # first; one command at a time, nothing else can claim the id meanwhile.
+            known = await connection.fetchval(
+                "SELECT fingerprint FROM processed_commands WHERE command_id = $1",
+                command.id,
+            )
+            if known is not None:
+                if bytes(known) == item.fingerprint:
+                    return "duplicate", None
+                return "rejected", self._rejection(item, record, context, reused_id_error(command))
+            await connection.execute(
                 "INSERT INTO processed_commands (command_id, customer_id, fingerprint, outcome) "
-                "VALUES ($1, $2, $3, 'rejected') ON CONFLICT (command_id) DO NOTHING "
-                "RETURNING true",
+                "VALUES ($1, $2, $3, 'rejected')",
                 command.id,
                 command.subject,
                 item.fingerprint,
             )
-            if not claimed:
-                known = await connection.fetchval(
-                    "SELECT fingerprint FROM processed_commands WHERE command_id = $1",
-                    command.id,
-                )
-                if bytes(known) == item.fingerprint:
-                    return "duplicate", None
-                return "rejected", self._rejection(item, record, context, reused_id_error(command))
             row = await connection.fetchrow(_SELECT_CUSTOMER, command.subject)
             current = customer_from_row(row) if row is not None else None
             owner: str | None = None

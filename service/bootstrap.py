@@ -171,7 +171,11 @@ class WorkerProcess:
                     tasks.create_task(monitor.run(relay_stopping))
                 tasks.create_task(
                     prune_periodically(
-                        functools.partial(prune_processed_commands, pool),
+                        functools.partial(
+                            prune_processed_commands,
+                            pool,
+                            period_days=settings.idempotency_period_days,
+                        ),
                         retention_days=settings.idempotency_retention_days,
                         stopping=relay_stopping,
                     )

@@ -220,5 +220,21 @@ class OutboxStats:
 
 #: The outbox's figures and up to that many parked rows.
 ReadOutbox = Callable[[int], Awaitable[tuple[OutboxStats, list[ParkedRow]]]]
-#: Forget idempotency rows older than that many days; returns how many.
-PruneProcessed = Callable[[int], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one pass over the idempotency rows did."""
+
+    #: Period tables made, each with the rows moved into it from the default partition.
+    created: tuple[tuple[str, int], ...] = ()
+    #: Period tables dropped whole, past the retention.
+    dropped: tuple[str, ...] = ()
+    #: Rows past the retention deleted one by one (those with no period table).
+    deleted: int = 0
+    #: Another worker's pass was running, so this one did nothing.
+    skipped: bool = False
+
+
+#: Forget idempotency rows older than that many days and make the coming days' tables.
+PruneProcessed = Callable[[int], Awaitable[Pruned]]

@@ -25,9 +25,15 @@ async def prune_periodically(
     """Until ``stopping`` is set; a failed pass is logged and tried at the next interval."""
     while not stopping.is_set():
         try:
-            removed = await prune(retention_days)
-            if removed:
-                log.info("idempotency_pruned", removed=removed)
+            pruned = await prune(retention_days)
+            if pruned.created or pruned.dropped or pruned.deleted:
+                log.info(
+                    "idempotency_pruned",
+                    created=[name for name, _ in pruned.created],
+                    moved=sum(moved for _, moved in pruned.created),
+                    dropped=list(pruned.dropped),
+                    deleted=pruned.deleted,
+                )
         except TransientError as exc:
             log.warning("idempotency_prune_failed", error=repr(exc))
         with contextlib.suppress(TimeoutError):

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         Limits().max_header_value_bytes
     )
     idempotency_retention_days: Annotated[int, Field(ge=1)] = 7
+    #: Days of idempotency rows per table. Each lookup reads every table within the
+    #: retention, and a table is dropped once its last day is past it: wider tables mean
+    #: fewer reads per command and rows kept up to that many days past the retention.
+    idempotency_period_days: Annotated[int, Field(ge=1, le=366)] = 7
     retry_initial_delay: Annotated[float, Field(gt=0)] = 0.1
     retry_max_delay: Annotated[float, Field(gt=0)] = 30.0
     event_source: Annotated[str, Field(min_length=1)] = "customer-service"

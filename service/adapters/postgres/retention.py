@@ -1,29 +1,139 @@
-"""Forgetting old idempotency rows."""
+"""Forgetting old idempotency rows: one table per period of days, dropped whole.
+
+``processed_commands`` is partitioned by ``processed_on`` (migration 0008). Each pass
+makes the tables for today and the next days, moving in any of their rows that landed
+in the default partition, and drops the periods past the retention (the dates are
+``domain.retention_periods``). A pass costs the same at a thousand rows or at billions;
+only the default partition, normally empty, is pruned row by row.
+"""
 
 from __future__ import annotations
+
+import datetime
 
 import asyncpg
 
 from service.adapters.postgres.errors import translated
+from service.application.ports import Pruned
+from service.domain.retention_periods import (
+    Period,
+    oldest_day_kept,
+    periods_to_drop,
+    periods_to_make,
+)
+
+#: Days made ahead of today, so that passes may fail for that long before a row lands
+#: in the default partition.
+DAYS_AHEAD = 2
+#: Any constant works: it only has to be the same for every worker.
+LOCK_KEY = 0x6375_7374_7072_756E
+_DEFAULT_SLICE = 10_000
+# Dropping a period's table and attaching one lock the parent table; a pass that cannot
+# have the lock at once gives up until the next one rather than queue batches behind it.
+_LOCK_TIMEOUT = "1s"
 
 
-async def prune_processed_commands(pool: asyncpg.Pool, retention_days: int) -> int:
-    """Forget command ids older than the retention, a slice at a time so that no single
-    statement holds many locks. Returns how many were removed."""
-    removed = 0
-    while True:
-        with translated():
-            status = await pool.execute(
-                """
-                DELETE FROM processed_commands WHERE command_id IN (
-                    SELECT command_id FROM processed_commands
-                    WHERE processed_at < now() - make_interval(days => $1)
-                    LIMIT 10000
-                )
-                """,
-                retention_days,
+async def prune_processed_commands(
+    pool: asyncpg.Pool,
+    retention_days: int,
+    *,
+    period_days: int,
+    today: datetime.date | None = None,
+) -> Pruned:
+    """Make the coming periods' tables, drop those past the retention and prune the
+    default partition. One worker at a time: a pass that finds another running skips."""
+    with translated():
+        async with pool.acquire() as connection:
+            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+                return Pruned(skipped=True)
+            try:
+                if today is None:
+                    today = await connection.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+                await connection.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
+                try:
+                    return await _prune(connection, retention_days, period_days, today)
+                finally:
+                    await connection.execute("RESET lock_timeout")
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+
+async def _prune(
+    connection: asyncpg.Connection, retention_days: int, period_days: int, today: datetime.date
+) -> Pruned:
+    existing = await _periods(connection)
+    created = []
+    for period in periods_to_make(existing, today, width=period_days, days_ahead=DAYS_AHEAD):
+        created.append((period.table, await _make(connection, period)))
+    dropped = []
+    for period in periods_to_drop(existing, today, retention_days=retention_days):
+        await connection.execute(f"DROP TABLE {period.table}")
+        dropped.append(period.table)
+    deleted = await _prune_default(connection, oldest_day_kept(today, retention_days))
+    return Pruned(created=tuple(created), dropped=tuple(dropped), deleted=deleted)
+
+
+async def _periods(connection: asyncpg.Connection) -> list[Period]:
+    names = await connection.fetch(
+        """
+        SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'processed_commands'::regclass
+        """
+    )
+    return [period for row in names if (period := Period.from_table(row["relname"])) is not None]
+
+
+async def _make(connection: asyncpg.Connection, period: Period) -> int:
+    """Make the period's table apart, move in its rows from the default partition and
+    attach it; returns how many rows moved. ``CREATE TABLE ... PARTITION OF`` would refuse
+    while the default holds any row of the period, as it does when no pass ran in time."""
+    name = period.table
+    async with connection.transaction():
+        await connection.execute(
+            f"""
+            CREATE TABLE {name} (LIKE processed_commands INCLUDING DEFAULTS INCLUDING INDEXES
+                                 INCLUDING CONSTRAINTS);
+            -- Proves the bound, so that ATTACH need not scan the table for it.
+            ALTER TABLE {name} ADD CONSTRAINT {name}_bound
+                CHECK (processed_on >= DATE '{period.start}' AND processed_on < DATE '{period.end}')
+            """
+        )
+        status = await connection.execute(
+            f"""
+            WITH moved AS (
+                DELETE FROM processed_commands_default
+                WHERE processed_on >= $1 AND processed_on < $2
+                RETURNING *
             )
+            INSERT INTO {name} SELECT * FROM moved
+            """,
+            period.start,
+            period.end,
+        )
+        await connection.execute(
+            f"ALTER TABLE processed_commands ATTACH PARTITION {name} "
+            f"FOR VALUES FROM ('{period.start}') TO ('{period.end}')"
+        )
+        await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {name}_bound")
+    return int(status.split()[-1])
+
+
+async def _prune_default(connection: asyncpg.Connection, oldest_kept: datetime.date) -> int:
+    """Rows older than the retention that have no period table, a slice at a time so
+    that no single statement holds many locks."""
+    deleted = 0
+    while True:
+        status = await connection.execute(
+            """
+            DELETE FROM processed_commands_default WHERE ctid IN (
+                SELECT ctid FROM processed_commands_default
+                WHERE processed_on < $1 LIMIT $2
+            )
+            """,
+            oldest_kept,
+            _DEFAULT_SLICE,
+        )
         count = int(status.split()[-1])
-        removed += count
-        if count < 10000:
-            return removed
+        deleted += count
+        if count < _DEFAULT_SLICE:
+            return deleted

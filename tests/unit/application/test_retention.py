@@ -10,6 +10,7 @@ import pytest
 
 from service.application import retention
 from service.application.errors import TransientError
+from service.application.ports import Pruned
 from service.application.retention import prune_periodically
 
 DAYS = 30
@@ -33,14 +34,14 @@ class Prune:
     when they run out), setting ``stopping`` on pass ``stop_after``."""
 
     def __init__(
-        self, stopping: asyncio.Event, outcomes: Sequence[int | Exception], *, stop_after: int
+        self, stopping: asyncio.Event, outcomes: Sequence[Pruned | Exception], *, stop_after: int
     ) -> None:
         self._stopping = stopping
         self._outcomes = list(outcomes)
         self._stop_after = stop_after
         self.calls: list[int] = []
 
-    async def __call__(self, retention_days: int) -> int:
+    async def __call__(self, retention_days: int) -> Pruned:
         self.calls.append(retention_days)
         if len(self.calls) >= self._stop_after:
             self._stopping.set()
@@ -64,34 +65,57 @@ async def run(prune: Prune, stopping: asyncio.Event, *, interval: float = 0.001)
 
 async def test_every_pass_prunes_with_the_retention_days(log: RecordingLog) -> None:
     stopping = asyncio.Event()
-    prune = Prune(stopping, [5, 0, 7], stop_after=3)
+    passes = [
+        Pruned(created=(("processed_commands_20261203", 4), ("processed_commands_20261204", 0))),
+        Pruned(),
+        Pruned(skipped=True),
+        Pruned(dropped=("processed_commands_20261125",), deleted=3),
+    ]
+    prune = Prune(stopping, passes, stop_after=4)
 
     await run(prune, stopping)
 
-    assert prune.calls == [DAYS, DAYS, DAYS]
-    # A pass that removed nothing says nothing.
+    assert prune.calls == [DAYS] * 4
+    # A pass that changed nothing, or left the work to another worker, says nothing.
     assert log.lines == [
-        ("info", "idempotency_pruned", {"removed": 5}),
-        ("info", "idempotency_pruned", {"removed": 7}),
+        (
+            "info",
+            "idempotency_pruned",
+            {
+                "created": ["processed_commands_20261203", "processed_commands_20261204"],
+                "moved": 4,
+                "dropped": [],
+                "deleted": 0,
+            },
+        ),
+        (
+            "info",
+            "idempotency_pruned",
+            {"created": [], "moved": 0, "dropped": ["processed_commands_20261125"], "deleted": 3},
+        ),
     ]
 
 
 async def test_a_transient_error_is_logged_and_the_next_pass_happens(log: RecordingLog) -> None:
     stopping = asyncio.Event()
-    prune = Prune(stopping, [TransientError("database away"), 2], stop_after=2)
+    prune = Prune(stopping, [TransientError("database away"), Pruned(deleted=2)], stop_after=2)
 
     await run(prune, stopping)
 
     assert prune.calls == [DAYS, DAYS]
     assert log.lines == [
         ("warning", "idempotency_prune_failed", {"error": "TransientError('database away')"}),
-        ("info", "idempotency_pruned", {"removed": 2}),
+        (
+            "info",
+            "idempotency_pruned",
+            {"created": [], "moved": 0, "dropped": [], "deleted": 2},
+        ),
     ]
 
 
 async def test_any_other_error_ends_the_loop_with_it(log: RecordingLog) -> None:
     stopping = asyncio.Event()
-    prune = Prune(stopping, [RuntimeError("a bug"), 1], stop_after=99)
+    prune = Prune(stopping, [RuntimeError("a bug"), Pruned()], stop_after=99)
 
     with pytest.raises(RuntimeError, match="a bug"):
         await run(prune, stopping)
@@ -102,7 +126,7 @@ async def test_any_other_error_ends_the_loop_with_it(log: RecordingLog) -> None:
 async def test_a_loop_stopped_before_it_starts_prunes_nothing(log: RecordingLog) -> None:
     stopping = asyncio.Event()
     stopping.set()
-    prune = Prune(stopping, [1], stop_after=1)
+    prune = Prune(stopping, [Pruned()], stop_after=1)
 
     await run(prune, stopping)
 
@@ -111,7 +135,7 @@ async def test_a_loop_stopped_before_it_starts_prunes_nothing(log: RecordingLog)
 
 async def test_stopping_ends_the_wait_for_the_next_pass_at_once(log: RecordingLog) -> None:
     stopping = asyncio.Event()
-    prune = Prune(stopping, [1], stop_after=1)
+    prune = Prune(stopping, [Pruned()], stop_after=1)
 
     # An hour's interval: only the stop can end the wait within run()'s timeout.
     await run(prune, stopping, interval=3600)
