@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {defaults.sql_rounds})",
     )
     add(
+        "--idempotency-rows",
+        type=int,
+        help="idempotency rows of earlier days written before any phase (e.g. 50000000), "
+        "and one retention pass timed at that size (default 0: none)",
+    )
+    add(
         "--naive-seconds",
         type=float,
         help="stop the naive baseline this long after its first output (default 60)",
@@ -192,7 +198,7 @@ def options_from_args(args: argparse.Namespace, *, native_home: Path | None) -> 
         "latency_seconds", "warmup_seconds", "soak_seconds", "soak_rate", "rss_interval",
         "log_level", "naive", "profile", "plot", "stall_timeout", "keep", "workers",
         "naive_seconds", "relay_process", "processes", "tls", "tls_rounds", "state_cost",
-        "state_rounds", "sql_limit", "sql_batches", "sql_rounds",
+        "state_rounds", "sql_limit", "sql_batches", "sql_rounds", "idempotency_rows",
     )  # fmt: skip
     for name in names:
         value = getattr(args, name)
@@ -287,6 +293,15 @@ def summary(result: dict[str, Any]) -> str:
             f"TLS {tls['tls_commands_per_second']:g}/s vs plain "
             f"{tls['plain_commands_per_second']:g}/s on the same servers "
             f"(ratio {tls['ratio']}, {tls['difference_percent']:+g}%, verified {tls['verified']})"
+        )
+    idempotency = result.get("idempotency")
+    if idempotency is not None:
+        prune = idempotency["prune"]
+        parts.append(
+            f"{idempotency['rows']} idempotency rows in {len(idempotency['tables'])} tables of "
+            f"{idempotency['period_days']} days: a retention pass took {prune['seconds']} s "
+            f"(dropped {len(prune['dropped'])}, {prune['rows_before']} -> "
+            f"{prune['rows_after']} rows)"
         )
     state = result.get("state")
     if state is not None:

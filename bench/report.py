@@ -17,7 +17,9 @@ from bench.stats import latency_summary, rate, slope, spread
 #: (median and range of each mode's phases and of the rounds' ratios).
 #: 5: the ``sql_write_set`` block (null with ``--no-sql-limit``): the SQL write-set limit
 #: and ``ours_fraction_of_limit``.
-RESULT_VERSION = 5
+#: 6: the ``idempotency`` block (null without ``--idempotency-rows``): the prefilled rows
+#: and one retention pass timed at that size.
+RESULT_VERSION = 6
 KIB_PER_MIB = 1024
 
 
@@ -471,6 +473,7 @@ def build_result(
     tls: Mapping[str, Any] | None = None,
     state: Mapping[str, Any] | None = None,
     sql_write_set: Mapping[str, Any] | None = None,
+    idempotency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole result; ``tls`` is ``tls_figures`` of a ``--tls`` run, ``state``
     ``state_figures`` of a ``--state-cost`` one, ``sql_write_set`` the
@@ -509,6 +512,7 @@ def build_result(
         "sql_write_set": _with_fraction(sql_write_set, ours_figures["commands_per_second"]),
         "tls": dict(tls) if tls is not None else None,
         "state": dict(state) if state is not None else None,
+        "idempotency": dict(idempotency) if idempotency is not None else None,
         "latency": paced_figures(latency) if latency is not None else None,
         "soak": soak_figures,
         "load": dict(load),

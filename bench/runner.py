@@ -157,6 +157,9 @@ class Options:
     sql_batches: int = 30
     #: Replays of the captured batches, each on a fresh copy; the limit is their median.
     sql_rounds: int = 3
+    #: Idempotency rows written into the seeded database before any phase (a week or
+    #: more of command ids), and one retention pass timed on a copy at the end.
+    idempotency_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -175,6 +178,24 @@ class Options:
             raise ValueError("sql_rounds must be at least 1")
         if self.naive_seconds <= 0:
             raise ValueError("naive_seconds must be positive")
+        if self.idempotency_rows < 0:
+            raise ValueError("idempotency_rows must be 0 (none) or more")
+
+    def retention(self) -> tuple[int, int]:
+        """The workers' retention and period, in days, as their settings will have them."""
+        fields = Settings.model_fields
+        return (
+            int(
+                self.worker_env.get(
+                    "IDEMPOTENCY_RETENTION_DAYS", fields["idempotency_retention_days"].default
+                )
+            ),
+            int(
+                self.worker_env.get(
+                    "IDEMPOTENCY_PERIOD_DAYS", fields["idempotency_period_days"].default
+                )
+            ),
+        )
 
     @classmethod
     def quick_options(cls, **overrides: Any) -> Options:
@@ -506,7 +527,7 @@ async def run_benchmark(
     load_before = os.getloadavg()
     run = _Run(options, stack, progress, tls if options.tls else None)
     spec = options.load_spec()
-    tls_result = state_result = sql_result = None
+    tls_result = state_result = sql_result = idempotency = None
     try:
         progress(
             f"run {run.run_id}: phases {', '.join(phase_plan(options))}; seeding "
@@ -514,6 +535,8 @@ async def run_benchmark(
         )
         for server in run.servers:
             await db.create_template(server.admin_url, server.template, customers=spec.customers)
+        if options.idempotency_rows:
+            idempotency = await _prefill(run)
         commands = generate(spec, options.commands, prefix=THROUGHPUT_STREAM)
         load = describe(commands)
         progress(f"load: {load}")
@@ -533,6 +556,8 @@ async def run_benchmark(
             soak = await _paced(
                 run, "soak", options.soak_rate or options.rate, options.soak_seconds, rss=True
             )
+        if idempotency is not None:
+            idempotency["prune"] = await _retention_pass(run)
         postgres_version = await db.server_version(stack.database_url)
     finally:
         await run.cleanup()
@@ -572,7 +597,32 @@ async def run_benchmark(
         tls=tls_result,
         state=state_result,
         sql_write_set=sql_result,
+        idempotency=idempotency,
     )
+
+
+async def _prefill(run: _Run) -> dict[str, Any]:
+    """Every server's template given ``idempotency_rows`` rows of earlier days."""
+    retention_days, period_days = run.options.retention()
+    figures: dict[str, Any] = {}
+    for server in run.servers:
+        run.progress(f"writing {run.options.idempotency_rows} idempotency rows into the template")
+        figures = await db.prefill_processed(
+            db.database_url_for(server.admin_url, server.template),
+            run.options.idempotency_rows,
+            retention_days=retention_days,
+            period_days=period_days,
+        )
+        run.progress(f"idempotency rows written in {figures['fill_seconds']} s")
+    return {"retention_days": retention_days, "period_days": period_days, **figures}
+
+
+async def _retention_pass(run: _Run) -> dict[str, Any]:
+    """One worker's retention pass on a fresh copy of the prefilled database, its oldest
+    table due: what it costs at that size."""
+    retention_days, period_days = run.options.retention()
+    url = await run.database("retention")
+    return await db.timed_prune(url, retention_days=retention_days, period_days=period_days)
 
 
 async def _sql_write_set(run: _Run, commands: list[Command]) -> dict[str, Any]:

@@ -496,7 +496,7 @@ def test_the_result_has_ours_fraction_of_the_limit() -> None:
         wall_seconds=1.0, sql_write_set=combined_figures([_figures()]),
     )  # fmt: skip
 
-    assert result["result_version"] == RESULT_VERSION == 5
+    assert result["result_version"] == RESULT_VERSION == 6
     block = result["sql_write_set"]
     ours_rate = result["throughput"]["ours_commands_per_second"]
     assert block["ours_fraction_of_limit"] == round(ours_rate / 10_000.0, 3)

@@ -416,7 +416,7 @@ def test_the_result_carries_the_state_block_and_the_summary_names_it() -> None:
     result = json.loads(to_json_line(build_result(**common, state=state_figures(_comparison()))))  # type: ignore[arg-type]
 
     assert without["state"] is None
-    assert without["result_version"] == result["result_version"] == 5
+    assert without["result_version"] == result["result_version"] == 6
     assert "relay" not in without["throughput"]["ours"]
     assert "state topic" not in summary(without)
     assert result["state"]["ratio"] == pytest.approx(1.406, abs=0.001)

@@ -22,6 +22,7 @@ async def test_the_quick_benchmark_measures_both_workers_on_every_command(
         logs_dir=tmp_path / "logs",
         plot=tmp_path / "latency.svg",
         state_cost=True,
+        idempotency_rows=30_000,
     )
     progress: list[str] = []
 
@@ -70,6 +71,17 @@ async def test_the_quick_benchmark_measures_both_workers_on_every_command(
     assert off["relay"]["records"] == options.commands
     assert state["on_commands_per_second"] > 0
     assert state["off_commands_per_second"] > 0
+
+    # The prefilled idempotency rows sat in the tables a worker makes, the oldest past the
+    # retention; a pass dropped exactly that one. Both workers above ran beside them.
+    idempotency = result["idempotency"]
+    assert (idempotency["rows"], idempotency["retention_days"], idempotency["period_days"]) == (
+        30_000, 7, 7,
+    )  # fmt: skip
+    prune = idempotency["prune"]
+    assert prune["dropped"] == idempotency["tables"][:1]
+    assert prune["deleted"] == 0
+    assert 0 < prune["rows_after"] < prune["rows_before"] <= 30_000
 
     latency = result["latency"]
     assert latency["answered"] == latency["commands"] == round(options.rate * 3.0)
