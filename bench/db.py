@@ -46,11 +46,14 @@ async def create_template(admin_url: str, name: str, *, customers: int) -> None:
         await connection.close()
 
 
-async def clone(admin_url: str, template: str, name: str) -> str:
-    """A fresh copy of ``template``; returns its URL."""
+async def clone(admin_url: str, template: str, name: str, *, file_copy: bool = False) -> str:
+    """A fresh copy of ``template``; returns its URL. ``file_copy`` copies the files
+    whole instead of block by block through the WAL: minutes faster for a template of
+    many gigabytes, at the price of a checkpoint."""
     admin = await asyncpg.connect(admin_url)
+    strategy = " STRATEGY FILE_COPY" if file_copy else ""
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"{strategy}')
     finally:
         await admin.close()
     return database_url_for(admin_url, name)

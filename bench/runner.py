@@ -384,6 +384,10 @@ class _Run:
         self.phases: list[_Phase] = []
         self.logs = options.logs_dir / self.run_id
 
+    @property
+    def large_template(self) -> bool:
+        return self.options.idempotency_rows > 0
+
     def template_name(self, server: str) -> str:
         return f"bench_{self.run_id}_{server + '_' if server else ''}template"
 
@@ -407,7 +411,9 @@ class _Run:
             server = self.tls_server
         database = f"bench_{self.run_id}_{name}"
         server.databases.append(database)
-        url = await db.clone(server.admin_url, server.template, database)
+        url = await db.clone(
+            server.admin_url, server.template, database, file_copy=self.large_template
+        )
         settings, worker_settings = phase_settings(
             f"bench.{self.run_id}.{name}",
             kafka=self.stack.kafka_bootstrap_servers,
@@ -427,7 +433,9 @@ class _Run:
         (dropped at the end with the phases' ones); returns its URL."""
         database = f"bench_{self.run_id}_{name}"
         self.server.databases.append(database)
-        return await db.clone(self.server.admin_url, self.server.template, database)
+        return await db.clone(
+            self.server.admin_url, self.server.template, database, file_copy=self.large_template
+        )
 
     def worker(
         self, kind: WorkerKind, phase: _Phase, *, profile: Path | None = None

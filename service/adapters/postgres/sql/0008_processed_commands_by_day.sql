@@ -1,17 +1,18 @@
--- Idempotency rows by UTC day, so that forgetting a day past the retention drops one
--- table instead of deleting its rows one by one: the cost of retention stays the same
--- at any size and leaves nothing for vacuum.
+-- Idempotency rows by UTC day, in tables of a few days each, so that forgetting the days
+-- past the retention drops a table instead of deleting its rows one by one: the cost of
+-- retention stays the same at any size and leaves nothing for vacuum.
 --
 -- PostgreSQL's unique indexes hold within a partition, so a command id is unique within
--- its day. The worker looks an id up across every day before writing it, and a
+-- its table. The worker looks an id up across every table before writing it, and a
 -- redelivered command comes back on its own Kafka partition, whose batches hold that
--- partition's stored position locked one at a time: it is always found. What a day boundary can let through is one id reused for two different
--- customers by two transactions that overlap at midnight UTC: both are applied, instead
--- of the later one being rejected for the reused id.
+-- partition's stored position locked one at a time: it is always found. What a table
+-- boundary can let through is one id reused for two different customers by two
+-- transactions that overlap as a table's first day begins (midnight UTC): both are
+-- applied, instead of the later one being rejected for the reused id.
 --
--- Workers create the coming days' tables ahead and drop those past the retention (see
+-- Workers create the coming tables ahead and drop those past the retention (see
 -- retention.py). A row whose day has no table yet lands in the default partition, which
--- is pruned by DELETE and moved out of whenever its day's table is made.
+-- is pruned by DELETE and moved out of whenever a table for its day is made.
 ALTER TABLE processed_commands RENAME TO processed_commands_unpartitioned;
 ALTER INDEX processed_commands_pkey RENAME TO processed_commands_unpartitioned_pkey;
 ALTER INDEX processed_commands_processed_at_idx
