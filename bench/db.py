@@ -238,7 +238,7 @@ async def _fill(
         INSERT INTO {name}
             (command_id, customer_id, fingerprint, outcome, version, processed_at, processed_on)
         SELECT md5(n::text)::uuid::text, $5, sha256(int8send(n)),
-               'applied', 1, day::timestamptz, day
+               'applied', 1, day::timestamp AT TIME ZONE 'UTC', day
         FROM generate_series($1::bigint, $2::bigint) AS n,
              LATERAL (SELECT ($3::date[])[1 + n % $4] AS day) AS d
         """,

@@ -115,8 +115,9 @@ class NaiveHandler:
     ) -> tuple[str, OutboundMessage | None]:
         command = item.command
         async with self._pool.acquire() as connection, connection.transaction():
-            # The ids are unique per table of days only (see migration 0008), so look
-            # first; one command at a time, nothing else can claim the id meanwhile.
+            # The ids are unique per day only (see migration 0008), so look first. With
+            # one process nothing claims the id meanwhile; with several, a reused id
+            # could fail on the unique key, and the benchmark's load reuses none.
             known = await connection.fetchval(
                 "SELECT fingerprint FROM processed_commands WHERE command_id = $1",
                 command.id,

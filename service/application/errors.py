@@ -19,6 +19,12 @@ class ClaimConflictError(Exception):
     its claim and decides accordingly."""
 
 
+class MaintenanceRefusedError(Exception):
+    """The database refused a step of housekeeping (a table in the way, a row that breaks
+    a new table's bounds). The commands' own work is not touched by it, so the worker goes
+    on; the message says what was refused, and the next pass tries again."""
+
+
 class RecordRefusedError(Exception):
     """Kafka refused a record for good (too large, corrupt, invalid for its topic): it is
     the record, not the connection, so sending it again cannot help."""

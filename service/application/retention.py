@@ -7,7 +7,7 @@ import contextlib
 
 import structlog
 
-from service.application.errors import TransientError
+from service.application.errors import MaintenanceRefusedError, TransientError
 from service.application.ports import PruneProcessed
 
 log = structlog.get_logger(__name__)
@@ -36,5 +36,8 @@ async def prune_periodically(
                 )
         except TransientError as exc:
             log.warning("idempotency_prune_failed", error=repr(exc))
+        except MaintenanceRefusedError as exc:
+            # Not the commands' work: consuming goes on, and an operator is told.
+            log.error("idempotency_prune_refused", error=str(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)

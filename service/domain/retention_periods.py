@@ -37,7 +37,12 @@ class Period:
         match = _NAME.fullmatch(name)
         if match is None:
             return None
-        start, end = (datetime.datetime.strptime(part, "%Y%m%d").date() for part in match.groups())
+        try:
+            start, end = (
+                datetime.datetime.strptime(part, "%Y%m%d").date() for part in match.groups()
+            )
+        except ValueError:  # digits that are no date, as in a table made by hand
+            return None
         return cls(start, end) if start < end else None
 
 

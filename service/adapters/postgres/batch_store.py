@@ -126,9 +126,11 @@ class BatchStore:
     async def known_commands(self, command_ids: Sequence[str]) -> dict[str, bytes]:
         if not command_ids:
             return {}
+        # An id is unique per day (migration 0008), so two rows can hold one id reused
+        # across midnight; the first written owns it, and comes last into the dict.
         rows = await self._connection.fetch(
             "SELECT command_id, fingerprint FROM processed_commands "
-            "WHERE command_id = ANY($1::text[])",
+            "WHERE command_id = ANY($1::text[]) ORDER BY processed_at DESC",
             list(command_ids),
         )
         return {row["command_id"]: bytes(row["fingerprint"]) for row in rows}

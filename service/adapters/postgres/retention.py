@@ -14,6 +14,7 @@ import datetime
 import asyncpg
 
 from service.adapters.postgres.errors import translated
+from service.application.errors import ClaimConflictError, MaintenanceRefusedError
 from service.application.ports import Pruned
 from service.domain.retention_periods import (
     Period,
@@ -40,8 +41,21 @@ async def prune_processed_commands(
     period_days: int,
     today: datetime.date | None = None,
 ) -> Pruned:
-    """Make the coming periods' tables, drop those past the retention and prune the
-    default partition. One worker at a time: a pass that finds another running skips."""
+    """Drop the periods past the retention, make the coming periods' tables and prune the
+    default partition. One worker at a time: a pass that finds another running skips.
+    Raises ``TransientError`` for what the next pass may not meet again (a lock not had in
+    time, the server away) and ``MaintenanceRefusedError`` for anything else refused."""
+    try:
+        return await _locked_pass(pool, retention_days, period_days, today)
+    except (asyncpg.PostgresError, ClaimConflictError) as exc:
+        raise MaintenanceRefusedError(
+            f"idempotency retention: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+async def _locked_pass(
+    pool: asyncpg.Pool, retention_days: int, period_days: int, today: datetime.date | None
+) -> Pruned:
     with translated():
         async with pool.acquire() as connection:
             if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
@@ -62,13 +76,15 @@ async def _prune(
     connection: asyncpg.Connection, retention_days: int, period_days: int, today: datetime.date
 ) -> Pruned:
     existing = await _periods(connection)
-    created = []
-    for period in periods_to_make(existing, today, width=period_days, days_ahead=DAYS_AHEAD):
-        created.append((period.table, await _make(connection, period)))
+    # Dropping first: a table that cannot be made must not keep the old ones.
     dropped = []
     for period in periods_to_drop(existing, today, retention_days=retention_days):
         await connection.execute(f"DROP TABLE {period.table}")
         dropped.append(period.table)
+    kept = [period for period in existing if period.table not in dropped]
+    created = []
+    for period in periods_to_make(kept, today, width=period_days, days_ahead=DAYS_AHEAD):
+        created.append((period.table, await _make(connection, period)))
     deleted = await _prune_default(connection, oldest_day_kept(today, retention_days))
     return Pruned(created=tuple(created), dropped=tuple(dropped), deleted=deleted)
 
@@ -89,6 +105,12 @@ async def _make(connection: asyncpg.Connection, period: Period) -> int:
     while the default holds any row of the period, as it does when no pass ran in time."""
     name = period.table
     async with connection.transaction():
+        # Holds off batches writing to the default partition (not those reading it) until
+        # the table is attached: a row of the period written after the move would make
+        # ATTACH refuse. Batches wait at most the lock timeout for it.
+        await connection.execute(
+            "LOCK TABLE processed_commands_default IN SHARE ROW EXCLUSIVE MODE"
+        )
         await connection.execute(
             f"""
             CREATE TABLE {name} (LIKE processed_commands INCLUDING DEFAULTS INCLUDING INDEXES

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from service.application import retention
-from service.application.errors import TransientError
+from service.application.errors import MaintenanceRefusedError, TransientError
 from service.application.ports import Pruned
 from service.application.retention import prune_periodically
 
@@ -27,6 +27,9 @@ class RecordingLog:
 
     def warning(self, event: str, **fields: object) -> None:
         self.lines.append(("warning", event, fields))
+
+    def error(self, event: str, **fields: object) -> None:
+        self.lines.append(("error", event, fields))
 
 
 class Prune:
@@ -111,6 +114,24 @@ async def test_a_transient_error_is_logged_and_the_next_pass_happens(log: Record
             {"created": [], "moved": 0, "dropped": [], "deleted": 2},
         ),
     ]
+
+
+async def test_a_refused_step_is_logged_as_an_error_and_the_next_pass_happens(
+    log: RecordingLog,
+) -> None:
+    stopping = asyncio.Event()
+    refused = MaintenanceRefusedError("idempotency retention: a table in the way")
+    prune = Prune(stopping, [refused, Pruned(deleted=1)], stop_after=2)
+
+    await run(prune, stopping)
+
+    assert prune.calls == [DAYS, DAYS]
+    assert log.lines[0] == (
+        "error",
+        "idempotency_prune_refused",
+        {"error": "idempotency retention: a table in the way"},
+    )
+    assert log.lines[1][1] == "idempotency_pruned"
 
 
 async def test_any_other_error_ends_the_loop_with_it(log: RecordingLog) -> None:
