@@ -622,7 +622,15 @@ async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
 
     try:
         await execute(f"CREATE TABLESPACE {tablespace} LOCATION '{disk}'")
-        for table in _GROWING_TABLES:
+        # A partitioned table's own tablespace only places the partitions made after it:
+        # processed_commands' tables are moved one by one.
+        partitions = await env.query(
+            lambda connection: connection.fetch(
+                "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
+                "WHERE inhparent = 'processed_commands'::regclass"
+            )
+        )
+        for table in (*_GROWING_TABLES, *(row["name"] for row in partitions)):
             await execute(f"ALTER TABLE {table} SET TABLESPACE {tablespace}")
         await load.reached(0.3)
         filler = disk / "filler"
