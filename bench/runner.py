@@ -621,7 +621,10 @@ async def _prefill(run: _Run) -> dict[str, Any]:
             retention_days=retention_days,
             period_days=period_days,
         )
-        run.progress(f"idempotency rows written in {figures['fill_seconds']} s")
+        run.progress(
+            f"idempotency rows written in {figures['fill_seconds']} s "
+            f"(of which vacuum {figures['vacuum_seconds']} s)"
+        )
     return {"retention_days": retention_days, "period_days": period_days, **figures}
 
 

@@ -37,6 +37,7 @@ def test_the_result_carries_the_pass_and_the_summary_names_it() -> None:
         "rows": 50_000_000,
         "tables": ["processed_commands_20261119_20261123", "processed_commands_20261123_20261130"],
         "fill_seconds": 600.0,
+        "vacuum_seconds": 60.0,
         "prune": {
             "seconds": 0.05,
             "rows_before": 50_000_000,
