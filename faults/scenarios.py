@@ -622,15 +622,7 @@ async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
 
     try:
         await execute(f"CREATE TABLESPACE {tablespace} LOCATION '{disk}'")
-        # A partitioned table's own tablespace only places the partitions made after it:
-        # processed_commands' tables are moved one by one.
-        partitions = await env.query(
-            lambda connection: connection.fetch(
-                "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
-                "WHERE inhparent = 'processed_commands'::regclass"
-            )
-        )
-        for table in (*_GROWING_TABLES, *(row["name"] for row in partitions)):
+        for table in (*_GROWING_TABLES, *await _idempotency_tables(env)):
             await execute(f"ALTER TABLE {table} SET TABLESPACE {tablespace}")
         await load.reached(0.3)
         filler = disk / "filler"
@@ -649,11 +641,24 @@ async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
         filler.unlink()
         env.fault("the disk has space again")
         await load.reached(1.0)
-        for table in _GROWING_TABLES:
+        # Listed again: a retention pass meanwhile may have made tables, on the small disk.
+        for table in (*_GROWING_TABLES, *await _idempotency_tables(env)):
             await execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
         await execute(f"DROP TABLESPACE {tablespace}")
     finally:
         env.stack.unmount_small_disk(disk)
+
+
+async def _idempotency_tables(env: ScenarioEnv) -> list[str]:
+    """``processed_commands``' tables: a partitioned table's own tablespace only places
+    the tables made after it is set, so each existing one is moved by name."""
+    rows = await env.query(
+        lambda connection: connection.fetch(
+            "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
+            "WHERE inhparent = 'processed_commands'::regclass"
+        )
+    )
+    return [row["name"] for row in rows]
 
 
 async def _worker_reports(env: ScenarioEnv, error: str, *, within: float) -> bool:
