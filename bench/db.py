@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from service.adapters.postgres.migrations import migrate
-from service.adapters.postgres.retention import prune_processed_commands
+from service.adapters.postgres.retention import idempotency_tables, prune_processed_commands
 from service.adapters.postgres.seed import seed_customers
 from service.domain.retention_periods import Period, period_of
 
@@ -192,12 +192,9 @@ async def prefill_processed(
     try:
         today: datetime.date = await connection.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
         # The migration's empty weeks make way for the tables laid out here.
-        for row in await connection.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'processed_commands'::regclass"
-        ):
-            if Period.from_table(row["relname"]) is not None:
-                await connection.execute(f"DROP TABLE {row['relname']}")
+        for name in await idempotency_tables(connection):
+            if Period.from_table(name) is not None:
+                await connection.execute(f"DROP TABLE {name}")
         first = today - datetime.timedelta(days=retention_days + period_days)
         span = (today - first).days + 1
         per_day = rows // span

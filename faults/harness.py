@@ -208,6 +208,15 @@ class Worker:
         assert code is not None
         return code
 
+    def relay_recovered(self) -> list[int]:
+        """Rows each of this process's relay recoveries deleted as already published."""
+        return [
+            count
+            for event in self.events()
+            if event.get("event") == "relay_recovered"
+            and (count := int(event.get("already_published") or 0))
+        ]
+
     def events(self) -> list[dict[str, Any]]:
         """The JSON log lines this process wrote."""
         found = []
@@ -705,15 +714,8 @@ class ScenarioEnv:
             process.wait(timeout=10)
 
     def relay_recovered(self) -> list[int]:
-        """Rows each relay recovery really deleted (it also logs when it found none)."""
-        found = []
-        for worker in self.every_worker:
-            for event in worker.events():
-                if event.get("event") == "relay_recovered":
-                    count = int(event.get("already_published") or 0)
-                    if count:
-                        found.append(count)
-        return found
+        """Rows each relay recovery of any worker really deleted."""
+        return [count for worker in self.every_worker for count in worker.relay_recovered()]
 
     # -- the database ----------------------------------------------------------------------
 

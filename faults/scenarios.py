@@ -25,6 +25,7 @@ from faults.harness import GiveUp, Progress, RunConfig, ScenarioEnv, Worker, pro
 from faults.load import HOSTILE_KINDS, POISON_KINDS, LoadProducer, build_load, signing_key
 from faults.network_faults import kafka_bandwidth, kafka_cut, postgres_cut, postgres_slow
 from faults.stack import FaultStack, default_home
+from service.adapters.postgres.retention import idempotency_tables
 
 #: The workers' session timeout in the full form (``KAFKA_SESSION_TIMEOUT_MS``'s default).
 SESSION_TIMEOUT = 10.0
@@ -178,18 +179,11 @@ async def _recovery_evidence(env: ScenarioEnv, successor: Worker) -> str | None:
     leaves may all be a backfill's, which a count of the worker's own rows misses, and a
     backfill may write rows while the worker is down, which a count of all rows takes
     for evidence."""
-
-    def recovered() -> int:
-        return sum(
-            int(event.get("already_published", 0))
-            for event in successor.events()
-            if event.get("event") == "relay_recovered"
-        )
-
-    if not await env.wait_until(lambda: recovered() > 0, within=30):
+    if not await env.wait_until(lambda: bool(successor.relay_recovered()), within=30):
         return None
     return (
-        f"{successor.name}'s relay found {recovered()} outbox row(s) already in Kafka "
+        f"{successor.name}'s relay found {sum(successor.relay_recovered())} outbox row(s) "
+        "already in Kafka "
         "and deleted them without sending them again"
     )
 
@@ -643,7 +637,9 @@ async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
 
     try:
         await execute(f"CREATE TABLESPACE {tablespace} LOCATION '{disk}'")
-        for table in (*_GROWING_TABLES, *await _idempotency_tables(env)):
+        # A partitioned table's own tablespace only places the tables made after it:
+        # processed_commands' tables are moved one by one.
+        for table in (*_GROWING_TABLES, *await env.query(idempotency_tables)):
             await execute(f"ALTER TABLE {table} SET TABLESPACE {tablespace}")
         await load.reached(0.3)
         filler = disk / "filler"
@@ -663,23 +659,11 @@ async def _postgres_out_of_disk(env: ScenarioEnv, load: LoadProducer) -> None:
         env.fault("the disk has space again")
         await load.reached(1.0)
         # Listed again: a retention pass meanwhile may have made tables, on the small disk.
-        for table in (*_GROWING_TABLES, *await _idempotency_tables(env)):
+        for table in (*_GROWING_TABLES, *await env.query(idempotency_tables)):
             await execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
         await execute(f"DROP TABLESPACE {tablespace}")
     finally:
         env.stack.unmount_small_disk(disk)
-
-
-async def _idempotency_tables(env: ScenarioEnv) -> list[str]:
-    """``processed_commands``' tables: a partitioned table's own tablespace only places
-    the tables made after it is set, so each existing one is moved by name."""
-    rows = await env.query(
-        lambda connection: connection.fetch(
-            "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
-            "WHERE inhparent = 'processed_commands'::regclass"
-        )
-    )
-    return [row["name"] for row in rows]
 
 
 async def _worker_reports(env: ScenarioEnv, error: str, *, within: float) -> bool:

@@ -89,14 +89,20 @@ async def _prune(
     return Pruned(created=tuple(created), dropped=tuple(dropped), deleted=deleted)
 
 
-async def _periods(connection: asyncpg.Connection) -> list[Period]:
-    names = await connection.fetch(
+async def idempotency_tables(connection: asyncpg.Connection) -> list[str]:
+    """Every table of ``processed_commands``: the periods' and the default partition."""
+    rows = await connection.fetch(
         """
         SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = 'processed_commands'::regclass
         """
     )
-    return [period for row in names if (period := Period.from_table(row["relname"])) is not None]
+    return [row["relname"] for row in rows]
+
+
+async def _periods(connection: asyncpg.Connection) -> list[Period]:
+    names = await idempotency_tables(connection)
+    return [period for name in names if (period := Period.from_table(name)) is not None]
 
 
 async def _make(connection: asyncpg.Connection, period: Period) -> int:
