@@ -20,6 +20,7 @@ from service.adapters.postgres.seed import seed_customers
 from service.application.backfill import BackfillBusyError, Started
 from service.application.errors import AccessRefusedError, TransientError
 from service.application.ports import OutboxStats, ParkedRow
+from service.infrastructure.collector import tune_for_batches
 from service.infrastructure.logging import configure_logging
 from service.infrastructure.settings import Settings, SettingsError, load_settings
 
@@ -47,10 +48,13 @@ def _settings() -> Settings:
     return settings
 
 
-def _run_until_stopped(process: str, main: Callable[[], Awaitable[T]]) -> T:
+def _run_until_stopped(
+    process: str, main: Callable[[], Awaitable[T]], *, records_per_batch: int
+) -> T:
     """Run a long-lived process; an error nothing retries (a permanent one: a refused
     password, a missing permission, a port in use) ends it with one log line naming it,
     and exit code 1."""
+    tune_for_batches(records_per_batch)
     try:
         return _run(main)
     except typer.Exit:
@@ -275,14 +279,14 @@ def worker(
             stop_on_signals(stopping)
             return await supervise(settings, count, stopping)
 
-        raise typer.Exit(_run_until_stopped("supervisor", supervised))
+        raise typer.Exit(_run_until_stopped("supervisor", supervised, records_per_batch=1))
 
     async def main() -> None:
         stopping = asyncio.Event()
         stop_on_signals(stopping)
         await run_worker(settings, stopping)
 
-    _run_until_stopped("worker", main)
+    _run_until_stopped("worker", main, records_per_batch=settings.batch_max_records)
 
 
 @app.command()
@@ -301,7 +305,7 @@ def relay() -> None:
         stop_on_signals(stopping)
         await run_relay(settings, stopping)
 
-    _run_until_stopped("relay", main)
+    _run_until_stopped("relay", main, records_per_batch=settings.relay_batch_size)
 
 
 @app.command()
