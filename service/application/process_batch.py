@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from service.domain.binary_mode import ContentMode
 from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventContext
 from service.domain.inbound import Classified, InboundRecord, Limits, Poison, Valid, classify
 from service.domain.messages import BatchMessages, expanding_subscriptions, messages_for
+from service.infrastructure.ids import RandomUuids
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,7 @@ class BatchProcessor:
         authorizer: Authorizer,
         *,
         clock: Clock = lambda: datetime.now(UTC),
-        new_id: NewId = lambda: str(uuid.uuid4()),
+        new_id: NewId | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self._begin = begin
@@ -70,7 +70,7 @@ class BatchProcessor:
         self._authorizer = authorizer
         self._tracing = tracing
         self._clock = clock
-        self._new_id = new_id
+        self._new_id = new_id or RandomUuids()
 
     async def process(self, records: Sequence[InboundRecord]) -> list[Decision]:
         """Process ``records`` (in partition order) and return a decision for each one

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -14,6 +13,7 @@ from service.adapters.postgres.connection import database
 from service.adapters.postgres.pool import create_pool
 from service.application.backfill import Backfill, BackfillConfig, Started
 from service.application.ports import BackfillRun
+from service.infrastructure.ids import RandomUuids
 from service.infrastructure.settings import Settings
 
 
@@ -61,7 +61,7 @@ async def run_backfill(
                 batch_size=batch_size,
             ),
             clock=lambda: datetime.now(UTC),
-            new_id=lambda: str(uuid.uuid4()),
+            new_id=RandomUuids(),
             pace=pace,
         )
         if customers:
