@@ -70,7 +70,7 @@ class BatchProcessor:
         self._authorizer = authorizer
         self._tracing = tracing
         self._clock = clock
-        self._new_id = new_id or RandomUuids()
+        self._new_id = new_id if new_id is not None else RandomUuids()
 
     async def process(self, records: Sequence[InboundRecord]) -> list[Decision]:
         """Process ``records`` (in partition order) and return a decision for each one

@@ -26,6 +26,11 @@ OBJECTS_PER_RECORD = 100
 #: CPython's own threshold, kept as the least for small batches.
 _DEFAULT_THRESHOLD = 700
 
+#: The most: with a larger batch (``BATCH_MAX_RECORDS`` goes to 10,000, the relay's
+#: batch to 50,000) passes may fall inside it again, rather than let cyclic garbage wait
+#: for millions of objects.
+_MOST = 100_000
+
 
 def tune_for_batches(records_per_batch: int) -> None:
     """Freeze what exists now and raise the youngest generation's threshold to fit
@@ -33,5 +38,5 @@ def tune_for_batches(records_per_batch: int) -> None:
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
-    young = max(_DEFAULT_THRESHOLD, OBJECTS_PER_RECORD * records_per_batch)
+    young = min(_MOST, max(_DEFAULT_THRESHOLD, OBJECTS_PER_RECORD * records_per_batch))
     gc.set_threshold(young, middle, old)

@@ -37,6 +37,11 @@ def test_small_batches_keep_the_default_threshold() -> None:
     assert gc.get_threshold()[0] == 700
 
 
+def test_a_huge_batch_does_not_let_garbage_wait_for_millions_of_objects() -> None:
+    tune_for_batches(50_000)
+    assert 500 * OBJECTS_PER_RECORD < gc.get_threshold()[0] <= 100_000
+
+
 def test_a_long_lived_verb_runs_with_the_collector_tuned() -> None:
     gc.set_threshold(700, 10, 10)
 

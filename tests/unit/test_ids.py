@@ -50,10 +50,12 @@ def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
     new_id()  # a block is drawn, most of it still to hand out
     reader, writer = os.pipe()
     child = os.fork()
-    if child == 0:
-        os.close(reader)
-        os.write(writer, " ".join(new_id() for _ in range(10)).encode())
-        os._exit(0)
+    if child == 0:  # never back into pytest, whatever happens here
+        try:
+            os.close(reader)
+            os.write(writer, " ".join(new_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
     os.close(writer)
     with os.fdopen(reader) as pipe:
         from_child = set(pipe.read().split())
