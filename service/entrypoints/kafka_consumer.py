@@ -8,11 +8,18 @@ finished before partitions move and before the worker stops. A transient failure
 the batch back, rewinds the partitions to the batch's first offsets and polls again after
 a capped, jittered backoff; polling again keeps the consumer inside
 ``max_poll_interval_ms`` however long the outage lasts.
+
+While a batch's statements run, the next batch is polled and classified (pure work that
+would otherwise wait for the database). It is only read ahead, never processed early:
+batches still run one at a time, in order. When the batch in flight fails, or partitions
+move before the one read ahead has its turn, that one is unread (its partitions sought
+back to its first offsets) and polled again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +33,7 @@ from tenacity import RetryCallState
 
 from service.adapters.kafka.clients import inbound
 from service.application.errors import TransientError
-from service.application.process_batch import BatchProcessor
+from service.application.process_batch import BatchProcessor, ClassifiedRecord
 from service.domain.batch import Decision
 from service.infrastructure import failpoints
 from service.infrastructure.metrics import Metrics
@@ -45,6 +52,17 @@ class WorkerConfig:
     batch_timeout: float = 60.0
     retry_initial_delay: float = 0.1
     retry_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class _Polled:
+    """A batch as polled and classified, with the rebalance generation it was polled in."""
+
+    generation: int
+    items: list[ClassifiedRecord]
+    #: Per partition, the first offset polled and the one after the last.
+    first_offsets: dict[TopicPartition, int]
+    next_offsets: dict[TopicPartition, int]
 
 
 class CommandWorker:
@@ -70,6 +88,10 @@ class CommandWorker:
         self._commits = OffsetCommits(consumer)
         #: Partitions whose lag this worker exports.
         self._lag_shown: set[str] = set()
+        #: Counts rebalances: a batch polled in an earlier generation is polled again.
+        self._generation = 0
+        #: The next batch, polled and classified while the one in flight runs.
+        self._ahead: asyncio.Task[_Polled] | None = None
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -78,14 +100,24 @@ class CommandWorker:
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
-            [self._config.topic], listener=_FinishBeforeRevoke(self._in_flight, self._commits)
+            [self._config.topic],
+            listener=_FinishBeforeRevoke(self._in_flight, self._commits, self._rebalanced),
         )
+
+    def _rebalanced(self) -> None:
+        self._generation += 1
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set; the batch in flight then finishes first."""
         try:
             await self._consume(stopping)
         finally:
+            # A batch read ahead is dropped unprocessed: its offsets were never committed.
+            if self._ahead is not None:
+                self._ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._ahead
+                self._ahead = None
             await self._commits.flush()
 
     async def _consume(self, stopping: asyncio.Event) -> None:
@@ -103,34 +135,75 @@ class CommandWorker:
                         await self._poll_once()
 
     async def _poll_once(self) -> None:
-        batch = await self._consumer.getmany(
-            timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
-        )
+        polled = await self._next_batch()
         self._on_poll()
-        if not batch:
+        if not polled.items:
             self._update_lag({})
             return
         started = time.monotonic()
         async with self._in_flight:
-            self._rewind_to = {tp: records[0].offset for tp, records in batch.items()}
-            records = [inbound(record) for records in batch.values() for record in records]
+            if polled.generation != self._generation:
+                # Partitions moved while this batch waited for the lock: poll again.
+                self._unread(polled)
+                return
+            self._read_ahead()
+            self._rewind_to = polled.first_offsets
             try:
                 async with asyncio.timeout(self._config.batch_timeout):
-                    decisions = await self._processor.process(records)
+                    decisions = await self._processor.process_classified(polled.items)
             except TimeoutError:
                 # Rolled back by the cancellation; tried again like any lost connection.
+                await self._rewind_ahead_too()
                 raise TransientError(
                     f"the batch took longer than {self._config.batch_timeout}s"
                 ) from None
+            except TransientError:
+                await self._rewind_ahead_too()
+                raise
             failpoints.reached(failpoints.AFTER_BATCH_COMMIT)
             self._rewind_to = {}
             self._on_committed()
-            next_offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-            self._commits.submit(next_offsets)
+            self._commits.submit(polled.next_offsets)
         seconds = time.monotonic() - started
         self._metrics.record_batch(decisions, seconds=seconds, now_ms=time.time() * 1000)
-        self._update_lag(next_offsets)
+        self._update_lag(polled.next_offsets)
         log_outcomes(decisions, duration_ms=seconds * 1000)
+
+    async def _next_batch(self) -> _Polled:
+        ahead, self._ahead = self._ahead, None
+        return await (ahead if ahead is not None else self._poll())
+
+    def _read_ahead(self) -> None:
+        self._ahead = asyncio.create_task(self._poll(), name="read-ahead")
+
+    async def _poll(self) -> _Polled:
+        generation = self._generation
+        batch = await self._consumer.getmany(
+            timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
+        )
+        records = [inbound(record) for records in batch.values() for record in records]
+        return _Polled(
+            generation=generation,
+            items=self._processor.classify(records),
+            first_offsets={tp: records[0].offset for tp, records in batch.items()},
+            next_offsets={tp: records[-1].offset + 1 for tp, records in batch.items()},
+        )
+
+    async def _rewind_ahead_too(self) -> None:
+        """The batch in flight failed: the one read ahead is unread with it, at the
+        lower of the two offsets of each partition (the failed batch's)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            polled = await ahead
+            self._rewind_to = {**polled.first_offsets, **self._rewind_to}
+
+    def _unread(self, polled: _Polled) -> None:
+        """Seek back to the batch's first offsets, so that the next poll returns it again.
+        Nothing below them is unprocessed: they follow the last batch that committed."""
+        assigned = self._consumer.assignment()
+        for tp, offset in polled.first_offsets.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
 
     def _update_lag(self, next_offsets: dict[TopicPartition, int]) -> None:
         lag = self._metrics.consumer_lag
@@ -204,18 +277,23 @@ class OffsetCommits:
 
 
 class _FinishBeforeRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, in_flight: asyncio.Lock, commits: OffsetCommits) -> None:
+    def __init__(
+        self, in_flight: asyncio.Lock, commits: OffsetCommits, rebalanced: Callable[[], None]
+    ) -> None:
         self._in_flight = in_flight
         self._commits = commits
+        self._rebalanced = rebalanced
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Waiting for the lock lets the batch in flight commit (database, then offsets)
         # before another member may take its partitions.
         async with self._in_flight:
+            self._rebalanced()
             await self._commits.flush()
             log.info("partitions_revoked", partitions=_names(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._rebalanced()
         log.info("partitions_assigned", partitions=_names(assigned))
 
 

@@ -1,0 +1,255 @@
+"""The consume loop polls and classifies the next batch while one is in flight, and never
+lets that read-ahead reorder, skip or repeat a record: not when the batch in flight fails,
+not when partitions move, not when the worker stops.
+
+The consumer here is an in-memory partitioned log with aiokafka's positions, seek and
+commit; it has no database fence, so a record handed to the processor twice shows up
+twice. The real consumer and database run the same loop in the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+
+from service.application.errors import TransientError
+from service.application.process_batch import BatchProcessor, ClassifiedRecord
+from service.domain.batch import Decision
+from service.domain.inbound import InboundRecord, Poison
+from service.entrypoints.kafka_consumer import CommandWorker, WorkerConfig
+from service.infrastructure.metrics import Metrics
+
+TOPIC = "commands"
+P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+#: A guard against a test that would otherwise hang, not a wait for anything.
+WITHIN = 5.0
+
+
+class PartitionedLog:
+    """A topic's records and one consumer's positions on them, with the calls of
+    ``AIOKafkaConsumer`` that the worker makes."""
+
+    def __init__(self, sizes: dict[TopicPartition, int]) -> None:
+        self.records = {
+            tp: [
+                ConsumerRecord(TOPIC, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+                for offset in range(size)
+            ]
+            for tp, size in sizes.items()
+        }
+        self.positions = dict.fromkeys(sizes, 0)
+        self.committed: dict[TopicPartition, int] = {}
+        self.listener: ConsumerRebalanceListener | None = None
+
+    def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None:
+        self.listener = listener
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.records[tp])
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+
+    async def getmany(
+        self, *, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        room = max_records
+        for tp in sorted(self.positions):
+            taken = self.records[tp][self.positions[tp] :][:room]
+            if taken:
+                batch[tp] = taken
+                self.positions[tp] += len(taken)
+                room -= len(taken)
+        if not batch:
+            await asyncio.sleep(timeout_ms / 1000)  # an empty poll waits out its timeout
+        return batch
+
+    async def rebalance(self) -> None:
+        """What aiokafka does to a member that keeps its partitions: revoke, then assign
+        them again from the committed offsets."""
+        assert self.listener is not None
+        partitions = sorted(self.positions)
+        await self.listener.on_partitions_revoked(partitions)
+        self.positions = {tp: self.committed.get(tp, 0) for tp in partitions}
+        await self.listener.on_partitions_assigned(partitions)
+
+
+Hook = Callable[[int], Awaitable[None]]
+
+
+class RecordingProcessor:
+    """Stands in for ``BatchProcessor``: records what it classified and what it processed
+    (a batch counts as processed only when ``process_classified`` returns), and runs
+    ``on_batch(n)`` at the start of the n-th call."""
+
+    def __init__(self, on_batch: Hook) -> None:
+        self.on_batch = on_batch
+        self.classified: list[list[tuple[int, int]]] = []
+        self.processed: list[tuple[int, int]] = []
+        self.calls = 0
+        self.changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
+
+    def classify(self, records: Sequence[InboundRecord]) -> list[ClassifiedRecord]:
+        self.classified.append([(record.partition, record.offset) for record in records])
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+        return [(record, Poison("unreadable", "not a command")) for record in records]
+
+    async def process_classified(self, items: Sequence[ClassifiedRecord]) -> list[Decision]:
+        call, self.calls = self.calls, self.calls + 1
+        await self.on_batch(call)
+        self.processed.extend((record.partition, record.offset) for record, _ in items)
+        await self._notify()
+        return []
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(condition), WITHIN)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+def _worker(
+    log: PartitionedLog, processor: RecordingProcessor, *, poll_timeout_ms: int = 1
+) -> CommandWorker:
+    worker = CommandWorker(
+        cast(AIOKafkaConsumer, log),
+        cast(BatchProcessor, processor),
+        WorkerConfig(
+            topic=TOPIC,
+            batch_max_records=3,
+            poll_timeout_ms=poll_timeout_ms,
+            retry_initial_delay=0.001,
+        ),
+        metrics=Metrics(),
+    )
+    worker.subscribe()
+    return worker
+
+
+async def _run_until(
+    log: PartitionedLog, processor: RecordingProcessor, done: Callable[[], bool]
+) -> None:
+    stopping = asyncio.Event()
+    worker = asyncio.create_task(_worker(log, processor).run(stopping))
+    try:
+        await processor.until(lambda: done() or worker.done())
+    finally:
+        stopping.set()
+        await asyncio.wait_for(worker, WITHIN)
+
+
+def _all(log: PartitionedLog) -> list[tuple[int, int]]:
+    return [
+        (tp.partition, offset)
+        for tp in sorted(log.records)
+        for offset in range(len(log.records[tp]))
+    ]
+
+
+def _in_partition_order(processed: list[tuple[int, int]]) -> dict[int, list[int]]:
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset in processed:
+        by_partition.setdefault(partition, []).append(offset)
+    return by_partition
+
+
+async def test_the_next_batch_is_polled_and_classified_while_one_is_in_flight() -> None:
+    log = PartitionedLog({P0: 9})
+    seen_while_first_in_flight: list[list[tuple[int, int]]] = []
+
+    async def first_waits_for_the_next(call: int) -> None:
+        if call == 0:
+            await processor.until(lambda: len(processor.classified) == 2)
+            seen_while_first_in_flight.extend(processor.classified)
+
+    processor = RecordingProcessor(first_waits_for_the_next)
+    await _run_until(log, processor, lambda: len(processor.processed) == 9)
+
+    assert seen_while_first_in_flight == [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4), (0, 5)]]
+    assert processor.processed == _all(log)
+
+
+async def test_a_failed_batch_is_retried_before_the_batch_read_ahead_of_it() -> None:
+    log = PartitionedLog({P0: 10, P1: 2})
+
+    async def second_fails_once_the_third_is_read(call: int) -> None:
+        if call == 1:
+            await processor.until(lambda: len(processor.classified) == 3)
+            raise TransientError("the database went away")
+
+    processor = RecordingProcessor(second_fails_once_the_third_is_read)
+    await _run_until(log, processor, lambda: len(processor.processed) == 12)
+
+    assert processor.calls > 4  # the failed batch, and the one read ahead, were polled again
+    assert sorted(processor.processed) == _all(log)
+    assert _in_partition_order(processor.processed) == {0: list(range(10)), 1: [0, 1]}
+    assert log.committed == {P0: 10, P1: 2}
+
+
+async def test_a_batch_read_ahead_before_a_rebalance_is_polled_again_after_it() -> None:
+    log = PartitionedLog({P0: 9})
+    rebalancing: list[asyncio.Task[None]] = []
+
+    async def rebalance_during_the_first(call: int) -> None:
+        if call == 0:
+            await processor.until(lambda: len(processor.classified) == 2)
+            # The revocation waits for this batch to finish, as aiokafka's does.
+            rebalancing.append(asyncio.create_task(log.rebalance()))
+
+    processor = RecordingProcessor(rebalance_during_the_first)
+    await _run_until(log, processor, lambda: len(processor.processed) == 9)
+    await asyncio.wait_for(rebalancing[0], WITHIN)
+
+    assert processor.processed == _all(log)  # once each: nothing repeated, nothing skipped
+    assert log.committed == {P0: 9}
+
+
+async def test_stopping_drops_the_batch_read_ahead_unprocessed_and_uncommitted() -> None:
+    log = PartitionedLog({P0: 9})
+    stopping = asyncio.Event()
+
+    async def stop_during_the_first(call: int) -> None:
+        if call == 0:
+            await processor.until(lambda: len(processor.classified) == 2)
+            stopping.set()
+
+    processor = RecordingProcessor(stop_during_the_first)
+    await asyncio.wait_for(_worker(log, processor).run(stopping), WITHIN)
+
+    assert processor.classified[1] == [(0, 3), (0, 4), (0, 5)]
+    assert processor.processed == [(0, 0), (0, 1), (0, 2)]
+    assert log.committed == {P0: 3}
+
+
+async def test_stopping_ends_a_poll_read_ahead_without_waiting_for_it() -> None:
+    log = PartitionedLog({P0: 3})
+    stopping = asyncio.Event()
+    polling_ahead: list[bool] = []
+
+    async def stop_during_the_only_batch(call: int) -> None:
+        # Nothing follows this batch, so the poll read ahead waits out its long timeout.
+        polling_ahead.append(any(task.get_name() == "read-ahead" for task in asyncio.all_tasks()))
+        stopping.set()
+
+    processor = RecordingProcessor(stop_during_the_only_batch)
+    worker = _worker(log, processor, poll_timeout_ms=600_000)
+    await asyncio.wait_for(worker.run(stopping), WITHIN)
+
+    assert polling_ahead == [True]
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "read-ahead"]
+    assert log.committed == {P0: 3}
