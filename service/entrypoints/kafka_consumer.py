@@ -19,7 +19,6 @@ back to its first offsets) and polled again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +53,11 @@ class WorkerConfig:
     retry_max_delay: float = 30.0
 
 
+#: Records classified between two turns of the event loop while a batch is in flight:
+#: about a millisecond of work, so that the batch's statements are answered promptly.
+_CLASSIFY_CHUNK = 16
+
+
 @dataclass(frozen=True)
 class _Polled:
     """A batch as polled and classified, with the rebalance generation it was polled in."""
@@ -63,6 +67,40 @@ class _Polled:
     #: Per partition, the first offset polled and the one after the last.
     first_offsets: dict[TopicPartition, int]
     next_offsets: dict[TopicPartition, int]
+
+
+class _ReadAhead:
+    """The poll of the next batch, run while the one in flight waits on the database."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[_Polled] | None = None
+        #: The first offsets of the records its poll took, set in the same step as the
+        #: poll returned them; ``None`` while the poll still waits (having taken nothing).
+        self.took: dict[TopicPartition, int] | None = None
+
+    async def take(self) -> _Polled:
+        assert self.task is not None
+        return await self.task
+
+    async def drop(self) -> dict[TopicPartition, int]:
+        """Cancel it; return the first offsets of the records it took (to be read again).
+
+        Never waits for the poll to finish: during a rebalance aiokafka's ``getmany``
+        waits for the new assignment, which waits for the revocation, which waits for the
+        batch in flight, which would be waiting here. Cancelling a poll that still waits
+        loses nothing: aiokafka hands records over in the step that returns them.
+        """
+        assert self.task is not None
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            # Its error would come again on the next poll; it must not replace the
+            # batch's own error, nor fail a clean stop.
+            log.warning("read_ahead_failed", error=repr(exc))
+        return self.took or {}
 
 
 class CommandWorker:
@@ -91,7 +129,7 @@ class CommandWorker:
         #: Counts rebalances: a batch polled in an earlier generation is polled again.
         self._generation = 0
         #: The next batch, polled and classified while the one in flight runs.
-        self._ahead: asyncio.Task[_Polled] | None = None
+        self._ahead: _ReadAhead | None = None
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -113,11 +151,9 @@ class CommandWorker:
             await self._consume(stopping)
         finally:
             # A batch read ahead is dropped unprocessed: its offsets were never committed.
-            if self._ahead is not None:
-                self._ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._ahead
-                self._ahead = None
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                await ahead.drop()
             await self._commits.flush()
 
     async def _consume(self, stopping: asyncio.Event) -> None:
@@ -171,31 +207,46 @@ class CommandWorker:
 
     async def _next_batch(self) -> _Polled:
         ahead, self._ahead = self._ahead, None
-        return await (ahead if ahead is not None else self._poll())
+        if ahead is not None:
+            polled = await ahead.take()
+            if polled.items:
+                return polled
+            # Empty then, maybe not now: poll again rather than report an idle partition.
+        return await self._poll()
 
     def _read_ahead(self) -> None:
-        self._ahead = asyncio.create_task(self._poll(), name="read-ahead")
+        ahead = _ReadAhead()
+        ahead.task = asyncio.create_task(self._poll(ahead), name="read-ahead")
+        self._ahead = ahead
 
-    async def _poll(self) -> _Polled:
+    async def _poll(self, ahead: _ReadAhead | None = None) -> _Polled:
         generation = self._generation
         batch = await self._consumer.getmany(
             timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
         )
+        first_offsets = {tp: records[0].offset for tp, records in batch.items()}
+        if ahead is not None:
+            ahead.took = first_offsets
         records = [inbound(record) for records in batch.values() for record in records]
+        items: list[ClassifiedRecord] = []
+        for start in range(0, len(records), _CLASSIFY_CHUNK):
+            items += self._processor.classify(records[start : start + _CLASSIFY_CHUNK])
+            # Hand the loop back between chunks: the batch in flight goes on as soon as a
+            # statement of its returns, rather than after the whole next batch.
+            await asyncio.sleep(0)
         return _Polled(
             generation=generation,
-            items=self._processor.classify(records),
-            first_offsets={tp: records[0].offset for tp, records in batch.items()},
+            items=items,
+            first_offsets=first_offsets,
             next_offsets={tp: records[-1].offset + 1 for tp, records in batch.items()},
         )
 
     async def _rewind_ahead_too(self) -> None:
-        """The batch in flight failed: the one read ahead is unread with it, at the
-        lower of the two offsets of each partition (the failed batch's)."""
+        """The batch in flight failed: what was read ahead is read again with it, from
+        the lower of the two offsets of each partition (the failed batch's)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            polled = await ahead
-            self._rewind_to = {**polled.first_offsets, **self._rewind_to}
+            self._rewind_to = {**(await ahead.drop()), **self._rewind_to}
 
     def _unread(self, polled: _Polled) -> None:
         """Seek back to the batch's first offsets, so that the next poll returns it again.

@@ -332,15 +332,16 @@ async def test_a_batch_failing_while_the_next_is_read_ahead_loses_and_reorders_n
         await store.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
     failures = FaultAfterOutbox(lose_the_connection, times=3).install(monkeypatch)
-    async with running_worker(small) as worker:
-        async with TopicReader(settings, event_topics(settings), worker) as reader:
-            await reader.wait_until(
-                lambda r: any(
-                    b["causationid"] == commands[-1]["id"]
-                    for b in _bodies(r, settings.topic_events)
-                ),
-                what="the last command's event",
-            )
+    async with (
+        running_worker(small) as worker,
+        TopicReader(settings, event_topics(settings), worker) as reader,
+    ):
+        await reader.wait_until(
+            lambda r: any(
+                b["causationid"] == commands[-1]["id"] for b in _bodies(r, settings.topic_events)
+            ),
+            what="the last command's event",
+        )
 
     assert failures.times == 0
     assert [b["causationid"] for b in _bodies(reader, settings.topic_events)] == [

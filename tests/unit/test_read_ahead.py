@@ -10,10 +10,12 @@ twice. The real consumer and database run the same loop in the integration tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from service.application.errors import TransientError
 from service.application.process_batch import BatchProcessor, ClassifiedRecord
@@ -43,6 +45,11 @@ class PartitionedLog:
         self.positions = dict.fromkeys(sizes, 0)
         self.committed: dict[TopicPartition, int] = {}
         self.listener: ConsumerRebalanceListener | None = None
+        self.settled = asyncio.Event()  # no rebalance under way
+        self.settled.set()
+        self.changed = asyncio.Event()  # wakes a poll waiting for records
+        self.polls = 0
+        self.failing_poll: int | None = None
 
     def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None:
         self.listener = listener
@@ -62,6 +69,22 @@ class PartitionedLog:
     async def getmany(
         self, *, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self.polls += 1
+        if self.polls == self.failing_poll:
+            raise KafkaConnectionError("the broker went away")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            # As aiokafka's does, a poll during a rebalance waits for the new assignment.
+            await self.settled.wait()
+            batch = self._take(max_records)
+            if batch or loop.time() >= deadline:
+                return batch
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
+
+    def _take(self, max_records: int) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         room = max_records
         for tp in sorted(self.positions):
@@ -70,17 +93,24 @@ class PartitionedLog:
                 batch[tp] = taken
                 self.positions[tp] += len(taken)
                 room -= len(taken)
-        if not batch:
-            await asyncio.sleep(timeout_ms / 1000)  # an empty poll waits out its timeout
         return batch
 
     async def rebalance(self) -> None:
         """What aiokafka does to a member that keeps its partitions: revoke, then assign
         them again from the committed offsets."""
+        self.begin_rebalance()
+        await self.finish_rebalance()
+
+    def begin_rebalance(self) -> None:
+        self.settled.clear()
+        self.changed.set()
+
+    async def finish_rebalance(self) -> None:
         assert self.listener is not None
         partitions = sorted(self.positions)
         await self.listener.on_partitions_revoked(partitions)
         self.positions = {tp: self.committed.get(tp, 0) for tp in partitions}
+        self.settled.set()
         await self.listener.on_partitions_assigned(partitions)
 
 
@@ -201,6 +231,22 @@ async def test_a_failed_batch_is_retried_before_the_batch_read_ahead_of_it() -> 
     assert log.committed == {P0: 10, P1: 2}
 
 
+async def test_a_failed_batch_rewinds_a_partition_only_the_batch_read_ahead_holds() -> None:
+    log = PartitionedLog({P0: 3, P1: 3})
+
+    async def first_fails_once_the_second_is_read(call: int) -> None:
+        if call == 0:
+            await processor.until(lambda: len(processor.classified) == 2)
+            raise TransientError("the database went away")
+
+    processor = RecordingProcessor(first_fails_once_the_second_is_read)
+    await _run_until(log, processor, lambda: len(processor.processed) == 6)
+
+    assert processor.classified[1] == [(1, 0), (1, 1), (1, 2)]  # read ahead, then dropped
+    assert processor.processed == _all(log)
+    assert log.committed == {P0: 3, P1: 3}
+
+
 async def test_a_batch_read_ahead_before_a_rebalance_is_polled_again_after_it() -> None:
     log = PartitionedLog({P0: 9})
     rebalancing: list[asyncio.Task[None]] = []
@@ -217,6 +263,28 @@ async def test_a_batch_read_ahead_before_a_rebalance_is_polled_again_after_it() 
 
     assert processor.processed == _all(log)  # once each: nothing repeated, nothing skipped
     assert log.committed == {P0: 9}
+
+
+async def test_a_batch_failing_during_a_rebalance_is_retried_after_it() -> None:
+    """The poll read ahead waits for the rebalance's new assignment, the rebalance waits
+    for the failed batch to let go of its partitions: the failed batch must not wait for
+    the poll."""
+    log = PartitionedLog({P0: 3})
+    rebalancing: list[asyncio.Task[None]] = []
+
+    async def first_fails_during_a_rebalance(call: int) -> None:
+        if call == 0:
+            log.begin_rebalance()
+            rebalancing.append(asyncio.create_task(log.finish_rebalance()))
+            raise TransientError("the database went away")
+
+    processor = RecordingProcessor(first_fails_during_a_rebalance)
+    await _run_until(log, processor, lambda: len(processor.processed) == 3)
+    await asyncio.wait_for(rebalancing[0], WITHIN)
+
+    assert processor.calls == 2
+    assert processor.processed == _all(log)
+    assert log.committed == {P0: 3}
 
 
 async def test_stopping_drops_the_batch_read_ahead_unprocessed_and_uncommitted() -> None:
@@ -252,4 +320,22 @@ async def test_stopping_ends_a_poll_read_ahead_without_waiting_for_it() -> None:
 
     assert polling_ahead == [True]
     assert not [task for task in asyncio.all_tasks() if task.get_name() == "read-ahead"]
+    assert log.committed == {P0: 3}
+
+
+async def test_a_failed_poll_read_ahead_does_not_fail_a_clean_stop() -> None:
+    log = PartitionedLog({P0: 9})
+    log.failing_poll = 2  # the poll read ahead during the first batch
+    stopping = asyncio.Event()
+
+    async def stop_once_the_poll_ahead_failed(call: int) -> None:
+        ahead = [task for task in asyncio.all_tasks() if task.get_name() == "read-ahead"]
+        await asyncio.wait(ahead, timeout=WITHIN)
+        assert all(isinstance(task.exception(), KafkaConnectionError) for task in ahead)
+        stopping.set()
+
+    processor = RecordingProcessor(stop_once_the_poll_ahead_failed)
+    await asyncio.wait_for(_worker(log, processor).run(stopping), WITHIN)
+
+    assert processor.processed == [(0, 0), (0, 1), (0, 2)]
     assert log.committed == {P0: 3}
