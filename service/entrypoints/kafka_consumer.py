@@ -68,6 +68,16 @@ class _Polled:
     first_offsets: dict[TopicPartition, int]
     next_offsets: dict[TopicPartition, int]
 
+    def followed_by(self, more: _Polled) -> _Polled:
+        """This batch and the records polled after it, as one batch."""
+        return _Polled(
+            # A batch that straddles a rebalance counts as polled before it: read again.
+            generation=self.generation if more.generation == self.generation else -1,
+            items=self.items + more.items,
+            first_offsets={**more.first_offsets, **self.first_offsets},
+            next_offsets={**self.next_offsets, **more.next_offsets},
+        )
+
 
 class _ReadAhead:
     """The poll of the next batch, run while the one in flight waits on the database."""
@@ -209,9 +219,14 @@ class CommandWorker:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             polled = await ahead.take()
+            room = self._config.batch_max_records - len(polled.items)
             if polled.items:
-                return polled
-            # Empty then, maybe not now: poll again rather than report an idle partition.
+                # The poll ahead returned what had arrived when the batch before began;
+                # what arrived since joins it now rather than wait a whole batch more.
+                if not room:
+                    return polled
+                return polled.followed_by(await self._poll(timeout_ms=0, max_records=room))
+            # Empty then is not empty now: poll again rather than report an idle partition.
         return await self._poll()
 
     def _read_ahead(self) -> None:
@@ -219,10 +234,17 @@ class CommandWorker:
         ahead.task = asyncio.create_task(self._poll(ahead), name="read-ahead")
         self._ahead = ahead
 
-    async def _poll(self, ahead: _ReadAhead | None = None) -> _Polled:
+    async def _poll(
+        self,
+        ahead: _ReadAhead | None = None,
+        *,
+        timeout_ms: int | None = None,
+        max_records: int | None = None,
+    ) -> _Polled:
         generation = self._generation
         batch = await self._consumer.getmany(
-            timeout_ms=self._config.poll_timeout_ms, max_records=self._config.batch_max_records
+            timeout_ms=self._config.poll_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=max_records or self._config.batch_max_records,
         )
         first_offsets = {tp: records[0].offset for tp, records in batch.items()}
         if ahead is not None:

@@ -35,21 +35,26 @@ class PartitionedLog:
     ``AIOKafkaConsumer`` that the worker makes."""
 
     def __init__(self, sizes: dict[TopicPartition, int]) -> None:
-        self.records = {
-            tp: [
-                ConsumerRecord(TOPIC, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
-                for offset in range(size)
-            ]
-            for tp, size in sizes.items()
-        }
-        self.positions = dict.fromkeys(sizes, 0)
-        self.committed: dict[TopicPartition, int] = {}
-        self.listener: ConsumerRebalanceListener | None = None
         self.settled = asyncio.Event()  # no rebalance under way
         self.settled.set()
         self.changed = asyncio.Event()  # wakes a poll waiting for records
+        self.records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {
+            tp: [] for tp in sizes
+        }
+        for tp, size in sizes.items():
+            self.append(tp, size)
+        self.positions = dict.fromkeys(sizes, 0)
+        self.committed: dict[TopicPartition, int] = {}
+        self.listener: ConsumerRebalanceListener | None = None
         self.polls = 0
         self.failing_poll: int | None = None
+
+    def append(self, tp: TopicPartition, count: int) -> None:
+        for _ in range(count):
+            offset = len(self.records[tp])
+            record = ConsumerRecord(TOPIC, tp.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
+            self.records[tp].append(record)
+        self.changed.set()
 
     def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener) -> None:
         self.listener = listener
@@ -126,6 +131,7 @@ class RecordingProcessor:
         self.on_batch = on_batch
         self.classified: list[list[tuple[int, int]]] = []
         self.processed: list[tuple[int, int]] = []
+        self.batches: list[list[tuple[int, int]]] = []
         self.calls = 0
         self.changed = asyncio.Condition()
         self._notifying: set[asyncio.Task[None]] = set()
@@ -140,7 +146,8 @@ class RecordingProcessor:
     async def process_classified(self, items: Sequence[ClassifiedRecord]) -> list[Decision]:
         call, self.calls = self.calls, self.calls + 1
         await self.on_batch(call)
-        self.processed.extend((record.partition, record.offset) for record, _ in items)
+        self.batches.append([(record.partition, record.offset) for record, _ in items])
+        self.processed.extend(self.batches[-1])
         await self._notify()
         return []
 
@@ -212,6 +219,23 @@ async def test_the_next_batch_is_polled_and_classified_while_one_is_in_flight() 
 
     assert seen_while_first_in_flight == [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4), (0, 5)]]
     assert processor.processed == _all(log)
+
+
+async def test_records_arriving_after_the_poll_ahead_join_its_batch() -> None:
+    log = PartitionedLog({P0: 3})
+
+    async def records_arrive_during_the_first(call: int) -> None:
+        if call == 0:
+            log.append(P0, 1)
+            await processor.until(lambda: len(processor.classified) == 2)
+            log.append(P0, 2)  # after the poll ahead returned offset 3 alone
+
+    processor = RecordingProcessor(records_arrive_during_the_first)
+    await _run_until(log, processor, lambda: len(processor.processed) == 6)
+
+    assert processor.classified[1] == [(0, 3)]
+    assert processor.batches == [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4), (0, 5)]]
+    assert log.committed == {P0: 6}
 
 
 async def test_a_failed_batch_is_retried_before_the_batch_read_ahead_of_it() -> None:
