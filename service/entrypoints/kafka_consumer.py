@@ -9,11 +9,12 @@ the batch back, rewinds the partitions to the batch's first offsets and polls ag
 a capped, jittered backoff; polling again keeps the consumer inside
 ``max_poll_interval_ms`` however long the outage lasts.
 
-While a batch's statements run, the next batch is polled and classified (pure work that
-would otherwise wait for the database). It is only read ahead, never processed early:
-batches still run one at a time, in order. When the batch in flight fails, or partitions
-move before the one read ahead has its turn, that one is unread (its partitions sought
-back to its first offsets) and polled again.
+While a full batch's statements run (a backlog), the next batch is polled and classified
+(pure work that would otherwise wait for the database); records that arrive meanwhile
+join it before it runs. It is only read ahead, never processed early: batches still run
+one at a time, in order. When the batch in flight fails, or partitions move before the
+one read ahead has its turn, that one is unread (its partitions sought back to its first
+offsets) and polled again.
 """
 
 from __future__ import annotations
@@ -192,7 +193,10 @@ class CommandWorker:
                 # Partitions moved while this batch waited for the lock: poll again.
                 self._unread(polled)
                 return
-            self._read_ahead()
+            if len(polled.items) >= self._config.batch_max_records:
+                # A backlog: the next batch is waiting already. (Caught up, the loop stays
+                # serial: a poll after the batch gets everything that arrived during it.)
+                self._read_ahead()
             self._rewind_to = polled.first_offsets
             try:
                 async with asyncio.timeout(self._config.batch_timeout):

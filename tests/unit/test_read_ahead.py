@@ -221,6 +221,21 @@ async def test_the_next_batch_is_polled_and_classified_while_one_is_in_flight() 
     assert processor.processed == _all(log)
 
 
+async def test_a_partial_batch_reads_nothing_ahead() -> None:
+    """Caught up, the poll after the batch gets everything that arrived during it."""
+    log = PartitionedLog({P0: 2})
+    polling_ahead: list[bool] = []
+
+    async def look_for_a_poll_ahead(call: int) -> None:
+        polling_ahead.append(any(task.get_name() == "read-ahead" for task in asyncio.all_tasks()))
+
+    processor = RecordingProcessor(look_for_a_poll_ahead)
+    await _run_until(log, processor, lambda: len(processor.processed) == 2)
+
+    assert polling_ahead == [False]
+    assert processor.classified == [[(0, 0), (0, 1)]]
+
+
 async def test_records_arriving_after_the_poll_ahead_join_its_batch() -> None:
     log = PartitionedLog({P0: 3})
 
