@@ -317,39 +317,6 @@ async def test_a_transient_database_failure_is_retried_without_loss_or_duplicate
     assert await db.fetchval("SELECT count(*) FROM outbox") == 0
 
 
-async def test_a_batch_failing_while_the_next_is_read_ahead_loses_and_reorders_nothing(
-    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Small batches of commands that are all waiting when the worker starts: whenever
-    one fails, the next has already been polled and classified. Both are read again, in
-    order."""
-    small = settings.model_copy(update={"batch_max_records": 3})
-    await insert_customer(db, "cus_ra", invoice_prefix="RAH1")
-    commands = [command("cus_ra", {"description": f"r{n}"}) for n in range(15)]
-    await produce_commands(settings, commands)
-
-    async def lose_the_connection(store: BatchStore) -> None:
-        await store.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-
-    failures = FaultAfterOutbox(lose_the_connection, times=3).install(monkeypatch)
-    async with (
-        running_worker(small) as worker,
-        TopicReader(settings, event_topics(settings), worker) as reader,
-    ):
-        await reader.wait_until(
-            lambda r: any(
-                b["causationid"] == commands[-1]["id"] for b in _bodies(r, settings.topic_events)
-            ),
-            what="the last command's event",
-        )
-
-    assert failures.times == 0
-    assert [b["causationid"] for b in _bodies(reader, settings.topic_events)] == [
-        c["id"] for c in commands
-    ]
-    assert _versions(reader, settings, "cus_ra") == list(range(2, 17))
-
-
 async def test_a_worker_waking_from_a_freeze_retries_its_batch_not_dead_letters_it(
     settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
