@@ -38,9 +38,6 @@ from service.infrastructure.ids import RandomUuids
 
 log = structlog.get_logger(__name__)
 
-#: A consumed record and what ``classify`` made of it.
-ClassifiedRecord = tuple[InboundRecord, Classified]
-
 #: How much of a database error a ``processing_failed`` dead letter quotes.
 _FAILURE_MESSAGE_CHARS = 1000
 
@@ -79,18 +76,11 @@ class BatchProcessor:
         """Process ``records`` (in partition order) and return a decision for each one
         not processed before. Raises ``TransientError`` when the whole batch
         should be retried."""
-        return await self.process_classified(self.classify(records))
-
-    def classify(self, records: Sequence[InboundRecord]) -> list[ClassifiedRecord]:
-        """The pure first step of ``process``, which needs no database: a caller may run
-        it for the next batch while this one's statements are under way."""
-        limits, authorizer = self._config.limits, self._authorizer
-        return [(record, classify(record, limits, authorizer)) for record in records]
-
-    async def process_classified(self, items: Sequence[ClassifiedRecord]) -> list[Decision]:
-        """``process`` for records already through ``classify``."""
-        if not items:
+        if not records:
             return []
+        items = [
+            (record, classify(record, self._config.limits, self._authorizer)) for record in records
+        ]
         try:
             return await self._in_transaction(items)
         except TransientError:
@@ -104,7 +94,7 @@ class BatchProcessor:
                 decisions.extend(await self._process_one(item))
             return decisions
 
-    async def _process_one(self, item: ClassifiedRecord) -> list[Decision]:
+    async def _process_one(self, item: tuple[InboundRecord, Classified]) -> list[Decision]:
         try:
             return await self._in_transaction([item])
         except TransientError:
@@ -112,7 +102,9 @@ class BatchProcessor:
         except Exception as exc:
             return await self._process_alone(item, exc)
 
-    async def _process_alone(self, item: ClassifiedRecord, error: Exception) -> list[Decision]:
+    async def _process_alone(
+        self, item: tuple[InboundRecord, Classified], error: Exception
+    ) -> list[Decision]:
         record, _ = item
         if isinstance(error, ClaimConflictError):
             # Another worker took the same invoice prefix (or command id) between our
@@ -146,7 +138,9 @@ class BatchProcessor:
             message = f"{reason}; its dead letter failed too: {type(third).__name__}"
             return await self._in_transaction([(bare, Poison("processing_failed", message))])
 
-    async def _in_transaction(self, items: Sequence[ClassifiedRecord]) -> list[Decision]:
+    async def _in_transaction(
+        self, items: Sequence[tuple[InboundRecord, Classified]]
+    ) -> list[Decision]:
         config = self._config
         started_ns = time.time_ns()
         first_offsets: dict[tuple[str, int], int] = {}

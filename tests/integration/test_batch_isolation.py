@@ -27,7 +27,8 @@ from schemas.headers import (
     DLT_ORIGINAL_TOPIC,
 )
 from service.adapters.kafka.clients import connection_options
-from service.application.process_batch import BatchProcessor, ClassifiedRecord
+from service.application.process_batch import BatchProcessor
+from service.domain.inbound import InboundRecord
 from service.infrastructure.settings import Settings
 from tests.support import (
     Produced,
@@ -82,13 +83,13 @@ async def produce_to_one_partition(
 def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every batch the worker hands to the processor (which still runs)."""
     sizes: list[int] = []
-    process = BatchProcessor.process_classified
+    process = BatchProcessor.process
 
-    async def counting(self: BatchProcessor, items: Sequence[ClassifiedRecord]) -> Any:
-        sizes.append(len(items))
-        return await process(self, items)
+    async def counting(self: BatchProcessor, records: Sequence[InboundRecord]) -> Any:
+        sizes.append(len(records))
+        return await process(self, records)
 
-    monkeypatch.setattr(BatchProcessor, "process_classified", counting)
+    monkeypatch.setattr(BatchProcessor, "process", counting)
     return sizes
 
 
