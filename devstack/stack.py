@@ -29,8 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def home(env: Mapping[str, str] = os.environ) -> Path:
-    """The one ignored folder that holds every native service's files."""
-    return Path(env.get("DEVSTACK_HOME", str(REPO_ROOT / ".devstack")))
+    """The one ignored folder that holds every native service's files, as an absolute
+    path: run as root, PostgreSQL runs as another user from another working directory,
+    where a relative path would name another folder."""
+    return Path(env.get("DEVSTACK_HOME", str(REPO_ROOT / ".devstack"))).absolute()
 
 
 def native_kafka(env: Mapping[str, str] = os.environ) -> NativeKafka:
