@@ -52,7 +52,7 @@ from service.domain.events import DEFAULT_MAX_MESSAGE_BYTES
 from service.domain.inbound import InboundRecord
 from service.infrastructure.settings import Settings
 
-Method = Literal["execute", "fetch", "executemany"]
+Method = Literal["execute", "fetch", "executemany", "copy"]
 
 #: The record timestamps of the captured batches (epoch ms): a fixed instant, so that
 #: nothing in the parameters depends on when the capture ran but the events' ``time``.
@@ -68,7 +68,9 @@ class Statement:
     """One statement of a batch as the worker ran it: which ``BatchStore`` (or
     ``save_outbox``) function sent it, how, the SQL, the parameters, and what came back:
     the status for ``execute`` (``INSERT 0 500``), the row count for ``fetch``, None for
-    ``executemany``."""
+    ``executemany``. A ``copy`` (``copy_records_to_table``) has a ``COPY`` statement's
+    text as its query, the table, columns and records as its args, and the status
+    (``COPY 500``) as its result."""
 
     name: str
     method: Method
@@ -133,6 +135,11 @@ def plan_batches(
     ]
 
 
+def copy_text(table_name: str, columns: Sequence[str]) -> str:
+    """What a ``copy_records_to_table`` sends, as text (its name in the figures' SQL)."""
+    return f"COPY {table_name} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+
+
 class RecordingConnection:
     """An asyncpg connection that keeps, in ``statements``, every statement sent through
     it (with the name of the function that sent it) before passing it on."""
@@ -156,8 +163,20 @@ class RecordingConnection:
         await self._connection.executemany(query, rows)
         self._keep("executemany", query, (rows,), None)
 
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Iterable[Sequence[Any]], columns: Sequence[str]
+    ) -> str:
+        rows = [tuple(row) for row in records]
+        status: str = await self._connection.copy_records_to_table(
+            table_name, records=rows, columns=columns
+        )
+        self._keep(
+            "copy", copy_text(table_name, columns), (table_name, tuple(columns), rows), status
+        )
+        return status
+
     def _keep(self, method: Method, query: str, args: tuple[Any, ...], result: Any) -> None:
-        # The caller of execute/fetch/executemany: a BatchStore method, or save_outbox.
+        # The caller of execute/fetch/executemany/copy: a BatchStore method, or save_outbox.
         caller = sys._getframe(2).f_code.co_name
         self.statements.append(Statement(caller, method, query, args, result))
 
@@ -286,10 +305,16 @@ async def replay(
         prepared: dict[str, asyncpg.prepared_stmt.PreparedStatement] = {}
         for batch in batches:
             for statement in batch.statements:
-                if statement.query not in prepared:
+                # A COPY is not prepared: asyncpg sends it as it is (and prepares, once per
+                # connection, the query that tells it the columns' types).
+                if statement.method != "copy" and statement.query not in prepared:
                     prepared[statement.query] = await connection.prepare(statement.query)
         plans = [
-            (batch, statement_names(batch), [prepared[s.query] for s in batch.statements])
+            (
+                batch,
+                statement_names(batch),
+                [prepared.get(s.query) for s in batch.statements],
+            )
             for batch in batches
         ]
         results: list[list[str | int | None]] = []
@@ -309,7 +334,14 @@ async def replay(
             timings.append(now - mark)
             mark = now
             for statement, ready in zip(batch.statements, statements, strict=True):
-                if statement.method == "executemany":
+                if ready is None:
+                    table_name, columns, rows = statement.args
+                    got.append(
+                        await connection.copy_records_to_table(
+                            table_name, records=rows, columns=columns
+                        )
+                    )
+                elif statement.method == "executemany":
                     await ready.executemany(statement.args[0])
                     got.append(None)
                 elif statement.method == "fetch":

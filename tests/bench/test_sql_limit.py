@@ -25,6 +25,7 @@ from bench.sql_limit import (
     Statement,
     capture_on,
     combined_figures,
+    copy_text,
     partition_of,
     plan_batches,
     replay,
@@ -187,6 +188,14 @@ class _FakeConnection:
         self.sent.append((query, tuple(args)))
         self.log.append("executemany")
 
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Sequence[Sequence[Any]], columns: Sequence[str]
+    ) -> str:
+        rows = list(records)
+        self.sent.append((copy_text(table_name, columns), (table_name, tuple(columns), rows)))
+        self.log.append("copy")
+        return f"COPY {len(rows)}"
+
 
 def _batches(count: int = 1000, size: int = 500) -> list[list[InboundRecord]]:
     commands = generate(SPEC, count, prefix="tp")
@@ -276,12 +285,14 @@ async def test_the_capture_holds_the_arrays_the_worker_would_send() -> None:
         by_name.setdefault(statement.name, statement)  # the first of each name
 
     outbox = by_name["save_outbox"]
-    topics, keys, values = outbox.args[0], outbox.args[1], outbox.args[2]
-    assert len(topics) == len(keys) == len(values) == first.records  # one output per command
-    assert all(isinstance(value, bytes) and value for value in values)
+    table, columns, rows = outbox.args
+    assert (outbox.method, table, columns[:3]) == ("copy", "outbox", ("topic", "key", "value"))
+    assert len(rows) == first.records  # one output per command
+    assert all(isinstance(row[2], bytes) and row[2] for row in rows)
     processed = by_name["save_processed"]
-    assert len(processed.args[0]) > 0.9 * first.records  # valid and rejected-by-state ones
-    assert by_name["save_outbox"].result == f"INSERT 0 {first.records}"
+    assert processed.method == "copy"
+    assert len(processed.args[2]) > 0.9 * first.records  # valid and rejected-by-state ones
+    assert by_name["save_outbox"].result == f"COPY {first.records}"
     assert by_name["lock_customers"].result == len(by_name["lock_customers"].args[0])
 
 
@@ -344,6 +355,12 @@ class _ReplayServer:
         self.prepared.append(query)
         return _Prepared(query, self)
 
+    async def copy_records_to_table(
+        self, table_name: str, *, records: Sequence[Sequence[Any]], columns: Sequence[str]
+    ) -> str:
+        self.log.append(("copy", table_name, (tuple(columns), list(records))))
+        return str(self.answers.get(table_name, "COPY 0"))
+
     def transaction(self) -> _ReplayTransaction:
         return _ReplayTransaction(self)
 
@@ -367,6 +384,9 @@ def _recorded() -> list[Batch]:
         Statement("claim_positions", "execute", "INSERT a", ("g", ["t"]), "INSERT 0 1"),
         Statement("lock_customers", "fetch", "SELECT c", (["x", "y"],), 2),
         Statement("save_dead_letter_originals", "executemany", "INSERT d", ([("g", 1)],), None),
+        Statement(
+            "save_processed", "copy", copy_text("p", ("a",)), ("p", ("a",), [(1,)]), "COPY 1"
+        ),
     )
     return [Batch(3, statements), Batch(2, statements[:2])]
 
@@ -387,23 +407,36 @@ async def _replay(
 async def test_the_replay_sends_the_captured_statements_batch_by_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result, server = await _replay(monkeypatch, {"INSERT a": "INSERT 0 1", "SELECT c": 2})
+    result, server = await _replay(
+        monkeypatch, {"INSERT a": "INSERT 0 1", "SELECT c": 2, "p": "COPY 1"}
+    )
 
-    assert server.prepared == ["INSERT a", "SELECT c", "INSERT d"]  # each once, first
+    # Each statement prepared once, first; a COPY is sent as it is.
+    assert server.prepared == ["INSERT a", "SELECT c", "INSERT d"]
     assert [(method, query) for method, query, _ in server.log] == [
         ("begin", ""), ("fetch", "INSERT a"), ("fetch", "SELECT c"),
-        ("executemany", "INSERT d"), ("commit", ""),
+        ("executemany", "INSERT d"), ("copy", "p"), ("commit", ""),
         ("begin", ""), ("fetch", "INSERT a"), ("fetch", "SELECT c"), ("commit", ""),
     ]  # fmt: skip
     assert server.log[1][2] == ("g", ["t"])
     assert server.log[3][2] == ([("g", 1)],)
+    assert server.log[4][2] == (("a",), [(1,)])
     assert (result.batches, result.records, result.prepared_statements) == (2, 5, 3)
     assert result.statement_calls == {
         "begin": 2, "claim_positions": 2, "lock_customers": 2,
-        "save_dead_letter_originals": 1, "commit": 2,
+        "save_dead_letter_originals": 1, "save_processed": 1, "commit": 2,
     }  # fmt: skip
     assert result.verified is True
     assert result.mismatches == []
+
+
+async def test_a_copy_that_wrote_another_count_is_not_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result, _ = await _replay(monkeypatch, {"INSERT a": "INSERT 0 1", "SELECT c": 2, "p": "COPY 0"})
+
+    assert result.verified is False
+    assert result.mismatches == ["batch 1 save_processed: captured 'COPY 1', replayed 'COPY 0'"]
 
 
 async def test_a_replay_that_touched_other_rows_is_not_verified(

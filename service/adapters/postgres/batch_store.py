@@ -246,16 +246,15 @@ class BatchStore:
     async def save_processed(self, processed: Sequence[ProcessedCommand]) -> None:
         if not processed:
             return
-        await self._connection.execute(
-            """
-            INSERT INTO processed_commands (command_id, customer_id, fingerprint, outcome, version)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[])
-            """,
-            [row.command_id for row in processed],
-            [row.customer_id for row in processed],
-            [row.fingerprint for row in processed],
-            [row.outcome for row in processed],
-            [row.version for row in processed],
+        # By COPY, as save_outbox: a fraction of the client's CPU of five unnest arrays.
+        # Each row lands in its day's table (the default of ``processed_on``).
+        await self._connection.copy_records_to_table(
+            "processed_commands",
+            columns=("command_id", "customer_id", "fingerprint", "outcome", "version"),
+            records=[
+                (row.command_id, row.customer_id, row.fingerprint, row.outcome, row.version)
+                for row in processed
+            ],
         )
 
     async def save_outbox(self, messages: Sequence[OutboundMessage]) -> None:

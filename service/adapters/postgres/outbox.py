@@ -100,25 +100,37 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+#: The columns ``save_outbox`` fills; ``id`` and ``created`` take their defaults.
+_SAVED_COLUMNS = ("topic", "key", "value", "headers", "state_topic", "state_value", "state_headers")
+
+
 async def save_outbox(connection: asyncpg.Connection, messages: Sequence[OutboundMessage]) -> None:
-    """Insert the messages as outbox rows, in order, and wake the relay (at commit)."""
-    states = [message.state for message in messages]
-    await connection.execute(
-        """
-        INSERT INTO outbox (topic, key, value, headers, state_topic, state_value, state_headers)
-        SELECT topic, key, value, headers::jsonb, state_topic, state_value, state_headers::jsonb
-        FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[],
-                    $5::text[], $6::bytea[], $7::text[])
-             AS u(topic, key, value, headers, state_topic, state_value, state_headers)
-        """,
-        [message.topic for message in messages],
-        [message.key for message in messages],
-        [message.value for message in messages],
-        [encode_headers(message.headers) for message in messages],
-        [None if state is None else state.topic for state in states],
-        [None if state is None else state.value for state in states],
-        [None if state is None else encode_headers(state.headers) for state in states],
-    )
+    """Insert the messages as outbox rows, in order, and wake the relay (at commit).
+
+    A binary COPY rather than an ``INSERT`` over seven ``unnest`` arrays: asyncpg encodes
+    the arrays value by value in Python, and PostgreSQL unpacks them again. Measured on
+    500 events with their state records, the COPY took a third of the client's CPU and
+    half the time (bench/README.md, "Outbox and idempotency rows by COPY"). The rows get
+    their ids (the relay's order) in the order they are sent."""
+    rows = [
+        (
+            message.topic,
+            message.key,
+            message.value,
+            encode_headers(message.headers),
+            *(
+                (None, None, None)
+                if message.state is None
+                else (
+                    message.state.topic,
+                    message.state.value,
+                    encode_headers(message.state.headers),
+                )
+            ),
+        )
+        for message in messages
+    ]
+    await connection.copy_records_to_table("outbox", columns=_SAVED_COLUMNS, records=rows)
     await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
 
 
