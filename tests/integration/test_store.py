@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Literal
 
@@ -13,7 +14,7 @@ from service.adapters.postgres.outbox import OutboxStore
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import Address, CustomerState
 from service.domain.events import OutboundMessage, StateRecord
-from tests.support import insert_customer
+from tests.support import eventually, insert_customer
 
 
 @pytest.mark.parametrize(
@@ -134,3 +135,62 @@ async def test_idempotency_rows_read_back_identically(db: asyncpg.Connection) ->
     }  # fmt: skip
     assert len(rows) == len(processed)
     assert stored == set(processed)
+
+
+GROUP, TOPIC = "g", "customer.update"
+
+
+async def test_claiming_creates_a_new_position_at_the_first_offset_and_keeps_a_stored_one(
+    db: asyncpg.Connection,
+) -> None:
+    async with db.transaction():
+        await BatchStore(db).save_positions(GROUP, {(TOPIC, 1): 40})  # nothing stored yet
+    async with db.transaction():
+        store = BatchStore(db)
+        first = await store.claim_positions(GROUP, {(TOPIC, 0): 7, (TOPIC, 1): 7})
+        await store.save_positions(GROUP, {(TOPIC, 0): 9, (TOPIC, 1): 9})
+    async with db.transaction():
+        again = await BatchStore(db).claim_positions(GROUP, {(TOPIC, 0): 3, (TOPIC, 1): 3})
+
+    assert first == {(TOPIC, 0): 7, (TOPIC, 1): 7}
+    assert again == {(TOPIC, 0): 9, (TOPIC, 1): 9}
+
+
+@pytest.mark.parametrize("stored_before", [True, False], ids=["stored", "new"])
+async def test_a_second_claim_waits_for_the_first_and_gets_its_committed_position(
+    db: asyncpg.Connection, database_url: str, stored_before: bool
+) -> None:
+    """The fence between two workers that both think they own a partition (one still
+    finishing a batch after a rebalance): the later one must not read the position the
+    earlier one is about to move, whether the row existed or the earlier one creates it."""
+    if stored_before:
+        async with db.transaction():
+            await BatchStore(db).claim_positions(GROUP, {(TOPIC, 0): 0})
+    first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        holding = first.transaction()
+        await holding.start()
+        assert await BatchStore(first).claim_positions(GROUP, {(TOPIC, 0): 0}) == {(TOPIC, 0): 0}
+
+        async def claim_later() -> dict[tuple[str, int], int]:
+            async with second.transaction():
+                return await BatchStore(second).claim_positions(GROUP, {(TOPIC, 0): 0})
+
+        later = asyncio.create_task(claim_later())
+        await eventually(lambda: _waiting_for_a_lock(db), what="the second claim waiting")
+        assert not later.done()
+        await BatchStore(first).save_positions(GROUP, {(TOPIC, 0): 500})
+        await holding.commit()
+
+        assert await later == {(TOPIC, 0): 500}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _waiting_for_a_lock(db: asyncpg.Connection) -> bool:
+    waiting: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0

@@ -77,33 +77,23 @@ class BatchStore:
         offset if new) and return it. Holding the lock fences off any other worker that
         still processes the same partition after a rebalance."""
         keys = sorted(first_offsets)
-        topics = [topic for topic, _ in keys]
-        partitions = [partition for _, partition in keys]
-        await self._connection.execute(
-            """
-            INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
-            SELECT $1, topic, partition, next_offset
-            FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
-            ON CONFLICT DO NOTHING
-            """,
-            consumer_group,
-            topics,
-            partitions,
-            [first_offsets[key] for key in keys],
-        )
+        # One round trip: ON CONFLICT DO UPDATE locks the stored row, waiting for any
+        # other transaction that holds it, and RETURNING gives its latest committed
+        # position (the no-op update changes nothing). Rows are taken in key order, so
+        # two batches cannot deadlock on each other.
         rows = await self._connection.fetch(
             """
-            SELECT o.topic, o.partition, o.next_offset
-            FROM consumer_offsets o
-            JOIN unnest($2::text[], $3::int[]) AS u(topic, partition)
-              ON o.topic = u.topic AND o.partition = u.partition
-            WHERE o.consumer_group = $1
-            ORDER BY o.topic, o.partition
-            FOR UPDATE OF o
+            INSERT INTO consumer_offsets AS o (consumer_group, topic, partition, next_offset)
+            SELECT $1, topic, partition, next_offset
+            FROM unnest($2::text[], $3::int[], $4::bigint[]) AS u(topic, partition, next_offset)
+            ON CONFLICT (consumer_group, topic, partition)
+                DO UPDATE SET next_offset = o.next_offset
+            RETURNING o.topic, o.partition, o.next_offset
             """,
             consumer_group,
-            topics,
-            partitions,
+            [topic for topic, _ in keys],
+            [partition for _, partition in keys],
+            [first_offsets[key] for key in keys],
         )
         return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
 
