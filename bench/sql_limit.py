@@ -45,6 +45,7 @@ from bench.load import Command
 from bench.stats import median, rate, spread
 from bench.workers import worker_env
 from service.adapters.postgres.batch_store import PostgresUnitOfWork
+from service.adapters.postgres.copy import copy_rows
 from service.adapters.postgres.errors import translated
 from service.application.process_batch import BatchProcessor, ProcessorConfig
 from service.bootstrap import build_authorizer
@@ -176,8 +177,12 @@ class RecordingConnection:
         return status
 
     def _keep(self, method: Method, query: str, args: tuple[Any, ...], result: Any) -> None:
-        # The caller of execute/fetch/executemany/copy: a BatchStore method, or save_outbox.
-        caller = sys._getframe(2).f_code.co_name
+        # The caller of execute/fetch/executemany/copy: a BatchStore method, or save_outbox
+        # (a COPY comes through ``copy_rows`` on its way).
+        frame = sys._getframe(2)
+        if frame.f_code.co_name == copy_rows.__name__ and frame.f_back is not None:
+            frame = frame.f_back
+        caller = frame.f_code.co_name
         self.statements.append(Statement(caller, method, query, args, result))
 
 

@@ -1,10 +1,12 @@
 """Toxiproxy, built (or found cached) and started by ``devstack/toxiproxy.py``, between
 asyncpg and the test PostgreSQL: a cut link fails the connection through it and refuses
-new ones, a restored link serves again, and a latency toxic delays every answer."""
+new ones, a restored link serves again, a latency toxic delays every answer, and a COPY
+on a throttled link fails within the command timeout as a transient error."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,10 +22,14 @@ from devstack.toxiproxy import (
     Proxy,
     ToxiproxyClient,
     ToxiproxyServer,
+    bandwidth,
     latency,
     server_path,
 )
 from faults.network import through
+from service.adapters.postgres.batch_store import batch_transaction
+from service.application.errors import TransientError
+from service.domain.events import OutboundMessage
 
 #: What asyncpg raises for a connection that the network closed under it.
 CLOSED = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
@@ -98,3 +104,35 @@ async def test_a_latency_toxic_delays_every_answer_until_it_is_removed(
         assert time.monotonic() - started < 0.3
     finally:
         await connection.close()
+
+
+async def test_a_copy_on_a_throttled_link_fails_as_transient_within_the_command_timeout(
+    toxiproxy: ToxiproxyClient, proxy: Proxy, database_url: str
+) -> None:
+    """asyncpg waits for the socket to drain between a COPY's chunks without its command
+    timeout; a batch with 16 MiB of outbox rows (dead letters of large records) on a
+    link that has slowed to a trickle must still end as a retryable error, not wait for
+    the batch timeout and come out as an error that looks permanent."""
+    pool = await asyncpg.create_pool(
+        through(database_url, proxy.address), min_size=1, max_size=1, command_timeout=2
+    )
+    messages = [
+        OutboundMessage("customer.update.dlt", b"k%d" % n, os.urandom(1 << 20)) for n in range(16)
+    ]
+
+    async def save() -> None:
+        async with batch_transaction(pool) as unit:
+            await unit.save_outbox(messages)
+            await unit.commit()
+
+    try:
+        await toxiproxy.add_toxic(proxy.name, bandwidth(1, stream="upstream"))
+        saving = asyncio.create_task(save())
+        # A guard against a hang, far beyond the command timeout; not a wait for anything.
+        done, _ = await asyncio.wait([saving], timeout=60)
+        assert done, "the COPY did not end"
+        error = saving.exception()
+        assert isinstance(error, TransientError)
+        assert str(error) == "COPY into outbox took longer than 2.0s"
+    finally:
+        pool.terminate()

@@ -15,6 +15,7 @@ import orjson
 import structlog
 
 from service.adapters.postgres.connection import Database
+from service.adapters.postgres.copy import copy_rows
 from service.adapters.postgres.errors import translated
 from service.application.ports import OutboxStats, ParkedRow
 from service.domain.events import OutboundMessage, StateRecord
@@ -130,7 +131,7 @@ async def save_outbox(connection: asyncpg.Connection, messages: Sequence[Outboun
         )
         for message in messages
     ]
-    await connection.copy_records_to_table("outbox", columns=_SAVED_COLUMNS, records=rows)
+    await copy_rows(connection, "outbox", _SAVED_COLUMNS, rows)
     await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
 
 
