@@ -269,6 +269,15 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
+async def waiting_for_a_lock(db: asyncpg.Connection) -> bool:
+    """Some session of ``db``'s database waits for a lock (for ``eventually``)."""
+    waiting: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting > 0
+
+
 def freeze_until_session_ends(database_url: str, backend: int, *, within: float = 10.0) -> None:
     """Block the calling event loop, as a frozen process would be, until PostgreSQL has
     ended session ``backend`` (its idle-in-transaction timeout, say). The waiting runs on

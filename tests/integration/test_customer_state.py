@@ -34,6 +34,7 @@ from tests.support import (
     produce_commands,
     read_everything,
     running_worker,
+    waiting_for_a_lock,
 )
 
 
@@ -299,7 +300,7 @@ async def test_a_backfill_waits_for_an_update_in_flight_and_publishes_its_versio
             demo_id(1).encode(),
         )
         backfill = asyncio.create_task(cli(settings, "backfill", *target))
-        await eventually(lambda: _waiting_for_a_lock(db), what="the backfill waiting for the lock")
+        await eventually(lambda: waiting_for_a_lock(db), what="the backfill waiting for the lock")
         await transaction.commit()
         result = await backfill
     finally:
@@ -310,14 +311,6 @@ async def test_a_backfill_waits_for_an_update_in_flight_and_publishes_its_versio
     assert rows[0]["value"] == b"the update"
     state = CustomerStateEvent.model_validate_json(rows[1]["value"])
     assert state.sequence == "00000000000000000002", "the backfill read the committed update"
-
-
-async def _waiting_for_a_lock(db: asyncpg.Connection) -> bool:
-    waiting: int = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    return waiting > 0
 
 
 async def test_create_topics_warns_of_a_state_topic_someone_made_without_compaction(

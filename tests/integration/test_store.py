@@ -14,7 +14,7 @@ from service.adapters.postgres.outbox import OutboxStore
 from service.domain.batch import ProcessedCommand
 from service.domain.customer import Address, CustomerState
 from service.domain.events import OutboundMessage, StateRecord
-from tests.support import eventually, insert_customer
+from tests.support import eventually, insert_customer, waiting_for_a_lock
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ async def test_a_second_claim_waits_for_the_first_and_gets_its_committed_positio
                 return await BatchStore(second).claim_positions(GROUP, {(TOPIC, 0): 0})
 
         later = asyncio.create_task(claim_later())
-        await eventually(lambda: _waiting_for_a_lock(db), what="the second claim waiting")
+        await eventually(lambda: waiting_for_a_lock(db), what="the second claim waiting")
         assert not later.done()
         await BatchStore(first).save_positions(GROUP, {(TOPIC, 0): 500})
         await holding.commit()
@@ -186,11 +186,3 @@ async def test_a_second_claim_waits_for_the_first_and_gets_its_committed_positio
     finally:
         await first.close()
         await second.close()
-
-
-async def _waiting_for_a_lock(db: asyncpg.Connection) -> bool:
-    waiting: int = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    return waiting > 0
