@@ -156,13 +156,19 @@ def test_the_default_values_render_the_workers_and_their_migration(
     validate(objects, schemas)
     assert sorted(o["kind"] for o in objects) == [
         "Deployment",
+        "Deployment",
         "Job",
+        "PodDisruptionBudget",
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
     ]
     worker = one(objects, "Deployment", "-worker")
     assert worker["spec"]["replicas"] == 2
+    # The relay runs apart by default, so the workers run none.
+    assert one(objects, "Deployment", "-relay")["spec"]["replicas"] == 2
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "RELAY_ENABLED", "value": "false"} in container["env"]
     migrate = one(objects, "Job", "-migrate")
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert migrate["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
@@ -281,7 +287,7 @@ def test_a_relay_apart_turns_the_relay_of_the_workers_off(helm: Path, tmp_path: 
     assert worker["args"] == ["worker", "--processes", "4"]
     assert {"name": "RELAY_ENABLED", "value": "false"} in worker["env"]
     assert relay["args"] == ["relay"]
-    inside = render(helm, tmp_path, MINIMAL)
+    inside = render(helm, tmp_path, merged(MINIMAL, {"relay": {"enabled": False}}))
     alone = one(inside, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "RELAY_ENABLED", "value": "true"} in alone["env"]
     assert not [o for o in inside if o["metadata"]["name"].endswith("-relay")]
