@@ -16,7 +16,7 @@ from devstack.containers import KAFKA_IMAGE, POSTGRES_IMAGE
 from service.infrastructure.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("create-topics", "migrate", "seed", "backfill", "worker")
+APP_SERVICES = ("create-topics", "migrate", "seed", "backfill", "worker", "relay")
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,29 @@ def test_the_service_uses_the_database_postgres_creates(compose: dict[str, Any])
 
 
 def test_every_app_service_shares_one_environment(compose: dict[str, Any]) -> None:
-    environments = [services(compose)[name]["environment"] for name in APP_SERVICES]
+    # The worker's differs in one setting: the relay runs in a container of its own.
+    environments = [
+        {k: v for k, v in services(compose)[name]["environment"].items() if k != "RELAY_ENABLED"}
+        for name in APP_SERVICES
+    ]
     assert all(env == environments[0] for env in environments)
+
+
+def test_one_relay_runs_in_a_container_of_its_own(compose: dict[str, Any]) -> None:
+    worker, relay = services(compose)["worker"], services(compose)["relay"]
+    assert worker["environment"]["RELAY_ENABLED"] == "false"
+    assert relay["command"] == ["relay"]
+    assert "RELAY_ENABLED" not in relay["environment"]
+    assert Settings.model_fields["relay_enabled"].default is True
+    assert relay["depends_on"] == worker["depends_on"]
+    assert relay["healthcheck"] == worker["healthcheck"]
+    # Its own host port: both serve HTTP_PORT inside their containers.
+    port = relay["environment"]["HTTP_PORT"]
+    assert relay["ports"] == [f"8082:{port}"]
+    assert not set(relay["ports"]) & set(worker["ports"])
+    # Time for the drain of the outbox and the last Kafka commit (30 s) before a SIGKILL.
+    grace = int(relay["stop_grace_period"].removesuffix("s"))
+    assert grace > Settings.model_fields["relay_drain_timeout"].default + 30
 
 
 def test_the_worker_starts_after_topics_and_migrations_and_is_probed(
