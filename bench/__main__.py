@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--relay-process",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the relay as its own process, so its CPU time is measured apart",
+        help="run the relay as its own process, as the Helm chart does, so that its CPU "
+        "time is measured apart (default); --no-relay-process runs it on the worker's loop",
     )
     add(
         "--worker-env",

@@ -122,10 +122,12 @@ class Options:
     #: the whole load); its rate is over the commands it answered by then.
     naive_seconds: float = 60.0
     #: Run the relay as its own process (``customer-service relay``, workers with
-    #: ``RELAY_ENABLED=false``), so that its CPU time is measured apart.
-    relay_process: bool = False
-    #: Run ours as ``customer-service worker --processes N`` (a supervisor, N consumers
-    #: and a relay); 0 runs the plain single-process worker.
+    #: ``RELAY_ENABLED=false``), as the Helm chart and the Compose stack do, so that its
+    #: CPU time is measured apart; False puts it back on the worker's event loop.
+    relay_process: bool = True
+    #: Run ours as ``customer-service worker --processes N`` (a supervisor and N
+    #: consumers, and the relay too when ``relay_process`` is False); 0 runs the plain
+    #: single-process worker.
     processes: int = 0
     #: Extra environment for both workers, e.g. ``{"BATCH_MAX_RECORDS": "1000"}``.
     worker_env: dict[str, str] = field(default_factory=dict)

@@ -485,6 +485,10 @@ def test_quick_is_small_and_explicit_options_win() -> None:
     assert (default.commands, default.customers, default.partitions) == (50_000, 2000, 6)
     assert default.log_level == "WARNING"
     assert default.naive
+    # The relay apart, as deployed; the old shape on request.
+    assert default.relay_process
+    inside = options_from_args(parser.parse_args(["--no-relay-process"]), native_home=None)
+    assert not inside.relay_process
 
 
 def test_bad_worker_env_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
