@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 
 def retrying(
@@ -36,7 +36,10 @@ def retrying(
     return AsyncRetrying(
         retry=retry_if_exception_type(on),
         stop=lambda _: give_up(),
-        wait=wait_exponential_jitter(multiplier=initial_delay, max=max_delay),
+        # Full jitter: uniform over a window of initial_delay, doubled per attempt up to
+        # max_delay. (wait_exponential_jitter would add up to a whole second to every
+        # wait, whatever initial_delay says.)
+        wait=wait_random_exponential(multiplier=initial_delay, max=max_delay),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
