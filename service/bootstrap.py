@@ -155,9 +155,11 @@ class WorkerProcess:
             if pool is None:
                 return
             monitor = _outbox_monitor(pool, settings, self.metrics)
-            relay = build_relay(settings, self.metrics)
+            # Not built without RELAY_ENABLED: a relay's state is exported from the moment
+            # it exists, and one that never runs would read as "starting" for ever.
+            relay = build_relay(settings, self.metrics) if settings.relay_enabled else None
             health = Health(pool=pool, stuck_after=MAX_POLL_INTERVAL_MS / 1000 / 2)
-            if settings.relay_enabled:
+            if relay is not None:
                 # Only the leading relay answers for the outbox, so that a parked row keeps
                 # one process unready, not every replica; workers without a relay leave it
                 # to the relay's own deployment.
@@ -166,7 +168,7 @@ class WorkerProcess:
             relay_stopping = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._consume(pool, health, relay, stopping, relay_stopping))
-                if settings.relay_enabled:
+                if relay is not None:
                     tasks.create_task(relay.run(relay_stopping))
                     tasks.create_task(monitor.run(relay_stopping))
                 tasks.create_task(
@@ -185,7 +187,7 @@ class WorkerProcess:
         self,
         pool: asyncpg.Pool,
         health: Health,
-        relay: OutboxRelay,
+        relay: OutboxRelay | None,
         stopping: asyncio.Event,
         relay_stopping: asyncio.Event,
     ) -> None:
@@ -231,7 +233,7 @@ class WorkerProcess:
                 retry_max_delay=settings.retry_max_delay,
             ),
             metrics=self.metrics,
-            on_committed=relay.wake,
+            on_committed=relay.wake if relay is not None else lambda: None,
             on_poll=health.polled,
         )
         health.assigned_partitions = lambda: len(worker.assignment)

@@ -69,6 +69,17 @@ async def test_probes_and_metrics_follow_the_worker(
         assert _sample(metrics, 'customer_relay_state{state="leading"}') == 1.0
 
 
+async def test_a_worker_without_a_relay_exports_no_relay_state(settings: Settings) -> None:
+    # With the relay deployed apart, a worker's "starting" would read as a relay that
+    # cannot reach Kafka or PostgreSQL.
+    async with serving_worker(settings.model_copy(update={"relay_enabled": False})) as (port, _):
+        await eventually(lambda: _status_is(port, "/readyz", 200), what="readiness")
+        status, metrics = await _get(port, "/metrics")
+    assert status == 200
+    assert _sample(metrics, "customer_ready") == 1.0
+    assert not [line for line in metrics.splitlines() if line.startswith("customer_relay_state{")]
+
+
 async def test_readiness_fails_without_partitions_and_liveness_without_a_loop(
     settings: Settings,
 ) -> None:
