@@ -80,7 +80,9 @@ def test_one_relay_runs_in_a_container_of_its_own(compose: dict[str, Any]) -> No
     assert relay["command"] == ["relay"]
     assert "RELAY_ENABLED" not in relay["environment"]
     assert Settings.model_fields["relay_enabled"].default is True
-    assert relay["depends_on"] == worker["depends_on"]
+    assert relay["depends_on"] == {
+        name: condition for name, condition in worker["depends_on"].items() if name != "relay"
+    }
     assert relay["healthcheck"] == worker["healthcheck"]
     # Its own host port: both serve HTTP_PORT inside their containers.
     port = relay["environment"]["HTTP_PORT"]
@@ -98,6 +100,8 @@ def test_the_worker_starts_after_topics_and_migrations_and_is_probed(
     assert worker["depends_on"] == {
         "create-topics": {"condition": "service_completed_successfully"},
         "migrate": {"condition": "service_completed_successfully"},
+        # Started with it, and stopped after it so that it drains the last batch.
+        "relay": {"condition": "service_started"},
     }
     port = worker["environment"]["HTTP_PORT"]
     assert f"{port}:{port}" in worker["ports"]
